@@ -1,0 +1,14 @@
+//! Feature serving: which features exist, where their values live, and how a request's values are
+//! fetched (hydrated) inside the deadline and laid out as the frame models read.
+//!
+//! Request-level features (the viewer's stored features and the context of the request) are
+//! fetched once per request; candidate features come from the caller, one row per candidate. This
+//! crate does not know about models or auctions.
+
+pub mod hydrate;
+pub mod space;
+pub mod store;
+
+pub use hydrate::{Hydrated, Hydrator};
+pub use space::{FeatureSpace, FeatureSpec, Source};
+pub use store::{MemoryStore, OnlineStore, StoreError};

@@ -1,0 +1,161 @@
+//! Decision records and where they go.
+//!
+//! The engine hands each record to a [`DecisionSink`] without waiting: sinks queue the record for a
+//! task of their own and drop it (counting the drop) rather than slow a request down. The trunk's
+//! sink keeps recent records in memory; the Parquet writer sits behind the same trait.
+
+use podium_core::{AdRequest, Decision};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Everything needed to explain, and later replay, one decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Wall-clock time of admission, milliseconds since the Unix epoch.
+    pub ts_ms: u64,
+    /// The validated request.
+    pub request: AdRequest,
+    /// Request-level feature values served to the models, by name.
+    pub features: Vec<(String, f32)>,
+    /// The decision, with model versions and timings.
+    pub decision: Decision,
+}
+
+/// A destination for decision records.
+pub trait DecisionSink: Send + Sync {
+    /// Queues a record; never blocks the caller.
+    fn submit(&self, record: DecisionRecord);
+}
+
+enum Command {
+    Record(Box<DecisionRecord>),
+    Recent(usize, oneshot::Sender<Vec<DecisionRecord>>),
+}
+
+/// The embedded sink: a task that keeps the most recent records in a ring.
+#[derive(Clone)]
+pub struct MemoryLog {
+    tx: mpsc::Sender<Command>,
+    dropped: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl MemoryLog {
+    /// Starts the ring-keeping task on the current tokio runtime; it keeps `capacity` records.
+    pub fn spawn(capacity: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Command>(4096);
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            let mut ring: VecDeque<DecisionRecord> = VecDeque::with_capacity(capacity.min(1 << 16));
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Command::Record(r) => {
+                        if ring.len() == capacity {
+                            ring.pop_front();
+                        }
+                        ring.push_back(*r);
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Command::Recent(n, reply) => {
+                        let skip = ring.len().saturating_sub(n);
+                        let _ = reply.send(ring.iter().skip(skip).cloned().collect());
+                    }
+                }
+            }
+        });
+        Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            written,
+        }
+    }
+
+    /// The last `n` records, oldest first.
+    pub async fn recent(&self, n: usize) -> Vec<DecisionRecord> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Recent(n, reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records kept so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+impl DecisionSink for MemoryLog {
+    fn submit(&self, record: DecisionRecord) {
+        if self.tx.try_send(Command::Record(Box::new(record))).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podium_core::{AdBreak, BreakPosition, Content, Device, StageTimings, User};
+
+    fn record(i: usize) -> DecisionRecord {
+        let request = AdRequest {
+            request_id: format!("r-{i}").as_str().into(),
+            user: User {
+                id: "u".into(),
+                country: "US".into(),
+                device: Device::Tv,
+            },
+            content: Content {
+                id: "c".into(),
+                genre: "drama".into(),
+                live: false,
+            },
+            breaks: vec![AdBreak {
+                id: "b".into(),
+                position: BreakPosition::Midroll,
+                max_ads: 1,
+                max_duration_s: 30,
+            }],
+            tmax: None,
+        };
+        DecisionRecord {
+            ts_ms: i as u64,
+            features: vec![],
+            decision: Decision {
+                request_id: request.request_id.clone(),
+                breaks: vec![],
+                model_versions: vec![],
+                timings: StageTimings::default(),
+                eligible: 0,
+                degraded: vec![],
+            },
+            request,
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_most_recent_records_in_order() {
+        let log = MemoryLog::spawn(3);
+        for i in 0..5 {
+            log.submit(record(i));
+        }
+        let recent = log.recent(10).await;
+        let ids: Vec<_> = recent
+            .iter()
+            .map(|r| r.request.request_id.to_string())
+            .collect();
+        assert_eq!(ids, ["r-2", "r-3", "r-4"]);
+        assert_eq!(log.written(), 5);
+        assert_eq!(log.dropped(), 0);
+    }
+}

@@ -1,0 +1,13 @@
+//! Executing models for a request: models bound to the frame schema at load, a model set pinned
+//! per request, a dedicated compute pool, and fallback to each model's prior when it fails.
+//!
+//! Which features a frame holds is `podium-features`' business; what the scores are worth is
+//! `podium-auction`'s. This crate only turns frames into scores, safely and on the right threads.
+
+pub mod bound;
+pub mod pool;
+pub mod set;
+
+pub use bound::{BindError, BoundModel, Scored};
+pub use pool::ComputePool;
+pub use set::ModelSet;
