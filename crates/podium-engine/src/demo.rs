@@ -1,0 +1,100 @@
+//! Assembling an engine on the embedded defaults: the demo marketplace and audience from the
+//! simulator, demo models trained at first start and cached as bundles under the data directory.
+
+use crate::pipeline::{Engine, EngineConfig, MarketSnapshot};
+use podium_auction::{Marketplace, MarketplaceError};
+use podium_features::{Hydrator, MemoryStore, OnlineStore};
+use podium_log::DecisionSink;
+use podium_model::{load_bundle, ModelError};
+use podium_pacing::MemorySpendStore;
+use podium_serving::{BindError, BoundModel, ComputePool, ModelSet};
+use podium_sim::demo::{self, DemoConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why the demo engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The marketplace file is unusable.
+    #[error(transparent)]
+    Marketplace(#[from] MarketplaceError),
+    /// A model bundle is unusable.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A model reads a feature the demo space lacks.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The feature space is inconsistent.
+    #[error("feature space: {0}")]
+    Features(String),
+}
+
+/// Full-scoring candidates per request of the demo set.
+const DEMO_TOP_K: usize = 100;
+
+/// Builds the demo engine over `data_dir`: reads `marketplace.json` there (writing the generated
+/// one first if absent, so operators can edit it), loads or trains the models under `models/`,
+/// and fills the embedded feature store with the generated audience.
+pub fn build_demo(
+    data_dir: &Path,
+    cfg: &DemoConfig,
+    config: EngineConfig,
+    sink: Arc<dyn DecisionSink>,
+    pool: ComputePool,
+) -> Result<Engine, DemoError> {
+    let mk = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| DemoError::DataDir {
+            path: p.to_path_buf(),
+            source: e,
+        })
+    };
+    mk(data_dir)?;
+    let market_path = data_dir.join("marketplace.json");
+    if !market_path.exists() {
+        demo::marketplace(cfg).write(&market_path)?;
+    }
+    let marketplace = Marketplace::read(&market_path)?;
+
+    let space = Arc::new(demo::feature_space());
+    let models_dir = data_dir.join("models");
+    mk(&models_dir)?;
+    let bundles = demo::ensure_models(cfg, &marketplace, &models_dir)?;
+    let bind = |dir: &PathBuf| -> Result<BoundModel, DemoError> {
+        Ok(BoundModel::bind(load_bundle(dir)?, space.schema())?)
+    };
+    let ranker = bind(&bundles[0])?;
+    let scorers = bundles[1..]
+        .iter()
+        .map(bind)
+        .collect::<Result<Vec<_>, _>>()?;
+    let models = ModelSet {
+        ranker,
+        scorers,
+        top_k: DEMO_TOP_K,
+    };
+
+    let store = Arc::new(MemoryStore::new());
+    for (key, values) in demo::audience(cfg) {
+        store.insert(key, values);
+    }
+    let store: Arc<dyn OnlineStore> = store;
+    let hydrator = Hydrator::new(space, store).map_err(|e| DemoError::Features(e.to_string()))?;
+    let market = MarketSnapshot::new(marketplace, demo::candidate_features);
+    Ok(Engine::new(
+        config,
+        market,
+        models,
+        hydrator,
+        Arc::new(MemorySpendStore::new()),
+        sink,
+        pool,
+    ))
+}

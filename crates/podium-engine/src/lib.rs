@@ -1,0 +1,12 @@
+//! The decision pipeline of `ARCHITECTURE.md` §1 as one [`Engine::decide`]: admit, hydrate,
+//! retrieve, rank, score, value, pod, respond, log.
+//!
+//! This is the one place where features, serving, auction, pacing and logging meet. The HTTP
+//! server only adapts wire formats to `decide`, and replay will call the very same function, so a
+//! decision is never computed by two code paths.
+
+mod demo;
+mod pipeline;
+
+pub use demo::{build_demo, DemoError};
+pub use pipeline::{Engine, EngineConfig, MarketSnapshot};

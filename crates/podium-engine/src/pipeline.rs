@@ -1,0 +1,427 @@
+//! The pipeline itself.
+
+use arc_swap::ArcSwap;
+use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
+use podium_core::{
+    AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
+};
+use podium_features::Hydrator;
+use podium_log::{DecisionRecord, DecisionSink};
+use podium_pacing::{has_budget, Day, SpendStore};
+use podium_serving::{ComputePool, ModelSet, Scored};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Tunables of the pipeline.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Deadline of a request that sets none.
+    pub default_tmax: Duration,
+    /// Most of the deadline hydration may take before defaults are served.
+    pub hydrate_budget: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            default_tmax: Duration::from_millis(20),
+            hydrate_budget: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The marketplace with what is derived from it once per change, never per request.
+pub struct MarketSnapshot {
+    /// The line items and reserve.
+    pub marketplace: Marketplace,
+    /// Targeting index over the line items.
+    pub index: TargetingIndex,
+    /// Each line item's candidate features, in the feature space's candidate order.
+    pub candidate_features: Vec<Vec<f32>>,
+    /// Each line item's completion prior, used to value candidates at the early-rank stage.
+    completion_priors: Vec<f32>,
+}
+
+impl MarketSnapshot {
+    /// Indexes a marketplace; `features` gives a line item's candidate feature values.
+    pub fn new(
+        marketplace: Marketplace,
+        features: impl Fn(&podium_auction::LineItem) -> Vec<f32>,
+    ) -> Self {
+        let index = TargetingIndex::build(&marketplace.line_items);
+        let candidate_features = marketplace.line_items.iter().map(&features).collect();
+        let completion_priors = marketplace
+            .line_items
+            .iter()
+            .map(|li| li.priors.completion_rate_7d)
+            .collect();
+        Self {
+            marketplace,
+            index,
+            candidate_features,
+            completion_priors,
+        }
+    }
+}
+
+struct Inner {
+    config: EngineConfig,
+    market: ArcSwap<MarketSnapshot>,
+    models: ArcSwap<ModelSet>,
+    hydrator: Hydrator,
+    spend: Arc<dyn SpendStore>,
+    sink: Arc<dyn DecisionSink>,
+    pool: ComputePool,
+}
+
+/// The decision engine. Cloning is cheap and shares everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// What the compute stages hand back to the async part of `decide`.
+struct Computed {
+    breaks: Vec<BreakDecision>,
+    model_versions: Vec<ModelUse>,
+    degraded: Vec<String>,
+    rank_us: u64,
+    score_us: u64,
+    value_us: u64,
+    pod_us: u64,
+    bookings: Vec<(u32, Micros)>,
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+impl Engine {
+    /// Assembles an engine from its parts.
+    pub fn new(
+        config: EngineConfig,
+        market: MarketSnapshot,
+        models: ModelSet,
+        hydrator: Hydrator,
+        spend: Arc<dyn SpendStore>,
+        sink: Arc<dyn DecisionSink>,
+        pool: ComputePool,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                market: ArcSwap::from_pointee(market),
+                models: ArcSwap::from_pointee(models),
+                hydrator,
+                spend,
+                sink,
+                pool,
+            }),
+        }
+    }
+
+    /// The model set requests admitted now will use.
+    pub fn models(&self) -> Arc<ModelSet> {
+        self.inner.models.load_full()
+    }
+
+    /// The marketplace requests admitted now will use.
+    pub fn market(&self) -> Arc<MarketSnapshot> {
+        self.inner.market.load_full()
+    }
+
+    /// The pipeline's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Decides one validated request. `received` is when the request arrived, so that parsing
+    /// counts against its deadline. Always answers: a stage that fails or runs late degrades
+    /// (defaults, fallback priors, an empty pod) and says so in `degraded`.
+    pub async fn decide(&self, req: AdRequest, received: Instant) -> Decision {
+        let inner = &self.inner;
+        let deadline = Deadline::new(received, req.tmax.unwrap_or(inner.config.default_tmax));
+        let ts_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let market = inner.market.load_full();
+        let models = inner.models.load_full();
+        let admit_us = us(deadline.elapsed());
+
+        let t = Instant::now();
+        let hydrated = inner
+            .hydrator
+            .hydrate(&req, inner.config.hydrate_budget.min(deadline.remaining()))
+            .await;
+        let hydrate_us = us(t.elapsed());
+        let mut degraded: Vec<String> = hydrated
+            .degraded
+            .iter()
+            .map(|d| format!("hydrate: {d}"))
+            .collect();
+
+        let t = Instant::now();
+        let day = Day::today();
+        let mut eligible = market.index.eligible(&req);
+        eligible.retain(|&i| {
+            let li = &market.marketplace.line_items[i as usize];
+            has_budget(inner.spend.spent(day, &li.id), li.daily_budget)
+        });
+        let retrieve_us = us(t.elapsed());
+        let eligible_count = eligible.len();
+
+        let this = self.clone();
+        let job_market = market.clone();
+        let job_req = req.clone();
+        let job_hydrated = hydrated.clone();
+        let computed = inner
+            .pool
+            .run(move || {
+                this.compute(
+                    &job_req,
+                    &job_market,
+                    &models,
+                    &job_hydrated,
+                    &eligible,
+                    deadline,
+                )
+            })
+            .await;
+        degraded.extend(computed.degraded);
+
+        for &(li, price_cpm) in &computed.bookings {
+            let id = &market.marketplace.line_items[li as usize].id;
+            inner.spend.add(day, id, price_cpm.cpm_to_impression_cost());
+        }
+
+        let timings = StageTimings {
+            admit_us,
+            hydrate_us,
+            retrieve_us,
+            rank_us: computed.rank_us,
+            score_us: computed.score_us,
+            value_us: computed.value_us,
+            pod_us: computed.pod_us,
+            total_us: us(deadline.elapsed()),
+        };
+        let decision = Decision {
+            request_id: req.request_id.clone(),
+            breaks: computed.breaks,
+            model_versions: computed.model_versions,
+            timings,
+            eligible: eligible_count,
+            degraded,
+        };
+        let names = inner.hydrator.space().schema().names();
+        let features = names
+            .iter()
+            .cloned()
+            .zip(hydrated.request_values.iter().copied())
+            .collect();
+        inner.sink.submit(DecisionRecord {
+            ts_ms,
+            request: req,
+            features,
+            decision: decision.clone(),
+        });
+        decision
+    }
+
+    /// Rank, score, value and pod: the CPU-bound stages, run on the compute pool.
+    fn compute(
+        &self,
+        req: &AdRequest,
+        market: &MarketSnapshot,
+        models: &ModelSet,
+        hydrated: &podium_features::Hydrated,
+        eligible: &[u32],
+        deadline: Deadline,
+    ) -> Computed {
+        let hydrator = &self.inner.hydrator;
+        let line_items = &market.marketplace.line_items;
+        let mut degraded = Vec::new();
+        let mut model_versions = Vec::new();
+        let mut note =
+            |m: &podium_serving::BoundModel, s: &Scored, versions: &mut Vec<ModelUse>| {
+                versions.push(ModelUse {
+                    name: m.model().name().to_string(),
+                    version: m.model().version().to_string(),
+                    tier: s.tier,
+                });
+                if let Some(reason) = &s.fallback_reason {
+                    degraded.push(format!("model {}: {reason}", m.model().name()));
+                }
+            };
+
+        // Early rank: a light model on every eligible candidate, valued roughly, keeps the top K.
+        let t = Instant::now();
+        let rows: Vec<&[f32]> = eligible
+            .iter()
+            .map(|&i| market.candidate_features[i as usize].as_slice())
+            .collect();
+        let frame = hydrator.frame(hydrated, &rows);
+        let ranked = if deadline.expired() {
+            models
+                .ranker
+                .prior(frame.rows(), "deadline passed before ranking".into())
+        } else {
+            models.ranker.score(&frame)
+        };
+        note(&models.ranker, &ranked, &mut model_versions);
+        let mut order: Vec<(Micros, u32)> = eligible
+            .iter()
+            .zip(&ranked.values)
+            .map(|(&i, &p)| {
+                (
+                    ecpm(
+                        line_items[i as usize].bid,
+                        p,
+                        market.completion_priors[i as usize],
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let k = models.top_k.min(order.len());
+        if k < order.len() {
+            order.select_nth_unstable_by(k, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            order.truncate(k);
+        }
+        let top: Vec<u32> = order.iter().map(|&(_, i)| i).collect();
+        let rank_us = us(t.elapsed());
+
+        // Full scoring: every model on the top K, in parallel.
+        let t = Instant::now();
+        let rows: Vec<&[f32]> = top
+            .iter()
+            .map(|&i| market.candidate_features[i as usize].as_slice())
+            .collect();
+        let frame = hydrator.frame(hydrated, &rows);
+        let scores: Vec<Scored> = if deadline.expired() {
+            models
+                .scorers
+                .iter()
+                .map(|m| m.prior(frame.rows(), "deadline passed before scoring".into()))
+                .collect()
+        } else {
+            models.score_all(&frame)
+        };
+        for (m, s) in models.scorers.iter().zip(&scores) {
+            note(m, s, &mut model_versions);
+        }
+        let score_us = us(t.elapsed());
+
+        // Value: eCPM from bid type and the calibrated predictions.
+        let t = Instant::now();
+        let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
+        let (ctr, completion) = (by_task("ctr"), by_task("completion"));
+        let candidates: Vec<ValuedCandidate> = top
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| {
+                let li = &line_items[i as usize];
+                let p_click = ctr.map_or(f32::NAN, |v| v[r]);
+                let p_complete = completion.map_or(market.completion_priors[i as usize], |v| v[r]);
+                ValuedCandidate {
+                    line_item: i,
+                    ecpm: ecpm(li.bid, p_click, p_complete),
+                }
+            })
+            .collect();
+        let value_us = us(t.elapsed());
+
+        // Pod: fill the breaks and price the winners.
+        let t = Instant::now();
+        let pods = fill_breaks(
+            &req.breaks,
+            &candidates,
+            line_items,
+            market.marketplace.reserve_cpm,
+        );
+        let mut bookings = Vec::new();
+        let breaks = req
+            .breaks
+            .iter()
+            .zip(pods)
+            .map(|(b, pod)| BreakDecision {
+                break_id: b.id.clone(),
+                ads: pod
+                    .into_iter()
+                    .map(|p| {
+                        let li = &line_items[p.line_item as usize];
+                        let creative = &li.creatives[p.creative as usize];
+                        bookings.push((p.line_item, p.price_cpm));
+                        PlacedAd {
+                            line_item_id: li.id.clone(),
+                            creative_id: creative.id.clone(),
+                            advertiser_id: li.advertiser_id.clone(),
+                            duration_s: creative.duration_s,
+                            price_cpm: p.price_cpm,
+                            ecpm: p.ecpm,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let pod_us = us(t.elapsed());
+
+        Computed {
+            breaks,
+            model_versions,
+            degraded,
+            rank_us,
+            score_us,
+            value_us,
+            pod_us,
+            bookings,
+        }
+    }
+}
+
+impl Engine {
+    /// Runs the CPU stages on synthetic requests (one per device, live and not) without booking
+    /// spend or logging, so that first real requests do not pay for cold caches and lazy setup.
+    pub async fn warm_up(&self, rounds: usize) {
+        use podium_core::{AdBreak, BreakPosition, Content, Device, User};
+        for round in 0..rounds {
+            for device in Device::ALL {
+                let req = AdRequest {
+                    request_id: "warm-up".into(),
+                    user: User {
+                        id: format!("u-{round}").as_str().into(),
+                        country: "US".into(),
+                        device,
+                    },
+                    content: Content {
+                        id: "warm-up".into(),
+                        genre: "drama".into(),
+                        live: round % 2 == 1,
+                    },
+                    breaks: vec![AdBreak {
+                        id: "b".into(),
+                        position: BreakPosition::Midroll,
+                        max_ads: 4,
+                        max_duration_s: 90,
+                    }],
+                    tmax: Some(Duration::from_secs(1)),
+                };
+                let deadline = Deadline::after(Duration::from_secs(1));
+                let market = self.market();
+                let models = self.models();
+                let hydrated = self
+                    .inner
+                    .hydrator
+                    .hydrate(&req, self.inner.config.hydrate_budget)
+                    .await;
+                let eligible = market.index.eligible(&req);
+                let this = self.clone();
+                self.inner
+                    .pool
+                    .run(move || {
+                        this.compute(&req, &market, &models, &hydrated, &eligible, deadline);
+                    })
+                    .await;
+            }
+        }
+    }
+}

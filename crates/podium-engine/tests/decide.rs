@@ -1,0 +1,134 @@
+//! The pipeline end to end on the demo world, without HTTP.
+
+use podium_core::{AdBreak, AdRequest, BreakPosition, Content, Device, User};
+use podium_engine::{build_demo, Engine, EngineConfig};
+use podium_log::MemoryLog;
+use podium_serving::ComputePool;
+use podium_sim::demo::DemoConfig;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn request(id: &str, breaks: &[(u32, u32)]) -> AdRequest {
+    AdRequest {
+        request_id: id.into(),
+        user: User {
+            id: "u-42".into(),
+            country: "US".into(),
+            device: Device::Tv,
+        },
+        content: Content {
+            id: "title-42".into(),
+            genre: "drama".into(),
+            live: false,
+        },
+        breaks: breaks
+            .iter()
+            .enumerate()
+            .map(|(i, &(max_ads, max_duration_s))| AdBreak {
+                id: format!("b{i}").as_str().into(),
+                position: BreakPosition::Midroll,
+                max_ads,
+                max_duration_s,
+            })
+            .collect(),
+        tmax: Some(Duration::from_millis(500)),
+    }
+    .validate()
+    .unwrap()
+}
+
+async fn engine(dir: &std::path::Path) -> (Engine, MemoryLog) {
+    let log = MemoryLog::spawn(100);
+    let cfg = DemoConfig {
+        users: 500,
+        training_impressions: 5_000,
+        ..Default::default()
+    };
+    let engine = build_demo(
+        dir,
+        &cfg,
+        EngineConfig::default(),
+        Arc::new(log.clone()),
+        ComputePool::new(2),
+    )
+    .unwrap();
+    (engine, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_breaks_within_their_constraints_and_logs_the_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (engine, log) = engine(tmp.path()).await;
+    engine.warm_up(1).await;
+    let d = engine
+        .decide(request("r-1", &[(4, 90), (2, 30)]), Instant::now())
+        .await;
+    assert_eq!(d.request_id.as_str(), "r-1");
+    assert_eq!(d.breaks.len(), 2);
+    assert!(d.eligible > 0);
+    let mut line_items = HashSet::new();
+    for (b, (max_ads, max_s)) in d.breaks.iter().zip([(4, 90), (2, 30)]) {
+        assert!(!b.ads.is_empty(), "break {} has no fill", b.break_id);
+        assert!(b.ads.len() <= max_ads);
+        assert!(b.ads.iter().map(|a| a.duration_s).sum::<u32>() <= max_s);
+        for a in &b.ads {
+            assert!(line_items.insert(a.line_item_id.clone()));
+            assert!(a.price_cpm <= a.ecpm);
+        }
+    }
+    let names: Vec<_> = d.model_versions.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["early_ranker", "ctr", "completion"]);
+    assert!(
+        d.model_versions.iter().all(|m| m.tier == 0),
+        "{:?}",
+        d.degraded
+    );
+    assert!(d.timings.total_us > 0 && d.timings.total_us >= d.timings.score_us);
+
+    let logged = log.recent(10).await;
+    assert_eq!(logged.len(), 1, "warm-up must not log");
+    assert_eq!(logged[0].decision, d);
+    assert!(logged[0]
+        .features
+        .iter()
+        .any(|(n, v)| n == "ctx_device_tv" && *v == 1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_start_reuses_the_cached_models_and_decides_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (first, _) = engine(tmp.path()).await;
+    let modified = std::fs::metadata(tmp.path().join("models/ctr/model.toml"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let a = first.decide(request("r", &[(3, 60)]), Instant::now()).await;
+    let (second, _) = engine(tmp.path()).await;
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("models/ctr/model.toml"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        modified
+    );
+    let b = second
+        .decide(request("r", &[(3, 60)]), Instant::now())
+        .await;
+    assert_eq!(a.breaks, b.breaks);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_deadline_still_answers_with_a_well_formed_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (engine, _) = engine(tmp.path()).await;
+    let received = Instant::now() - Duration::from_secs(1);
+    let d = engine.decide(request("late", &[(4, 90)]), received).await;
+    assert_eq!(d.breaks.len(), 1);
+    assert!(d.model_versions.iter().all(|m| m.tier == 1));
+    assert!(
+        d.degraded.iter().any(|s| s.contains("deadline")),
+        "{:?}",
+        d.degraded
+    );
+}
