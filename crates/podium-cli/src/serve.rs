@@ -1,0 +1,126 @@
+//! `podium serve`: bind, load (or train) the demo world in the background, then become ready.
+
+use anyhow::Context;
+use clap::Args;
+use podium_engine::{build_demo, EngineConfig};
+use podium_log::MemoryLog;
+use podium_server::AppState;
+use podium_serving::ComputePool;
+use podium_sim::demo::DemoConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options of `podium serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the marketplace file and model bundles; created and filled at first start.
+    #[arg(long, default_value = "./podium-data")]
+    data_dir: PathBuf,
+    /// Default request deadline in milliseconds, for requests that set no `tmax_ms`.
+    #[arg(long, default_value_t = 20)]
+    tmax_ms: u64,
+    /// Compute threads for model scoring (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    compute_threads: usize,
+    /// Seed of the generated demo world.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Decision records kept in memory for `GET /v1/decisions/recent`.
+    #[arg(long, default_value_t = 10_000)]
+    log_capacity: usize,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.tmax_ms == 0 || args.tmax_ms > 10_000 {
+        anyhow::bail!(
+            "--tmax-ms must be between 1 and 10000, got {}",
+            args.tmax_ms
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("podium-io")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new();
+    let log = MemoryLog::spawn(args.log_capacity.max(1));
+    state.set_log(log.clone());
+
+    // Print before loading so a caller learns the port at once; /readyz turns 200 when warm.
+    println!("podium listening on http://{addr}");
+    println!(
+        "try: curl -s http://{addr}/v1/decide -H 'content-type: application/json' -d '{{\"request_id\":\"r-1\",\"user\":{{\"id\":\"u-123\",\"country\":\"US\",\"device\":\"tv\"}},\"content\":{{\"id\":\"title-42\",\"genre\":\"drama\",\"live\":false}},\"breaks\":[{{\"id\":\"b1\",\"position\":\"midroll\",\"max_ads\":4,\"max_duration_s\":90}}]}}'"
+    );
+
+    let loader_state = state.clone();
+    let data_dir = args.data_dir.clone();
+    let config = EngineConfig {
+        default_tmax: Duration::from_millis(args.tmax_ms),
+        ..EngineConfig::default()
+    };
+    let demo = DemoConfig {
+        seed: args.seed,
+        ..DemoConfig::default()
+    };
+    let pool = ComputePool::new(args.compute_threads);
+    let loader = tokio::spawn(async move {
+        let started = Instant::now();
+        let engine = tokio::task::spawn_blocking(move || {
+            build_demo(&data_dir, &demo, config, Arc::new(log), pool)
+        })
+        .await
+        .context("loading the demo world")??;
+        engine.warm_up(20).await;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "models loaded and warm; ready"
+        );
+        loader_state.set_engine(engine);
+        anyhow::Ok(())
+    });
+
+    let mut server = std::pin::pin!(podium_server::serve(listener, state, shutdown_signal()));
+    tokio::select! {
+        served = &mut server => return served.context("serving HTTP"),
+        loaded = loader => {
+            // A failed load stops the process with the reason, rather than serving 503s forever.
+            loaded
+                .context("loader task")?
+                .with_context(|| format!("starting on data directory {}", args.data_dir.display()))?;
+        }
+    }
+    server.await.context("serving HTTP")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,153 @@
+//! The router and its shared state.
+
+use crate::api::{parse_decide, ApiError, DecideResponse};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use podium_engine::Engine;
+use podium_log::MemoryLog;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What handlers share. The engine is set once models are loaded and warm; until then decisions
+/// answer 503 and `/readyz` says so.
+#[derive(Clone, Default)]
+pub struct AppState {
+    engine: Arc<OnceLock<Engine>>,
+    log: Arc<OnceLock<MemoryLog>>,
+}
+
+impl AppState {
+    /// State with no engine yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publishes the engine, making the server ready. Later calls are ignored.
+    pub fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// Gives the admin API read access to the in-memory decision log.
+    pub fn set_log(&self, log: MemoryLog) {
+        let _ = self.log.set(log);
+    }
+
+    /// Whether the engine is ready.
+    pub fn ready(&self) -> bool {
+        self.engine.get().is_some()
+    }
+}
+
+/// The HTTP API: decide, health, readiness and recent decisions.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/decide", post(decide))
+        .route("/v1/decisions/recent", get(recent_decisions))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }))
+        .with_state(state)
+}
+
+async fn decide(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DecideResponse>, ApiError> {
+    let received = Instant::now();
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })?;
+    let request = parse_decide(&body)?;
+    let engine = state.engine.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "models are loading; retry shortly",
+        )
+    })?;
+    let decision = engine.decide(request, received).await;
+    Ok(Json(decision.into()))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.engine.get() {
+        Some(engine) => {
+            let models = engine.models();
+            let list: Vec<_> = std::iter::once(&models.ranker)
+                .chain(&models.scorers)
+                .map(|m| json!({"name": m.model().name(), "version": m.model().version()}))
+                .collect();
+            let market = engine.market();
+            Json(json!({"ready": true, "models": list, "line_items": market.marketplace.line_items.len()})).into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "models are loading"})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RecentQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    20
+}
+
+async fn recent_decisions(
+    State(state): State<AppState>,
+    query: Result<Query<RecentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::field("limit", e.body_text()))?;
+    let log = state.log.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server keeps no in-memory decision log",
+        )
+    })?;
+    Ok(Json(log.recent(q.limit.min(1000)).await).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /v1/decide, /healthz, /readyz",
+    )
+}
+
+/// Serves the router on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
