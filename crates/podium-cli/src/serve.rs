@@ -7,6 +7,7 @@ use podium_log::MemoryLog;
 use podium_server::AppState;
 use podium_serving::ComputePool;
 use podium_sim::demo::DemoConfig;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,10 +61,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     state.set_log(log.clone());
 
     // Print before loading so a caller learns the port at once; /readyz turns 200 when warm.
-    println!("podium listening on http://{addr}");
-    println!(
+    // Write errors are ignored: a caller that closed our stdout must not take the server down.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "podium listening on http://{addr}");
+    let _ = writeln!(
+        out,
         "try: curl -s http://{addr}/v1/decide -H 'content-type: application/json' -d '{{\"request_id\":\"r-1\",\"user\":{{\"id\":\"u-123\",\"country\":\"US\",\"device\":\"tv\"}},\"content\":{{\"id\":\"title-42\",\"genre\":\"drama\",\"live\":false}},\"breaks\":[{{\"id\":\"b1\",\"position\":\"midroll\",\"max_ads\":4,\"max_duration_s\":90}}]}}'"
     );
+    let _ = out.flush();
+    drop(out);
 
     let loader_state = state.clone();
     let data_dir = args.data_dir.clone();

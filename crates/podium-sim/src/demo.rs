@@ -136,7 +136,7 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                     cpm: Micros::from_units(round2(rng.random_range(4.0..40.0))),
                 },
                 60..85 => Bid::Cpc {
-                    cpc: Micros::from_units(round2(rng.random_range(0.5..4.0))),
+                    cpc: Micros::from_units(round2(rng.random_range(0.2..2.0))),
                 },
                 _ => Bid::Cpcv {
                     cpcv: Micros::from_units(round2(rng.random_range(0.01..0.06))),
@@ -208,7 +208,7 @@ struct Truth;
 
 impl Truth {
     fn ctr_logit(x: &Row) -> f64 {
-        -4.6 + 60.0 * (x.user_ctr - 0.01) + 80.0 * (x.li_ctr - 0.01) + 0.3 * x.tv - 0.2 * x.mobile
+        -4.6 + 20.0 * (x.user_ctr - 0.01) + 25.0 * (x.li_ctr - 0.01) + 0.3 * x.tv - 0.2 * x.mobile
             + 0.25 * x.live
             - 0.03 * x.ads_seen
     }

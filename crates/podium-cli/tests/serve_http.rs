@@ -1,0 +1,262 @@
+//! End-to-end: start the real `podium` binary on a free port and drive it over HTTP.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `podium serve` on port 0 and waits until `/readyz` answers 200.
+    async fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podium starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // Keep draining so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let base = line
+            .trim()
+            .strip_prefix("podium listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let server = Server {
+            child,
+            base,
+            _data: data,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(server.url("/readyz")).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn example() -> Value {
+    json!({"request_id": "r-1",
+           "user": {"id": "u-123", "country": "US", "device": "tv"},
+           "content": {"id": "title-42", "genre": "drama", "live": false},
+           "breaks": [{"id": "b1", "position": "midroll", "max_ads": 4, "max_duration_s": 90}]})
+}
+
+fn with(mut r: Value, edit: impl FnOnce(&mut Value)) -> String {
+    edit(&mut r);
+    r.to_string()
+}
+
+#[tokio::test]
+async fn decides_the_readme_example_within_the_break_constraints() {
+    let server = Server::start().await;
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let req = with(example(), |r| {
+        r["breaks"] = json!([
+            {"id": "b1", "position": "preroll", "max_ads": 4, "max_duration_s": 90},
+            {"id": "b2", "max_ads": 2, "max_duration_s": 30},
+            {"id": "b3", "position": "postroll", "max_ads": 1, "max_duration_s": 15}
+        ])
+    });
+    let (status, body) = server.post("/v1/decide", req).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["request_id"], "r-1");
+    let breaks = body["breaks"].as_array().unwrap();
+    assert_eq!(breaks.len(), 3);
+    let mut line_items = std::collections::HashSet::new();
+    for (b, (id, max_ads, max_s)) in
+        breaks
+            .iter()
+            .zip([("b1", 4, 90), ("b2", 2, 30), ("b3", 1, 15)])
+    {
+        assert_eq!(b["break_id"], id);
+        let ads = b["ads"].as_array().unwrap();
+        assert!(ads.len() <= max_ads, "{b}");
+        let total: u64 = ads.iter().map(|a| a["duration_s"].as_u64().unwrap()).sum();
+        assert!(total <= max_s, "{b}");
+        for a in ads {
+            assert!(line_items.insert(a["line_item_id"].as_str().unwrap().to_string()));
+            assert!(a["creative_id"].is_string());
+            assert!(a["price_cpm"].as_f64().unwrap() > 0.0);
+        }
+    }
+    assert!(
+        !breaks[0]["ads"].as_array().unwrap().is_empty(),
+        "the main break fills: {body}"
+    );
+    let versions = body["model_versions"].as_array().unwrap();
+    assert!(versions
+        .iter()
+        .any(|m| m["name"] == "ctr" && m["version"] == "demo-1"));
+    for stage in [
+        "admit_us",
+        "hydrate_us",
+        "retrieve_us",
+        "rank_us",
+        "score_us",
+        "value_us",
+        "pod_us",
+        "total_us",
+    ] {
+        assert!(
+            body["timings_us"][stage].is_u64(),
+            "missing {stage}: {body}"
+        );
+    }
+
+    // The decision was logged.
+    let recent: Value = reqwest::get(server.url("/v1/decisions/recent?limit=5"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recent[0]["decision"]["request_id"], "r-1");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_400_naming_the_field() {
+    let server = Server::start().await;
+    let cases: Vec<(String, Option<&str>)> = vec![
+        ("{\"request_id\": \"r\", ".to_string(), None),
+        ("[1, 2, 3]".to_string(), None),
+        (
+            with(example(), |r| {
+                r.as_object_mut().unwrap().remove("breaks");
+            }),
+            Some("breaks"),
+        ),
+        (
+            with(example(), |r| r["breaks"][0]["max_duration_s"] = json!(-30)),
+            Some("breaks[0].max_duration_s"),
+        ),
+        (
+            with(example(), |r| r["breaks"][0]["max_ads"] = json!("four")),
+            Some("breaks[0].max_ads"),
+        ),
+        (
+            with(example(), |r| r["user"]["country"] = json!(7)),
+            Some("user.country"),
+        ),
+        (
+            with(example(), |r| r["content"]["live"] = json!("yes")),
+            Some("content.live"),
+        ),
+        (
+            with(example(), |r| r["user"]["device"] = json!("toaster")),
+            Some("user.device"),
+        ),
+        (
+            with(example(), |r| r["tmax_ms"] = json!(0)),
+            Some("tmax_ms"),
+        ),
+        (with(example(), |r| r["breaks"] = json!([])), Some("breaks")),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = server.post("/v1/decide", body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        let message = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message for {body}: {answer}"));
+        if let Some(field) = field {
+            assert!(
+                message.contains(field),
+                "{body}: error {message:?} does not name {field}"
+            );
+        }
+    }
+
+    // Unknown fields are ignored, not refused.
+    let extended = with(example(), |r| r["ext"] = json!({"anything": [1, 2]}));
+    assert_eq!(server.post("/v1/decide", extended).await.0, 200);
+
+    // An oversized body is refused with 413 before it is parsed.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(200 * 1024));
+    let (status, answer) = server.post("/v1/decide", big).await;
+    assert_eq!(status, 413);
+    assert!(answer["error"].as_str().unwrap().contains("larger than"));
+
+    // Unknown paths answer JSON too, and the server is still alive after all of the above.
+    let r = reqwest::get(server.url("/v1/nope")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        reqwest::get(server.url("/healthz")).await.unwrap().status(),
+        200
+    );
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    let out = Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    for flag in ["--listen", "--data-dir", "--tmax-ms", "Example"] {
+        assert!(text.contains(flag), "serve --help lacks {flag}:\n{text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_podium"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("serve"));
+}
+
+#[test]
+fn an_unusable_data_dir_is_reported_and_the_process_exits() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("marketplace.json"), "{ not a marketplace").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("marketplace.json"), "{err}");
+}
