@@ -97,13 +97,13 @@ pub fn fit_logistic(x: &[f64], y: &[f64], d: usize, l2: f64, iterations: usize) 
     for _ in 0..iterations {
         let mut grad = vec![0.0; p];
         let mut hess = vec![0.0; p * p];
-        for i in 0..n {
-            let z: f64 = (0..p).map(|j| beta[j] * row(i, j)).sum();
+        for (i, &yi) in y.iter().enumerate() {
+            let z: f64 = beta.iter().enumerate().map(|(j, b)| b * row(i, j)).sum();
             let mu = 1.0 / (1.0 + (-z).exp());
             let w = (mu * (1.0 - mu)).max(1e-9);
             for a in 0..p {
                 let xa = row(i, a);
-                grad[a] += (y[i] - mu) * xa;
+                grad[a] += (yi - mu) * xa;
                 for b in a..p {
                     hess[a * p + b] += w * xa * row(i, b);
                 }
@@ -120,9 +120,9 @@ pub fn fit_logistic(x: &[f64], y: &[f64], d: usize, l2: f64, iterations: usize) 
         }
         let step = solve(&mut hess, &mut grad, p);
         let mut moved = 0.0f64;
-        for j in 0..p {
-            beta[j] += step[j];
-            moved = moved.max(step[j].abs());
+        for (b, s) in beta.iter_mut().zip(&step) {
+            *b += s;
+            moved = moved.max(s.abs());
         }
         if moved < 1e-8 {
             break;

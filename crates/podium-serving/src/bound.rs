@@ -123,3 +123,84 @@ impl BoundModel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podium_model::manifest::{OutputSpec, ServingSpec};
+    use podium_model::{InputSpec, Link, Manifest, ModelError, ModelKind, Runtime};
+    use std::sync::Arc;
+
+    /// A runtime that echoes its first input, or fails when it is negative.
+    #[derive(Debug)]
+    struct Echo;
+
+    impl Runtime for Echo {
+        fn num_inputs(&self) -> usize {
+            1
+        }
+        fn predict_raw(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+            if input.column(0).iter().any(|&v| v < 0.0) {
+                return Err(ModelError::Input("negative".into()));
+            }
+            out.copy_from_slice(input.column(0));
+            Ok(())
+        }
+    }
+
+    fn bound(default: Option<f64>) -> (BoundModel, Arc<FrameSchema>) {
+        let manifest = Manifest {
+            name: "echo".into(),
+            version: "1".into(),
+            kind: ModelKind::Linear,
+            task: "ctr".into(),
+            weights: "w".into(),
+            inputs: vec![InputSpec {
+                name: "b".into(),
+                kind: "f32".into(),
+                default,
+            }],
+            output: OutputSpec {
+                link: Link::Identity,
+            },
+            serving: ServingSpec {
+                latency_budget_us: 100,
+                fallback_prior: 0.25,
+            },
+        };
+        let schema = Arc::new(FrameSchema::new(["a", "b"]));
+        let model = Model::new(manifest, Arc::new(Echo)).unwrap();
+        (BoundModel::bind(model, &schema).unwrap(), schema)
+    }
+
+    fn frame(schema: &Arc<FrameSchema>, b: &[f32]) -> FeatureFrame {
+        let mut f = FeatureFrame::new(schema.clone(), b.len());
+        f.column_mut(1).copy_from_slice(b);
+        f
+    }
+
+    #[test]
+    fn reads_its_column_and_fills_declared_defaults() {
+        let (m, schema) = bound(Some(0.5));
+        let s = m.score(&frame(&schema, &[0.1, f32::NAN]));
+        assert_eq!((s.values, s.tier), (vec![0.1, 0.5], 0));
+    }
+
+    #[test]
+    fn an_error_or_a_nan_serves_the_prior() {
+        let (m, schema) = bound(None);
+        let s = m.score(&frame(&schema, &[0.1, -1.0]));
+        assert_eq!((s.values, s.tier), (vec![0.25, 0.25], 1));
+        assert!(s.fallback_reason.unwrap().contains("negative"));
+        let s = m.score(&frame(&schema, &[0.1, f32::NAN]));
+        assert_eq!(s.tier, 1);
+        assert!(s.fallback_reason.unwrap().contains("non-finite"));
+    }
+
+    #[test]
+    fn binding_names_a_missing_feature() {
+        let (m, _) = bound(None);
+        let err = BoundModel::bind(m.model().clone(), &FrameSchema::new(["a"])).unwrap_err();
+        assert_eq!(err.input, "b");
+    }
+}
