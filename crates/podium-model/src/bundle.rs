@@ -2,8 +2,9 @@
 //! `SHA256SUMS`). Layout and rules: `docs/model-bundle.md`.
 
 use crate::error::ModelError;
+use crate::gbdt::{self, GbdtModel};
 use crate::linear::LinearWeights;
-use crate::manifest::{Manifest, ModelKind};
+use crate::manifest::{Link, Manifest, ModelKind};
 use crate::{Columns, Model};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -33,6 +34,14 @@ pub fn load_bundle(dir: &Path) -> Result<Model, ModelError> {
         ModelKind::Linear => {
             Arc::new(LinearWeights::read(&weights_path)?.into_runtime(&input_names)?)
         }
+        ModelKind::Lightgbm => gbdt_runtime(
+            gbdt::lightgbm::read(&weights_path)?,
+            &manifest,
+            &input_names,
+        )?,
+        ModelKind::Xgboost => {
+            gbdt_runtime(gbdt::xgboost::read(&weights_path)?, &manifest, &input_names)?
+        }
         other => {
             return Err(ModelError::Unsupported(format!(
                 "{}: model kind {other:?} has no runtime in this build",
@@ -47,6 +56,32 @@ pub fn load_bundle(dir: &Path) -> Result<Model, ModelError> {
         check_golden(&model, &golden_path, &rows)?;
     }
     Ok(model)
+}
+
+/// Binds a tree ensemble to the manifest's inputs. The manifest must declare the link the
+/// training objective implies: serving a logistic model's margin as a probability (or the reverse)
+/// would pass no golden check worth having, so it is refused by name here.
+fn gbdt_runtime(
+    model: GbdtModel,
+    manifest: &Manifest,
+    inputs: &[String],
+) -> Result<Arc<dyn crate::Runtime>, ModelError> {
+    if manifest.output.link != model.link() {
+        let name = |link: Link| match link {
+            Link::Identity => "identity",
+            Link::Logistic => "logistic",
+        };
+        return Err(ModelError::Schema(format!(
+            "model {:?}: {} objective {:?} in {} needs output.link = \"{}\", but model.toml says \"{}\"",
+            manifest.name,
+            model.library(),
+            model.objective(),
+            model.source().display(),
+            name(model.link()),
+            name(manifest.output.link)
+        )));
+    }
+    Ok(Arc::new(model.into_runtime(inputs)?))
 }
 
 fn verify_checksums(dir: &Path) -> Result<(), ModelError> {

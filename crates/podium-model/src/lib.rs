@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod error;
+pub mod gbdt;
 pub mod linear;
 pub mod manifest;
 

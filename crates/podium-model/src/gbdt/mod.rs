@@ -1,0 +1,619 @@
+//! Exact runtimes for gradient-boosted tree ensembles trained by LightGBM and XGBoost.
+//!
+//! Both libraries' model files are parsed into one compact form, a [`Forest`]: every split node of
+//! every tree in one flat array of 16-byte nodes laid out depth-first (a root-to-leaf path stays in
+//! few cache lines), every leaf value in another. Each library's decision rule is rewritten at load
+//! into one test on the f32 input, "left iff `x <= threshold`", plus the direction a missing value
+//! takes; the rewrite is exact for every f32 input (see [`lightgbm`] and [`xgboost`] for the
+//! proofs), so Podium follows the training library's path through every tree, including for missing
+//! values and values that sit on or next to a threshold. Sums are accumulated in each library's own
+//! precision and tree order, so outputs agree to the last few bits, not merely within a tolerance.
+//!
+//! Scoring walks one block of rows through one tree at a time, so a tree's nodes stay in cache
+//! while the block uses them.
+//!
+//! This module does not support multiclass or multi-target models, LightGBM linear trees,
+//! XGBoost categorical splits, DART boosters or objectives whose link Podium's manifest cannot
+//! express (exp, sqrt); those are refused at load with [`ModelError::Unsupported`].
+
+pub mod lightgbm;
+pub mod xgboost;
+
+use crate::{Columns, Link, ModelError, Runtime};
+use std::path::{Path, PathBuf};
+
+/// Set in a child reference when it names a leaf rather than a split node.
+const LEAF: u32 = 1 << 31;
+/// Low bits of `Node::feature` hold the input column; the top bits hold the flags below.
+const FEATURE_MASK: u32 = (1 << 24) - 1;
+/// Most features (and inputs) a model may have: what fits below the flag bits.
+pub(crate) const MAX_FEATURES: usize = FEATURE_MASK as usize + 1;
+/// A missing (NaN) input goes left.
+const NAN_LEFT: u32 = 1 << 31;
+/// LightGBM "zero as missing": inputs within [`LIGHTGBM_ZERO_THRESHOLD`] of zero count as missing.
+const ZERO_MISSING: u32 = 1 << 30;
+/// LightGBM categorical split: `threshold`'s bits index `Forest::cat_ranges`.
+const CATEGORICAL: u32 = 1 << 29;
+
+/// LightGBM's `kZeroThreshold`, declared `const double kZeroThreshold = 1e-35f;`: a float literal
+/// widened to double, so `|x| <= kZeroThreshold` on a widened f32 is exactly `|x| <= 1e-35f32`.
+pub(crate) const LIGHTGBM_ZERO_THRESHOLD: f32 = 1e-35;
+
+/// Rows scored together through each tree; large enough to amortise pulling a tree into cache,
+/// small enough that the block's accumulators and input values stay in L1.
+const BLOCK: usize = 64;
+
+/// Why a parser gave up; turned into a [`ModelError`] naming the file.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// The file is not a well-formed model of its kind.
+    Parse(String),
+    /// The file is well formed but uses something this runtime does not implement.
+    Unsupported(String),
+}
+
+impl Fail {
+    fn into_error(self, path: &Path) -> ModelError {
+        match self {
+            Fail::Parse(message) => ModelError::parse(path, message),
+            Fail::Unsupported(message) => {
+                ModelError::Unsupported(format!("{}: {message}", path.display()))
+            }
+        }
+    }
+}
+
+impl From<String> for Fail {
+    fn from(message: String) -> Self {
+        Fail::Parse(message)
+    }
+}
+
+/// Reads a model file as UTF-8 text; bytes that are not UTF-8 are a parse error, not an I/O one.
+fn read_text(path: &Path) -> Result<String, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ModelError::parse(
+            path,
+            format!(
+                "not UTF-8 text (byte {}): not a model file",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
+/// The largest f32 below `x` (NaN and -inf map to themselves).
+pub(crate) fn next_down(x: f32) -> f32 {
+    if x.is_nan() || x == f32::NEG_INFINITY {
+        x
+    } else if x == 0.0 {
+        -f32::from_bits(1)
+    } else if x > 0.0 {
+        f32::from_bits(x.to_bits() - 1)
+    } else {
+        f32::from_bits(x.to_bits() + 1)
+    }
+}
+
+/// The test at one split node, in Podium's normalised form.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum SplitTest {
+    /// Left iff `x <= threshold`. A NaN input goes left iff `nan_left`; with `zero_missing`, so
+    /// does any input within [`LIGHTGBM_ZERO_THRESHOLD`] of zero. A NaN threshold sends every
+    /// non-missing input right (it is how "x < -inf" is written).
+    Numeric {
+        /// Largest f32 that goes left.
+        threshold: f32,
+        /// Direction of a missing input.
+        nan_left: bool,
+        /// Whether values near zero count as missing (LightGBM `missing_type=Zero`).
+        zero_missing: bool,
+    },
+    /// LightGBM categorical split: left iff `x` is not NaN, truncates to a non-negative integer
+    /// `c`, and bit `c` of `bits` is set.
+    Category {
+        /// Bitset of the categories that go left, 32 per word.
+        bits: Vec<u32>,
+    },
+}
+
+/// A child reference in a [`RawTree`], in the model file's numbering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Child {
+    /// Index into `RawTree::splits`.
+    Split(usize),
+    /// Index into `RawTree::leaves`.
+    Leaf(usize),
+}
+
+/// One split node as a parser read it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RawSplit {
+    /// Feature index in the model file's numbering.
+    pub feature: usize,
+    /// The normalised test.
+    pub test: SplitTest,
+    /// Where inputs that pass the test go.
+    pub left: Child,
+    /// Where the others go.
+    pub right: Child,
+}
+
+/// One tree as a parser read it, before validation and layout.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RawTree {
+    /// Split nodes.
+    pub splits: Vec<RawSplit>,
+    /// Leaf values.
+    pub leaves: Vec<f64>,
+    /// The root: a split, or a leaf for a constant tree.
+    pub root: Child,
+}
+
+/// A split node in the flat layout. 16 bytes, four to a cache line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+struct Node {
+    /// Numeric: the largest f32 that goes left. Categorical: the bits of an index into
+    /// `Forest::cat_ranges`.
+    threshold: f32,
+    /// Input column (low 24 bits) and flags (`NAN_LEFT`, `ZERO_MISSING`, `CATEGORICAL`).
+    feature: u32,
+    /// Left child: a node index, or `LEAF | leaf index`.
+    left: u32,
+    /// Right child, encoded like `left`.
+    right: u32,
+}
+
+/// Every tree of an ensemble in one flat layout, validated: each tree is a proper tree (no
+/// cycles, no shared nodes, every reference in range), so a walk always ends at a leaf.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Forest {
+    nodes: Vec<Node>,
+    /// One child reference per tree, in the order the library sums them.
+    roots: Vec<u32>,
+    leaves: Vec<f64>,
+    /// `(start, len)` of each categorical split's bitset in `cat_words`.
+    cat_ranges: Vec<(u32, u32)>,
+    cat_words: Vec<u32>,
+    /// Features in the model file's numbering; split features are below this.
+    num_features: usize,
+}
+
+impl Forest {
+    /// An empty forest over `num_features` features.
+    pub(crate) fn new(num_features: usize) -> Result<Self, Fail> {
+        if num_features > MAX_FEATURES {
+            return Err(Fail::Unsupported(format!(
+                "the model declares {num_features} features; at most {MAX_FEATURES} are supported"
+            )));
+        }
+        Ok(Self {
+            nodes: Vec::new(),
+            roots: Vec::new(),
+            leaves: Vec::new(),
+            cat_ranges: Vec::new(),
+            cat_words: Vec::new(),
+            num_features,
+        })
+    }
+
+    /// Number of trees.
+    pub(crate) fn num_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// Validates `tree` and appends it, split nodes in depth-first (pre-)order. The error says
+    /// what was wrong in the tree's own numbering; the caller adds the file and tree index. On
+    /// error the forest is left as it was.
+    pub(crate) fn push(&mut self, tree: &RawTree) -> Result<(), String> {
+        let marks = (
+            self.nodes.len(),
+            self.leaves.len(),
+            self.cat_ranges.len(),
+            self.cat_words.len(),
+        );
+        let result = self.lay_out(tree);
+        match result {
+            Ok(root) => {
+                self.roots.push(root);
+                Ok(())
+            }
+            Err(e) => {
+                self.nodes.truncate(marks.0);
+                self.leaves.truncate(marks.1);
+                self.cat_ranges.truncate(marks.2);
+                self.cat_words.truncate(marks.3);
+                Err(e)
+            }
+        }
+    }
+
+    fn lay_out(&mut self, tree: &RawTree) -> Result<u32, String> {
+        let in_range = |child: Child| -> Result<(), String> {
+            match child {
+                Child::Split(i) if i >= tree.splits.len() => Err(format!(
+                    "a child refers to split node {i}, but the tree has {}",
+                    tree.splits.len()
+                )),
+                Child::Leaf(i) if i >= tree.leaves.len() => Err(format!(
+                    "a child refers to leaf {i}, but the tree has {}",
+                    tree.leaves.len()
+                )),
+                _ => Ok(()),
+            }
+        };
+        in_range(tree.root)?;
+        for (i, s) in tree.splits.iter().enumerate() {
+            in_range(s.left)?;
+            in_range(s.right)?;
+            if s.feature >= self.num_features {
+                return Err(format!(
+                    "split node {i} tests feature {}, but the model has {} features",
+                    s.feature, self.num_features
+                ));
+            }
+        }
+        if self.nodes.len() + tree.splits.len() >= LEAF as usize
+            || self.leaves.len() + tree.leaves.len() >= LEAF as usize
+        {
+            return Err("too many nodes for one model".into());
+        }
+
+        // Iterative (a garbled file may describe a very deep "tree"), refusing any node reached
+        // twice: that is what keeps every later walk finite. Pushing the right child before the
+        // left lays each left subtree out directly after its parent.
+        let mut seen_split = vec![false; tree.splits.len()];
+        let mut seen_leaf = vec![false; tree.leaves.len()];
+        let mut root = 0;
+        let mut stack: Vec<(Option<(usize, bool)>, Child)> = vec![(None, tree.root)];
+        while let Some((parent, child)) = stack.pop() {
+            let placed = match child {
+                Child::Leaf(i) => {
+                    if std::mem::replace(&mut seen_leaf[i], true) {
+                        return Err(format!("leaf {i} is reached twice"));
+                    }
+                    self.leaves.push(tree.leaves[i]);
+                    LEAF | (self.leaves.len() - 1) as u32
+                }
+                Child::Split(i) => {
+                    if std::mem::replace(&mut seen_split[i], true) {
+                        return Err(format!("split node {i} is reached twice (a cycle)"));
+                    }
+                    let s = &tree.splits[i];
+                    let (threshold, flags) = match &s.test {
+                        SplitTest::Numeric {
+                            threshold,
+                            nan_left,
+                            zero_missing,
+                        } => {
+                            let mut flags = 0;
+                            if *nan_left {
+                                flags |= NAN_LEFT;
+                            }
+                            if *zero_missing {
+                                flags |= ZERO_MISSING;
+                            }
+                            (*threshold, flags)
+                        }
+                        SplitTest::Category { bits } => {
+                            let range = (self.cat_words.len() as u32, bits.len() as u32);
+                            self.cat_words.extend_from_slice(bits);
+                            self.cat_ranges.push(range);
+                            let index = (self.cat_ranges.len() - 1) as u32;
+                            (f32::from_bits(index), CATEGORICAL)
+                        }
+                    };
+                    self.nodes.push(Node {
+                        threshold,
+                        feature: s.feature as u32 | flags,
+                        left: 0,
+                        right: 0,
+                    });
+                    let at = self.nodes.len() - 1;
+                    stack.push((Some((at, true)), s.right));
+                    stack.push((Some((at, false)), s.left));
+                    at as u32
+                }
+            };
+            match parent {
+                None => root = placed,
+                Some((at, false)) => self.nodes[at].left = placed,
+                Some((at, true)) => self.nodes[at].right = placed,
+            }
+        }
+        Ok(root)
+    }
+
+    /// Which file features some split tests.
+    fn used_features(&self) -> Vec<bool> {
+        let mut used = vec![false; self.num_features];
+        for n in &self.nodes {
+            used[(n.feature & FEATURE_MASK) as usize] = true;
+        }
+        used
+    }
+
+    /// The same forest reading input column `columns[f]` (one of `width`) wherever it read file
+    /// feature `f`.
+    fn bind(&self, columns: &[u32], width: usize) -> Forest {
+        let mut bound = self.clone();
+        for n in &mut bound.nodes {
+            let f = (n.feature & FEATURE_MASK) as usize;
+            n.feature = (n.feature & !FEATURE_MASK) | columns[f];
+        }
+        bound.num_features = width;
+        bound
+    }
+
+    /// The leaf `row` reaches in the tree at `root`.
+    #[inline(always)]
+    fn leaf(&self, root: u32, columns: &[&[f32]], row: usize) -> usize {
+        let mut at = root;
+        while at & LEAF == 0 {
+            let node = &self.nodes[at as usize];
+            let x = columns[(node.feature & FEATURE_MASK) as usize][row];
+            at = if self.goes_left(node, x) {
+                node.left
+            } else {
+                node.right
+            };
+        }
+        (at & !LEAF) as usize
+    }
+
+    #[inline(always)]
+    fn goes_left(&self, node: &Node, x: f32) -> bool {
+        match node.feature & !FEATURE_MASK {
+            // The common cases, kept to one or two compares: a NaN input fails `<=`.
+            0 => x <= node.threshold,
+            NAN_LEFT => x <= node.threshold || x.is_nan(),
+            _ => self.goes_left_rare(node, x),
+        }
+    }
+
+    #[inline(never)]
+    fn goes_left_rare(&self, node: &Node, x: f32) -> bool {
+        if node.feature & CATEGORICAL != 0 {
+            // LightGBM `CategoricalDecision`: NaN and negative categories go right. Its
+            // `static_cast<int>` truncates toward zero like `as`; where C++ is undefined (out of
+            // int range) x86 yields INT_MIN, which also goes right, and `as` saturates to a value
+            // past any bitset, which goes right too.
+            if x.is_nan() {
+                return false;
+            }
+            let category = x as i32;
+            if category < 0 {
+                return false;
+            }
+            let (start, len) = self.cat_ranges[node.threshold.to_bits() as usize];
+            let word = category as u32 / 32;
+            if word >= len {
+                return false;
+            }
+            (self.cat_words[(start + word) as usize] >> (category as u32 % 32)) & 1 == 1
+        } else {
+            // LightGBM `missing_type=Zero`: NaN becomes 0, and anything within kZeroThreshold of
+            // zero takes the default direction.
+            if x.is_nan() || x.abs() <= LIGHTGBM_ZERO_THRESHOLD {
+                node.feature & NAN_LEFT != 0
+            } else {
+                x <= node.threshold
+            }
+        }
+    }
+}
+
+/// The library that wrote a model file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Library {
+    /// LightGBM text model.
+    Lightgbm,
+    /// XGBoost JSON model.
+    Xgboost,
+}
+
+impl std::fmt::Display for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Library::Lightgbm => "LightGBM",
+            Library::Xgboost => "XGBoost",
+        })
+    }
+}
+
+/// How leaf values become the raw output, following each library's arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Sum {
+    /// LightGBM: an f64 sum over trees in order, then divided by `divisor` (random-forest
+    /// averaging) and multiplied by `scale` (the binary objective's sigmoid parameter, which
+    /// Podium folds into the margin so the manifest's plain logistic link applies).
+    Double {
+        /// Number of trees when averaging, else 1.
+        divisor: f64,
+        /// Factor applied to the margin.
+        scale: f64,
+    },
+    /// XGBoost: an f32 sum that starts at the base margin and adds trees in order.
+    Single {
+        /// The base score in margin space.
+        base_margin: f32,
+    },
+}
+
+/// A parsed LightGBM or XGBoost model, features still numbered as in its file.
+///
+/// Bind it to a manifest's input order with [`GbdtModel::into_runtime`].
+#[derive(Clone, Debug)]
+pub struct GbdtModel {
+    source: PathBuf,
+    library: Library,
+    feature_names: Option<Vec<String>>,
+    /// LightGBM writes `Column_0 …` when trained without names; such names may be matched by
+    /// position instead.
+    generated_names: bool,
+    objective: String,
+    link: Link,
+    sum: Sum,
+    forest: Forest,
+}
+
+impl GbdtModel {
+    /// The file the model was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The library that wrote the model.
+    pub fn library(&self) -> Library {
+        self.library
+    }
+
+    /// Feature names in the file's order, when the file names its features.
+    pub fn feature_names(&self) -> Option<&[String]> {
+        self.feature_names.as_deref()
+    }
+
+    /// The training objective as the file names it (`binary`, `reg:squarederror`, …).
+    pub fn objective(&self) -> &str {
+        &self.objective
+    }
+
+    /// The link that turns this model's raw output into the library's prediction; a bundle's
+    /// manifest must declare the same one.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// Number of trees summed.
+    pub fn num_trees(&self) -> usize {
+        self.forest.num_trees()
+    }
+
+    /// Binds the model to `inputs`, the manifest's input names in column order.
+    ///
+    /// When the file names its features, each feature a split tests must be among `inputs`
+    /// (features the trees never test need not be); otherwise feature `i` reads column `i`.
+    pub fn into_runtime(&self, inputs: &[String]) -> Result<GbdtRuntime, ModelError> {
+        if inputs.len() > MAX_FEATURES {
+            return Err(ModelError::Unsupported(format!(
+                "{}: {} inputs; GBDT runtimes read at most {MAX_FEATURES}",
+                self.source.display(),
+                inputs.len(),
+            )));
+        }
+        let position: std::collections::HashMap<&str, u32> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as u32))
+            .collect();
+        let by_name = self.feature_names.as_deref().filter(|names| {
+            !(self.generated_names && names.iter().all(|n| !position.contains_key(n.as_str())))
+        });
+        let used = self.forest.used_features();
+        let mut columns = vec![0u32; self.forest.num_features];
+        for (f, _) in used.iter().enumerate().filter(|(_, &u)| u) {
+            columns[f] = match by_name {
+                Some(names) => *position.get(names[f].as_str()).ok_or_else(|| {
+                    ModelError::Schema(format!(
+                        "{}: the {} model splits on feature {:?}, which model.toml's inputs \
+                         [{}] do not list",
+                        self.source.display(),
+                        self.library,
+                        names[f],
+                        inputs.join(", ")
+                    ))
+                })?,
+                None if f < inputs.len() => f as u32,
+                None => {
+                    return Err(ModelError::Schema(format!(
+                        "{}: the {} model names no features and splits on feature index {f}, \
+                         but model.toml lists only {} inputs",
+                        self.source.display(),
+                        self.library,
+                        inputs.len()
+                    )))
+                }
+            };
+        }
+        Ok(GbdtRuntime {
+            forest: self.forest.bind(&columns, inputs.len()),
+            sum: self.sum,
+            num_inputs: inputs.len(),
+        })
+    }
+}
+
+/// A tree ensemble bound to a manifest's input order; scores batches exactly as the training
+/// library does.
+#[derive(Clone, Debug)]
+pub struct GbdtRuntime {
+    forest: Forest,
+    sum: Sum,
+    num_inputs: usize,
+}
+
+impl GbdtRuntime {
+    /// Number of trees summed.
+    pub fn num_trees(&self) -> usize {
+        self.forest.num_trees()
+    }
+
+    fn score(&self, columns: &[&[f32]], out: &mut [f32]) {
+        let forest = &self.forest;
+        for (block, out) in out.chunks_mut(BLOCK).enumerate() {
+            let first = block * BLOCK;
+            match self.sum {
+                Sum::Double { divisor, scale } => {
+                    let mut acc = [0.0f64; BLOCK];
+                    let acc = &mut acc[..out.len()];
+                    for &root in &forest.roots {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            *a += forest.leaves[forest.leaf(root, columns, first + i)];
+                        }
+                    }
+                    for (o, a) in out.iter_mut().zip(acc.iter()) {
+                        *o = (a / divisor * scale) as f32;
+                    }
+                }
+                Sum::Single { base_margin } => {
+                    let acc = out;
+                    acc.fill(base_margin);
+                    for &root in &forest.roots {
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            // XGBoost leaves are f32, so this narrowing is exact.
+                            *a += forest.leaves[forest.leaf(root, columns, first + i)] as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Runtime for GbdtRuntime {
+    fn num_inputs(&self) -> usize {
+        self.num_inputs
+    }
+
+    fn predict_raw(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+        if input.width() != self.num_inputs {
+            return Err(ModelError::Input(format!(
+                "GBDT model takes {} inputs, got {}",
+                self.num_inputs,
+                input.width()
+            )));
+        }
+        if out.len() != input.rows() {
+            return Err(ModelError::Input(format!(
+                "output buffer holds {} values for {} rows",
+                out.len(),
+                input.rows()
+            )));
+        }
+        let columns: Vec<&[f32]> = (0..input.width()).map(|i| input.column(i)).collect();
+        self.score(&columns, out);
+        Ok(())
+    }
+}
