@@ -129,48 +129,18 @@ fn sha256_file(path: &Path) -> Result<String, ModelError> {
 
 /// Reads `golden.csv`: a header naming every model input and `prediction`; empty cells are missing.
 pub fn read_golden(path: &Path, inputs: &[String]) -> Result<Vec<GoldenRow>, ModelError> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| ModelError::parse(path, e))?;
-    let header = reader
-        .headers()
-        .map_err(|e| ModelError::parse(path, e))?
-        .clone();
-    let find = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| ModelError::parse(path, format!("header lacks column {name:?}")))
-    };
-    let columns: Vec<usize> = inputs.iter().map(|n| find(n)).collect::<Result<_, _>>()?;
-    let target = find("prediction")?;
-    let mut rows = Vec::new();
-    for (r, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| ModelError::parse(path, e))?;
-        let cell = |c: usize| -> Result<f64, ModelError> {
-            let text = record.get(c).unwrap_or("").trim();
-            if text.is_empty() {
-                return Ok(f64::NAN);
-            }
-            text.parse::<f64>().map_err(|_| {
-                ModelError::parse(
-                    path,
-                    format!(
-                        "row {}, column {:?}: {text:?} is not a number",
-                        r + 1,
-                        &header[c]
-                    ),
-                )
-            })
-        };
-        let inputs = columns
-            .iter()
-            .map(|&c| cell(c).map(|v| v as f32))
-            .collect::<Result<_, _>>()?;
-        rows.push(GoldenRow {
-            inputs,
-            expected: cell(target)?,
-        });
-    }
-    Ok(rows)
+    let table = crate::table::FeatureTable::read(path, inputs, true)?;
+    let expected = table
+        .prediction
+        .ok_or_else(|| ModelError::parse(path, "header lacks column \"prediction\""))?;
+    Ok(expected
+        .into_iter()
+        .enumerate()
+        .map(|(r, expected)| GoldenRow {
+            inputs: table.columns.iter().map(|c| c[r]).collect(),
+            expected,
+        })
+        .collect())
 }
 
 fn check_golden(model: &Model, path: &Path, rows: &[GoldenRow]) -> Result<(), ModelError> {
@@ -219,6 +189,12 @@ impl BundleWriter {
     /// The weights file's bytes, stored at the manifest's `weights` path.
     pub fn weights(mut self, bytes: Vec<u8>) -> Self {
         self.files.insert(self.manifest.weights.clone(), bytes);
+        self
+    }
+
+    /// Any other file of the bundle (`reference.json`, …), at a path inside it.
+    pub fn file(mut self, name: &str, bytes: Vec<u8>) -> Self {
+        self.files.insert(name.to_string(), bytes);
         self
     }
 
@@ -296,6 +272,7 @@ mod tests {
                 latency_budget_us: 1000,
                 fallback_prior: 0.01,
             },
+            calibration: None,
         }
     }
 

@@ -6,14 +6,20 @@
 //! This crate does not decide which model runs when: that is `podium-serving`'s job.
 
 pub mod bundle;
+pub mod calibration;
 pub mod error;
 pub mod gbdt;
 pub mod linear;
 pub mod manifest;
+pub mod package;
+pub mod reference;
+pub mod table;
 
 pub use bundle::{load_bundle, BundleWriter, GoldenRow};
+pub use calibration::Calibration;
 pub use error::ModelError;
 pub use manifest::{InputSpec, Link, Manifest, ModelKind};
+pub use table::FeatureTable;
 
 use std::sync::Arc;
 
@@ -122,10 +128,29 @@ impl Model {
         }
         self.runtime.predict_raw(input, out)?;
         let link = self.manifest.output.link;
-        for v in out.iter_mut() {
-            *v = link.apply(*v);
+        match &self.manifest.calibration {
+            None => out.iter_mut().for_each(|v| *v = link.apply(*v)),
+            Some(c) => out.iter_mut().for_each(|v| *v = c.apply(link.apply(*v))),
         }
         Ok(())
+    }
+
+    /// Scores owned columns after replacing missing values by the manifest's defaults, as
+    /// serving does; for tools that score files rather than request frames.
+    pub fn predict_columns(
+        &self,
+        mut columns: Vec<Vec<f32>>,
+        rows: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        for (col, d) in columns.iter_mut().zip(self.defaults()) {
+            if !d.is_nan() {
+                col.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = d);
+            }
+        }
+        let slices: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+        let mut out = vec![0.0f32; rows];
+        self.predict(&Columns::new(&slices, rows)?, &mut out)?;
+        Ok(out)
     }
 
     /// Per-input default used when a feature is missing, or NaN to leave it missing.

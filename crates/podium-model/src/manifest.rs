@@ -99,6 +99,9 @@ pub struct Manifest {
     pub output: OutputSpec,
     /// Serving parameters.
     pub serving: ServingSpec,
+    /// Calibration applied after the link, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::Calibration>,
 }
 
 impl Manifest {
@@ -136,6 +139,9 @@ impl Manifest {
         }
         if !self.serving.fallback_prior.is_finite() {
             return Err("serving.fallback_prior must be a finite number".into());
+        }
+        if let Some(c) = &self.calibration {
+            c.check()?;
         }
         if self.weights.contains("..") || Path::new(&self.weights).is_absolute() {
             return Err(format!(

@@ -243,6 +243,7 @@ fn manifest(kind: ModelKind, weights: &str, names: &[String], link: Link) -> Man
             latency_budget_us: 2_000,
             fallback_prior: 0.01,
         },
+        calibration: None,
     }
 }
 

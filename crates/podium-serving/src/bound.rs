@@ -167,6 +167,7 @@ mod tests {
                 latency_budget_us: 100,
                 fallback_prior: 0.25,
             },
+            calibration: None,
         };
         let schema = Arc::new(FrameSchema::new(["a", "b"]));
         let model = Model::new(manifest, Arc::new(Echo)).unwrap();

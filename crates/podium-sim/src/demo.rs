@@ -423,6 +423,7 @@ fn train(
             latency_budget_us: 2_000,
             fallback_prior: spec.prior,
         },
+        calibration: None,
     };
     let file = LinearWeights {
         intercept,
