@@ -1,5 +1,6 @@
 //! The `podium` binary.
 
+mod model;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     /// Example:
     ///   podium serve --listen 127.0.0.1:8080 --data-dir ./podium-data
     Serve(serve::ServeArgs),
+    /// Package, validate, inspect, score and benchmark model bundles.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Model(cmd) => model::run(cmd),
     }
 }

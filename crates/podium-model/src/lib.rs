@@ -67,6 +67,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// Scores `input`, writing `input.rows()` raw values into `out`.
     fn predict_raw(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// A few words on the runtime's structure (`300 trees, 7,912 nodes`), for `podium model inspect`.
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 /// A loaded model: its manifest and the runtime that scores it.
@@ -151,6 +156,11 @@ impl Model {
         let mut out = vec![0.0f32; rows];
         self.predict(&Columns::new(&slices, rows)?, &mut out)?;
         Ok(out)
+    }
+
+    /// What the runtime says of its structure.
+    pub fn describe(&self) -> String {
+        self.runtime.describe()
     }
 
     /// Per-input default used when a feature is missing, or NaN to leave it missing.

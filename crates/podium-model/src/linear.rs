@@ -66,6 +66,11 @@ impl Runtime for LinearRuntime {
         self.weights.len()
     }
 
+    fn describe(&self) -> String {
+        let nonzero = self.weights.iter().filter(|w| **w != 0.0).count();
+        format!("{nonzero} non-zero weights, intercept {}", self.intercept)
+    }
+
     fn predict_raw(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
         out.fill(self.intercept);
         // Column at a time: each pass is a contiguous multiply-add the compiler vectorises.

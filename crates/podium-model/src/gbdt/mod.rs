@@ -597,6 +597,15 @@ impl Runtime for GbdtRuntime {
         self.num_inputs
     }
 
+    fn describe(&self) -> String {
+        format!(
+            "{} trees, {} split nodes, {} leaves",
+            self.forest.num_trees(),
+            self.forest.nodes.len(),
+            self.forest.leaves.len()
+        )
+    }
+
     fn predict_raw(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
         if input.width() != self.num_inputs {
             return Err(ModelError::Input(format!(
