@@ -282,6 +282,7 @@ mod tests {
             weights: [("a".to_string(), 0.5), ("b".to_string(), 2.0)]
                 .into_iter()
                 .collect(),
+            hashed: None,
         };
         BundleWriter::new(dir, manifest())
             .weights(serde_json::to_vec(&weights).unwrap())

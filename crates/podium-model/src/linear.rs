@@ -1,8 +1,11 @@
 //! Linear and logistic models with named weights, and a small exact fitter for them.
 //!
-//! Weights file (`weights/linear.json`): `{"intercept": b, "weights": {"feature": w, …}}`. The raw
-//! output is `b + Σ w·x`; a missing input (NaN) contributes nothing, the usual convention for
-//! sparse linear models. The manifest's link (logistic for CTR) turns it into a probability.
+//! Weights file (`weights/linear.json`): `{"intercept": b, "weights": {"feature": w, …}}`, and/or
+//! a hashed table `"hashed": {"buckets": N, "seed": s, "table": [w0, …]}` where an input named `n`
+//! gets `table[murmur3_32(n, s) % N]` (the hashing trick, as Vowpal Wabbit stores weights) unless
+//! `weights` names it explicitly. The raw output is `b + Σ w·x`; a missing input (NaN) contributes
+//! nothing, the usual convention for sparse linear models. The manifest's link (logistic for CTR)
+//! turns it into a probability.
 
 use crate::error::ModelError;
 use crate::{Columns, Runtime};
@@ -16,7 +19,32 @@ pub struct LinearWeights {
     /// The bias term.
     pub intercept: f64,
     /// One weight per named feature.
+    #[serde(default)]
     pub weights: BTreeMap<String, f64>,
+    /// Weights stored by hashed feature name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed: Option<HashedWeights>,
+}
+
+/// A weight table indexed by the MurmurHash3 (x86, 32-bit) of the feature name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HashedWeights {
+    /// Table size; the hash is reduced modulo this.
+    pub buckets: u32,
+    /// Hash seed.
+    #[serde(default)]
+    pub seed: u32,
+    /// The weights, `buckets` of them.
+    pub table: Vec<f64>,
+}
+
+impl HashedWeights {
+    /// The bucket of a feature name.
+    pub fn bucket(&self, name: &str) -> usize {
+        let h = murmur3::murmur3_32(&mut std::io::Cursor::new(name.as_bytes()), self.seed)
+            .expect("hashing an in-memory buffer cannot fail");
+        (h % self.buckets) as usize
+    }
 }
 
 impl LinearWeights {
@@ -29,6 +57,15 @@ impl LinearWeights {
     /// Weights aligned to `inputs`; a feature the model has but `inputs` lacks is an error, a
     /// listed input without a weight gets weight zero.
     pub fn into_runtime(self, inputs: &[String]) -> Result<LinearRuntime, ModelError> {
+        if let Some(h) = &self.hashed {
+            if h.buckets == 0 || h.table.len() != h.buckets as usize {
+                return Err(ModelError::Schema(format!(
+                    "hashed weights: table holds {} weights for {} buckets",
+                    h.table.len(),
+                    h.buckets
+                )));
+            }
+        }
         for name in self.weights.keys() {
             if !inputs.contains(name) {
                 return Err(ModelError::Schema(format!(
@@ -38,7 +75,11 @@ impl LinearWeights {
         }
         let weights = inputs
             .iter()
-            .map(|n| self.weights.get(n).copied().unwrap_or(0.0) as f32)
+            .map(|n| match (self.weights.get(n), &self.hashed) {
+                (Some(&w), _) => w as f32,
+                (None, Some(h)) => h.table[h.bucket(n)] as f32,
+                (None, None) => 0.0,
+            })
             .collect();
         Ok(LinearRuntime {
             intercept: self.intercept as f32,
@@ -217,10 +258,67 @@ mod tests {
     }
 
     #[test]
+    fn murmur3_matches_the_reference_vectors() {
+        let h = |s: &str, seed| {
+            HashedWeights {
+                buckets: u32::MAX,
+                seed,
+                table: vec![],
+            }
+            .bucket(s) as u32
+        };
+        // Reference values of MurmurHash3_x86_32 (SMHasher).
+        assert_eq!(h("", 0), 0);
+        assert_eq!(h("", 1), 0x514E_28B7);
+        assert_eq!(h("hello", 0), 0x248B_FA47);
+        assert_eq!(
+            h("The quick brown fox jumps over the lazy dog", 0),
+            0x2E4F_F723
+        );
+    }
+
+    #[test]
+    fn hashed_weights_fill_inputs_not_named_explicitly() {
+        let table: Vec<f64> = (0..16).map(|i| i as f64).collect();
+        let hashed = HashedWeights {
+            buckets: 16,
+            seed: 7,
+            table,
+        };
+        let a_bucket = hashed.bucket("a") as f32;
+        let w = LinearWeights {
+            intercept: 0.0,
+            weights: [("b".to_string(), 100.0)].into_iter().collect(),
+            hashed: Some(hashed),
+        };
+        let rt = w.into_runtime(&["a".to_string(), "b".to_string()]).unwrap();
+        assert_eq!(rt.weights, vec![a_bucket, 100.0]);
+    }
+
+    #[test]
+    fn a_hashed_table_of_the_wrong_size_is_refused() {
+        let w = LinearWeights {
+            intercept: 0.0,
+            weights: BTreeMap::new(),
+            hashed: Some(HashedWeights {
+                buckets: 8,
+                seed: 0,
+                table: vec![0.0; 4],
+            }),
+        };
+        assert!(w
+            .into_runtime(&["a".to_string()])
+            .unwrap_err()
+            .to_string()
+            .contains("8 buckets"));
+    }
+
+    #[test]
     fn unknown_weight_names_are_refused() {
         let w = LinearWeights {
             intercept: 0.0,
             weights: [("nope".to_string(), 1.0)].into_iter().collect(),
+            hashed: None,
         };
         let err = w.into_runtime(&["a".to_string()]).unwrap_err();
         assert!(err.to_string().contains("nope"));

@@ -433,6 +433,7 @@ fn train(
             .map(|n| n.to_string())
             .zip(weights)
             .collect(),
+        hashed: None,
     };
     BundleWriter::new(bundle, manifest)
         .weights(serde_json::to_vec_pretty(&file).expect("weights serialise"))
