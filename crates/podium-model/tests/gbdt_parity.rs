@@ -197,6 +197,40 @@ fn the_manifest_input_order_is_what_the_runtime_reads() {
 }
 
 #[test]
+fn scores_do_not_depend_on_batch_size_or_position() {
+    let inputs = Inputs::read("lightgbm_input.csv");
+    for model in [
+        lightgbm::read(&fixture("lightgbm_binary.txt")).unwrap(),
+        xgboost::read(&fixture("xgboost_binary.json")).unwrap(),
+    ] {
+        let runtime = model.into_runtime(&inputs.names).unwrap();
+        let whole = raw_scores(&runtime, &inputs, &inputs.slices());
+        // Sizes around the scoring block (64 rows) and lockstep group (8 rows).
+        for batch in [1, 7, 8, 9, 63, 64, 65, 200] {
+            let mut start = 0;
+            while start < inputs.rows {
+                let end = (start + batch).min(inputs.rows);
+                let columns: Vec<&[f32]> = inputs.columns.iter().map(|c| &c[start..end]).collect();
+                let mut out = vec![f32::NAN; end - start];
+                runtime
+                    .predict_raw(&Columns::new(&columns, end - start).unwrap(), &mut out)
+                    .unwrap();
+                for (r, (a, b)) in out.iter().zip(&whole[start..end]).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{}: batch {batch}, row {}",
+                        model.source().display(),
+                        start + r + 1
+                    );
+                }
+                start = end;
+            }
+        }
+    }
+}
+
+#[test]
 fn a_model_feature_missing_from_the_manifest_is_named() {
     let names: Vec<String> = [
         "ctr_7d",

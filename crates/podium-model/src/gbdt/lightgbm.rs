@@ -19,7 +19,7 @@
 //! they build a row (`RowPairFunctionFromDenseMatric` in `c_api.cpp`), so the trees see such
 //! inputs as exactly 0.0. That only changes a decision whose threshold lies within
 //! `kZeroThreshold` of zero, and it is folded into those thresholds at load (see
-//! [`node_threshold`]).
+//! `node_threshold`).
 //!
 //! Not supported: multiclass models, linear trees (`is_linear=1`) and objectives whose output
 //! transform is not a logistic or identity link (poisson, gamma, tweedie, `regression sqrt`, …).

@@ -1,16 +1,18 @@
 //! Exact runtimes for gradient-boosted tree ensembles trained by LightGBM and XGBoost.
 //!
-//! Both libraries' model files are parsed into one compact form, a [`Forest`]: every split node of
+//! Both libraries' model files are parsed into one compact form, a `Forest`: every split node of
 //! every tree in one flat array of 16-byte nodes laid out depth-first (a root-to-leaf path stays in
 //! few cache lines), every leaf value in another. Each library's decision rule is rewritten at load
 //! into one test on the f32 input, "left iff `x <= threshold`", plus the direction a missing value
-//! takes; the rewrite is exact for every f32 input (see [`lightgbm`] and [`xgboost`] for the
-//! proofs), so Podium follows the training library's path through every tree, including for missing
+//! takes; the rewrite is exact for every f32 input (see [`lightgbm`] and [`xgboost`] for why
+//! it holds), so Podium follows the training library's path through every tree, including for missing
 //! values and values that sit on or next to a threshold. Sums are accumulated in each library's own
 //! precision and tree order, so outputs agree to the last few bits, not merely within a tolerance.
 //!
-//! Scoring walks one block of rows through one tree at a time, so a tree's nodes stay in cache
-//! while the block uses them.
+//! Scoring copies a block of rows' inputs (only the features the trees test) into a small
+//! feature-major buffer, then runs the block through one tree at a time, so a tree's nodes stay in
+//! cache while the block uses them; within the block, groups of rows walk each tree in lockstep
+//! so their independent memory loads overlap.
 //!
 //! This module does not support multiclass or multi-target models, LightGBM linear trees,
 //! XGBoost categorical splits, DART boosters or objectives whose link Podium's manifest cannot
@@ -42,6 +44,8 @@ pub(crate) const LIGHTGBM_ZERO_THRESHOLD: f32 = 1e-35;
 /// Rows scored together through each tree; large enough to amortise pulling a tree into cache,
 /// small enough that the block's accumulators and input values stay in L1.
 const BLOCK: usize = 64;
+/// Rows that walk a tree together (see `Forest::walk`).
+const LANES: usize = 8;
 
 /// Why a parser gave up; turned into a [`ModelError`] naming the file.
 #[derive(Debug)]
@@ -335,41 +339,62 @@ impl Forest {
         used
     }
 
-    /// The same forest reading input column `columns[f]` (one of `width`) wherever it read file
+    /// The same forest reading feature slot `slots[f]` (one of `width`) wherever it read file
     /// feature `f`.
-    fn bind(&self, columns: &[u32], width: usize) -> Forest {
+    fn bind(&self, slots: &[u32], width: usize) -> Forest {
         let mut bound = self.clone();
         for n in &mut bound.nodes {
             let f = (n.feature & FEATURE_MASK) as usize;
-            n.feature = (n.feature & !FEATURE_MASK) | columns[f];
+            n.feature = (n.feature & !FEATURE_MASK) | slots[f];
         }
         bound.num_features = width;
         bound
     }
 
-    /// The leaf `row` reaches in the tree at `root`.
+    /// The leaves (as `LEAF`-tagged references) that block rows `first..first + lanes` reach in
+    /// the tree at `root`; entries past `lanes` are meaningless.
+    ///
+    /// The rows walk the tree in lockstep: each level advances every lane once, so the lanes'
+    /// independent load-compare chains overlap instead of each row waiting on its own memory
+    /// latency, and a lane that has reached its leaf idles on a select rather than a branch.
     #[inline(always)]
-    fn leaf(&self, root: u32, columns: &[&[f32]], row: usize) -> usize {
-        let mut at = root;
-        while at & LEAF == 0 {
-            let node = &self.nodes[at as usize];
-            let x = columns[(node.feature & FEATURE_MASK) as usize][row];
-            at = if self.goes_left(node, x) {
-                node.left
-            } else {
-                node.right
-            };
+    fn walk(&self, root: u32, block: &[[f32; BLOCK]], first: usize, lanes: usize) -> [u32; LANES] {
+        let mut at = [root; LANES];
+        if root & LEAF != 0 {
+            return at;
         }
-        (at & !LEAF) as usize
+        loop {
+            let mut open = false;
+            for (k, a) in at.iter_mut().enumerate().take(lanes) {
+                let live = *a & LEAF == 0;
+                // A finished lane re-reads node 0 and discards the result.
+                let node = &self.nodes[if live { *a as usize } else { 0 }];
+                // Masking proves the row index in range; it never changes it (first + k < BLOCK).
+                let x = block[(node.feature & FEATURE_MASK) as usize][(first + k) % BLOCK];
+                let next = if self.goes_left(node, x) {
+                    node.left
+                } else {
+                    node.right
+                };
+                *a = if live { next } else { *a };
+                open |= live;
+            }
+            if !open {
+                return at;
+            }
+        }
     }
 
+    /// Whether input `x` goes to the left child of `node`.
     #[inline(always)]
     fn goes_left(&self, node: &Node, x: f32) -> bool {
-        match node.feature & !FEATURE_MASK {
-            // The common cases, kept to one or two compares: a NaN input fails `<=`.
-            0 => x <= node.threshold,
-            NAN_LEFT => x <= node.threshold || x.is_nan(),
-            _ => self.goes_left_rare(node, x),
+        let flags = node.feature & !FEATURE_MASK;
+        if flags & (ZERO_MISSING | CATEGORICAL) == 0 {
+            // The common case, branch-free: a NaN input fails `<=` and is sent left only by
+            // the NaN-left flag.
+            (x <= node.threshold) | (x.is_nan() & (flags != 0))
+        } else {
+            self.goes_left_rare(node, x)
         }
     }
 
@@ -512,9 +537,12 @@ impl GbdtModel {
             !(self.generated_names && names.iter().all(|n| !position.contains_key(n.as_str())))
         });
         let used = self.forest.used_features();
-        let mut columns = vec![0u32; self.forest.num_features];
+        // Each feature a split tests gets a slot in the scoring block; `reads` says which input
+        // column fills it.
+        let mut slots = vec![0u32; self.forest.num_features];
+        let mut reads = Vec::new();
         for (f, _) in used.iter().enumerate().filter(|(_, &u)| u) {
-            columns[f] = match by_name {
+            let column = match by_name {
                 Some(names) => *position.get(names[f].as_str()).ok_or_else(|| {
                     ModelError::Schema(format!(
                         "{}: the {} model splits on feature {:?}, which model.toml's inputs \
@@ -536,9 +564,12 @@ impl GbdtModel {
                     )))
                 }
             };
+            slots[f] = reads.len() as u32;
+            reads.push(column);
         }
         Ok(GbdtRuntime {
-            forest: self.forest.bind(&columns, inputs.len()),
+            forest: self.forest.bind(&slots, reads.len()),
+            reads,
             sum: self.sum,
             num_inputs: inputs.len(),
         })
@@ -549,7 +580,10 @@ impl GbdtModel {
 /// library does.
 #[derive(Clone, Debug)]
 pub struct GbdtRuntime {
+    /// Trees whose split features index `reads`.
     forest: Forest,
+    /// The input column of each feature the trees read.
+    reads: Vec<u32>,
     sum: Sum,
     num_inputs: usize,
 }
@@ -561,31 +595,41 @@ impl GbdtRuntime {
     }
 
     fn score(&self, columns: &[&[f32]], out: &mut [f32]) {
-        let forest = &self.forest;
-        for (block, out) in out.chunks_mut(BLOCK).enumerate() {
-            let first = block * BLOCK;
+        // The block's values of the features the trees read, feature-major: a split's input is
+        // one load away from its node, and the whole block sits in L1.
+        let mut block = vec![[0.0f32; BLOCK]; self.reads.len()];
+        for (b, out) in out.chunks_mut(BLOCK).enumerate() {
+            let rows = b * BLOCK..b * BLOCK + out.len();
+            for (slot, &column) in block.iter_mut().zip(&self.reads) {
+                slot[..out.len()].copy_from_slice(&columns[column as usize][rows.clone()]);
+            }
             match self.sum {
                 Sum::Double { divisor, scale } => {
                     let mut acc = [0.0f64; BLOCK];
                     let acc = &mut acc[..out.len()];
-                    for &root in &forest.roots {
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            *a += forest.leaves[forest.leaf(root, columns, first + i)];
-                        }
-                    }
+                    self.accumulate(&block, acc, |a, leaf| *a += leaf);
                     for (o, a) in out.iter_mut().zip(acc.iter()) {
                         *o = (a / divisor * scale) as f32;
                     }
                 }
                 Sum::Single { base_margin } => {
-                    let acc = out;
-                    acc.fill(base_margin);
-                    for &root in &forest.roots {
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            // XGBoost leaves are f32, so this narrowing is exact.
-                            *a += forest.leaves[forest.leaf(root, columns, first + i)] as f32;
-                        }
-                    }
+                    out.fill(base_margin);
+                    // XGBoost leaves are f32, so the narrowing is exact.
+                    self.accumulate(&block, out, |a, leaf| *a += leaf as f32);
+                }
+            }
+        }
+    }
+
+    /// Adds every tree's leaf value, in tree order, to the accumulators of the block's rows.
+    #[inline(always)]
+    fn accumulate<A>(&self, block: &[[f32; BLOCK]], acc: &mut [A], add: impl Fn(&mut A, f64)) {
+        let forest = &self.forest;
+        for &root in &forest.roots {
+            for (group, acc) in acc.chunks_mut(LANES).enumerate() {
+                let leaves = forest.walk(root, block, group * LANES, acc.len());
+                for (a, &leaf) in acc.iter_mut().zip(&leaves) {
+                    add(a, forest.leaves[(leaf & !LEAF) as usize]);
                 }
             }
         }

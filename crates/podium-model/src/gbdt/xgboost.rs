@@ -188,9 +188,10 @@ fn base_score(text: &str) -> Result<f32, Fail> {
 fn objective_link(name: &str) -> Result<(Link, bool), Fail> {
     match name {
         "binary:logistic" | "reg:logistic" => Ok((Link::Logistic, true)),
-        // Same loss as binary:logistic, so the same base-score transform, but served as a margin.
-        "binary:logitraw" => Ok((Link::Identity, true)),
-        "reg:squarederror"
+        // Served as a margin. Since XGBoost 1.4 (dmlc/xgboost#6517) its base score is used as
+        // the margin as is, not through the logit (checked against XGBoost 3.2).
+        "binary:logitraw"
+        | "reg:squarederror"
         | "reg:linear"
         | "reg:squaredlogerror"
         | "reg:pseudohubererror"
@@ -462,6 +463,14 @@ mod tests {
         assert_eq!(score(&text, &[-1.0, 1.0]), [margin - 1.0, margin + 1.0]);
         let reg = stump("0", 0, "reg:squarederror", "[2.5E-1]");
         assert_eq!(score(&reg, &[-1.0]), [0.25 - 1.0]);
+    }
+
+    #[test]
+    fn logitraw_uses_its_base_score_as_the_margin() {
+        let text = stump("0", 0, "binary:logitraw", "[2.5E-1]");
+        let model = parse(&text, Path::new("m.json")).unwrap();
+        assert_eq!(model.link(), Link::Identity);
+        assert_eq!(score(&text, &[1.0]), [1.25]);
     }
 
     #[test]
