@@ -15,7 +15,7 @@ Podium is timed with `podium model bench` (release build, one thread) on bundles
 
 Usage (from the repository root):
     cargo build --release
-    pip install lightgbm scikit-learn skl2onnx onnxruntime lleaves
+    pip install lightgbm scikit-learn skl2onnx onnxruntime lleaves "llvmlite<0.44"   # lleaves 1.3 needs the old pass manager
     python3 scripts/bench_models.py [--out target/bench-models]
 Prints a Markdown table of µs per row and the ratios, and writes results.json beside the models.
 """
@@ -116,8 +116,9 @@ def main():
     try:
         import lleaves
 
-        lleaves_model = lleaves.Model(model_file=model_txt)
-        lleaves_model.compile(cache=os.path.join(args.out, "lleaves.so"))
+        compiled = lleaves.Model(model_file=model_txt)
+        compiled.compile(cache=os.path.join(args.out, "lleaves.so"))
+        lleaves_model = compiled
     except Exception as e:  # lleaves is optional
         print(f"lleaves unavailable: {e}", file=sys.stderr)
     for batch in (1, 100):
