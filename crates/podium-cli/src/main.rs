@@ -1,5 +1,6 @@
 //! The `podium` binary.
 
+mod loadgen;
 mod model;
 mod serve;
 
@@ -24,6 +25,16 @@ enum Command {
     /// Example:
     ///   podium serve --listen 127.0.0.1:8080 --data-dir ./podium-data
     Serve(serve::ServeArgs),
+    /// Send open-loop load to a decision server and report latency percentiles.
+    ///
+    /// Requests leave on a fixed schedule; latency counts from the scheduled send time, so a
+    /// stalled server is charged for every request it delayed. Prints a progress line per second
+    /// (stderr) and ends with a JSON summary on stdout:
+    /// {"sent", "ok", "errors", "achieved_rps", "p50_ms", "p99_ms", "p999_ms", …}.
+    ///
+    /// Example:
+    ///   taskset -c 0 podium loadgen --target http://127.0.0.1:8080 --rate 2000 --duration 30s
+    Loadgen(loadgen::LoadgenArgs),
     /// Package, validate, inspect, score and benchmark model bundles.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -49,5 +60,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Model(cmd) => model::run(cmd),
+        Command::Loadgen(args) => loadgen::run(args),
     }
 }

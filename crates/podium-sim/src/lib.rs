@@ -6,3 +6,4 @@
 //! ranker, a CTR model and a completion model) against a known ground truth.
 
 pub mod demo;
+pub mod traffic;

@@ -1,0 +1,296 @@
+//! `podium loadgen`: an open-loop load generator.
+//!
+//! Requests go out on a fixed schedule whatever the server does, and each latency is measured
+//! from the request's *scheduled* send time, so a server that stalls is charged for every request
+//! it delayed (no coordinated omission).
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use podium_sim::traffic::{RequestGen, TrafficConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options of `podium loadgen`.
+#[derive(Args, Debug)]
+pub struct LoadgenArgs {
+    /// Server to load: a base URL (requests go to /v1/decide) or a full endpoint URL.
+    #[arg(long)]
+    target: String,
+    /// Requests per second, sent on schedule.
+    #[arg(long)]
+    rate: f64,
+    /// How long to send, e.g. 30s, 2m, 500ms.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Duration,
+    /// Which traffic to send.
+    #[arg(long, value_enum, default_value = "demo")]
+    workload: Workload,
+    /// Seed of the request stream.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A request not answered within this many milliseconds counts as an error.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Most requests in flight; a send beyond it counts as an error rather than queueing.
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: u64,
+    /// Async worker threads of the generator (pin the process with taskset to keep it off the
+    /// server's cores).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// The traffic a load run sends.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Workload {
+    /// Viewers and breaks of the embedded demo world (10,000 viewers).
+    Demo,
+    /// The standard workload's viewer population (1,000,000 viewers, breaks of 1–6 slots, 15–120 s).
+    Standard,
+}
+
+/// Parses `30s`, `2m`, `500ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 500ms"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+struct Latencies {
+    all: Histogram<u64>,
+    window: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1_000_000.0) {
+        bail!("--rate must be in (0, 1000000], got {}", args.rate);
+    }
+    let url = if args.target.trim_end_matches('/').matches('/').count() <= 2 {
+        format!("{}/v1/decide", args.target.trim_end_matches('/'))
+    } else {
+        args.target.clone()
+    };
+    reqwest::Url::parse(&url)
+        .with_context(|| format!("--target {:?} is not a URL", args.target))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = runtime.block_on(drive(url, args))?;
+    println!("{summary}");
+    Ok(())
+}
+
+async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Value> {
+    let traffic = match args.workload {
+        Workload::Demo => TrafficConfig::demo(),
+        Workload::Standard => TrafficConfig {
+            users: 1_000_000,
+            ..TrafficConfig::demo()
+        },
+    };
+    // Bodies are made before the clock starts so that generating them never delays a send.
+    let total = (args.rate * args.duration.as_secs_f64()).ceil() as u64;
+    let mut generator = RequestGen::new(traffic, args.seed);
+    let distinct = total.clamp(1, 100_000) as usize;
+    let bodies: Arc<Vec<bytes_body::Body>> = Arc::new(
+        (0..distinct)
+            .map(|_| bytes_body::Body::from(generator.next_body()))
+            .collect(),
+    );
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .build()
+        .context("building the HTTP client")?;
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(Mutex::new(Latencies {
+        all: histogram(),
+        window: histogram(),
+    }));
+
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let progress = tokio::spawn(report_progress(counters.clone(), latencies.clone(), start));
+    let mut next = 0u64;
+    while next < total {
+        let scheduled = start + interval.mul_f64(next as f64);
+        let now = Instant::now();
+        if scheduled > now {
+            let wait = scheduled - now;
+            // tokio's timer has millisecond granularity: sleep the bulk, yield through the rest.
+            if wait > Duration::from_millis(2) {
+                tokio::time::sleep(wait - Duration::from_millis(1)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+            continue;
+        }
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        if counters.in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            next += 1;
+            continue;
+        }
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let body = bodies[(next % bodies.len() as u64) as usize].clone();
+        let (client, url, counters, latencies) = (
+            client.clone(),
+            url.clone(),
+            counters.clone(),
+            latencies.clone(),
+        );
+        tokio::spawn(async move {
+            let result = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.into_inner())
+                .send()
+                .await;
+            let ok = match result {
+                Ok(r) => {
+                    let status = r.status();
+                    r.bytes().await.is_ok() && status.is_success()
+                }
+                Err(_) => false,
+            };
+            let us = scheduled.elapsed().as_micros().max(1) as u64;
+            if ok {
+                counters.ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            {
+                let mut l = latencies.lock().expect("latency lock");
+                let _ = l.all.record(us.min(60_000_000));
+                let _ = l.window.record(us.min(60_000_000));
+            }
+            counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+        next += 1;
+    }
+    let sending = start.elapsed();
+    let drain_deadline = Instant::now() + Duration::from_millis(args.timeout_ms + 500);
+    while counters.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    progress.abort();
+    let l = latencies.lock().expect("latency lock");
+    let ms = |q: f64| l.all.value_at_quantile(q) as f64 / 1000.0;
+    let ok = counters.ok.load(Ordering::Relaxed);
+    Ok(serde_json::json!({
+        "sent": counters.sent.load(Ordering::Relaxed),
+        "ok": ok,
+        "errors": counters.errors.load(Ordering::Relaxed) + counters.in_flight.load(Ordering::Relaxed),
+        "target_rps": args.rate,
+        "achieved_rps": ok as f64 / sending.as_secs_f64().max(1e-9),
+        "duration_s": sending.as_secs_f64(),
+        "p50_ms": ms(0.5),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": l.all.max() as f64 / 1000.0,
+    }))
+}
+
+async fn report_progress(
+    counters: Arc<Counters>,
+    latencies: Arc<Mutex<Latencies>>,
+    start: Instant,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last_ok = 0;
+    loop {
+        tick.tick().await;
+        let ok = counters.ok.load(Ordering::Relaxed);
+        let (p50, p99) = {
+            let mut l = latencies.lock().expect("latency lock");
+            let r = (
+                l.window.value_at_quantile(0.5),
+                l.window.value_at_quantile(0.99),
+            );
+            l.window.reset();
+            r
+        };
+        eprintln!(
+            "t={:>4.0}s sent={} ok/s={} errors={} in_flight={} p50={:.2}ms p99={:.2}ms",
+            start.elapsed().as_secs_f64(),
+            counters.sent.load(Ordering::Relaxed),
+            ok - last_ok,
+            counters.errors.load(Ordering::Relaxed),
+            counters.in_flight.load(Ordering::Relaxed),
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+        );
+        last_ok = ok;
+    }
+}
+
+/// Request bodies shared between sends without copying.
+mod bytes_body {
+    /// A cheaply clonable request body.
+    #[derive(Clone)]
+    pub struct Body(std::sync::Arc<str>);
+
+    impl From<String> for Body {
+        fn from(s: String) -> Self {
+            Body(s.into())
+        }
+    }
+
+    impl Body {
+        /// The body for reqwest (one copy per send; bodies are a few hundred bytes).
+        pub fn into_inner(self) -> String {
+            self.0.to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("3 fortnights").is_err());
+    }
+}
