@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     base: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Server {
@@ -32,11 +32,7 @@ impl Server {
             .strip_prefix("podium listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        let server = Server {
-            child,
-            base,
-            _data: data,
-        };
+        let server = Server { child, base, data };
         let started = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(server.url("/readyz")).await {
@@ -259,4 +255,110 @@ fn an_unusable_data_dir_is_reported_and_the_process_exits() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("marketplace.json"), "{err}");
+}
+
+#[tokio::test]
+async fn serves_every_model_over_the_open_inference_protocol() {
+    let server = Server::start().await;
+    let get = |p: &str| reqwest::get(server.url(p));
+    assert_eq!(get("/v2/health/ready").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/health/live").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/models/ctr/ready").await.unwrap().status(), 200);
+    assert_eq!(get("/v2/models/nope/ready").await.unwrap().status(), 404);
+    let meta: Value = get("/v2/models/ctr").await.unwrap().json().await.unwrap();
+    assert_eq!(meta["name"], "ctr");
+    let names: Vec<String> = meta["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.len() > 2);
+
+    // Two rows as one [N, F] tensor, the second with a missing value.
+    let width = names.len();
+    let row0: Vec<Value> = (0..width).map(|i| json!(0.01 * (i as f64 + 1.0))).collect();
+    let mut row1 = row0.clone();
+    row1[0] = Value::Null;
+    let flat: Vec<Value> = row0.iter().chain(row1.iter()).cloned().collect();
+    let (status, out) = server
+        .post("/v2/models/ctr/infer", json!({"id": "x", "inputs": [{"name": "input-0", "shape": [2, width], "datatype": "FP32", "data": flat}]}).to_string())
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["model_name"], "ctr");
+    assert_eq!(out["id"], "x");
+    let p = out["outputs"][0]["data"].as_array().unwrap();
+    assert_eq!(p.len(), 2);
+    assert!(p
+        .iter()
+        .all(|v| v.as_f64().unwrap() > 0.0 && v.as_f64().unwrap() < 1.0));
+
+    // The same rows as one tensor per feature give the same predictions.
+    let per_feature: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"name": n, "shape": [2], "datatype": "FP64", "data": [row0[i], row1[i]]}))
+        .collect();
+    let (status, out2) = server
+        .post(
+            "/v2/models/ctr/infer",
+            json!({"inputs": per_feature}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{out2}");
+    assert_eq!(out2["outputs"][0]["data"], out["outputs"][0]["data"]);
+
+    // And the same as `podium model score` on the bundle the server loaded.
+    let csv_path = server.data.path().join("rows.csv");
+    let cell = |v: &Value| {
+        if v.is_null() {
+            String::new()
+        } else {
+            v.to_string()
+        }
+    };
+    let csv = format!(
+        "{}\n{}\n{}\n",
+        names.join(","),
+        row0.iter().map(cell).collect::<Vec<_>>().join(","),
+        row1.iter().map(cell).collect::<Vec<_>>().join(",")
+    );
+    std::fs::write(&csv_path, csv).unwrap();
+    let scored = Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args(["model", "score"])
+        .arg(server.data.path().join("models/ctr"))
+        .arg("--input")
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    let scored = String::from_utf8(scored.stdout).unwrap();
+    let cli: Vec<f64> = scored.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    for (a, b) in cli.iter().zip(p) {
+        assert!((a - b.as_f64().unwrap()).abs() < 1e-6, "{cli:?} vs {p:?}");
+    }
+
+    // Bad requests name the problem.
+    let (status, e) = server
+        .post("/v2/models/ctr/infer", json!({"inputs": [{"name": "input-0", "shape": [2, 3], "datatype": "FP32", "data": [1, 2]}]}).to_string())
+        .await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("shape"), "{e}");
+    let (status, e) = server
+        .post(
+            "/v2/models/ctr/infer",
+            json!({"inputs": [{"name": "bogus", "shape": [1], "datatype": "FP32", "data": [1]}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("bogus"), "{e}");
+    let (status, _) = server.post("/v2/models/ctr/infer", "{}").await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .post(
+            "/v2/models/missing/infer",
+            json!({"inputs": []}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 404);
 }

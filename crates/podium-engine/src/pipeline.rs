@@ -130,6 +130,11 @@ impl Engine {
         self.inner.market.load_full()
     }
 
+    /// The compute pool model scoring runs on.
+    pub fn pool(&self) -> &ComputePool {
+        &self.inner.pool
+    }
+
     /// The pipeline's configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config

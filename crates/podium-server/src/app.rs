@@ -1,6 +1,7 @@
 //! The router and its shared state.
 
 use crate::api::{parse_decide, ApiError, DecideResponse};
+use crate::oip;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -43,6 +44,11 @@ impl AppState {
         let _ = self.log.set(log);
     }
 
+    /// The engine, once ready.
+    pub fn engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
     /// Whether the engine is ready.
     pub fn ready(&self) -> bool {
         self.engine.get().is_some()
@@ -56,6 +62,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/decisions/recent", get(recent_decisions))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{name}", get(oip::metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route("/v2/models/{name}/versions/{version}", get(oip::metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(oip::model_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip::infer),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {

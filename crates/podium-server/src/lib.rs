@@ -3,5 +3,6 @@
 
 pub mod api;
 mod app;
+pub mod oip;
 
 pub use app::{router, serve, AppState, MAX_BODY_BYTES};

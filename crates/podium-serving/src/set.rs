@@ -22,6 +22,16 @@ impl ModelSet {
             .position(|m| m.model().manifest().task == task)
     }
 
+    /// Every model of the set, the ranker first.
+    pub fn all(&self) -> impl Iterator<Item = &BoundModel> {
+        std::iter::once(&self.ranker).chain(&self.scorers)
+    }
+
+    /// The model of a name, if the set has it.
+    pub fn by_name(&self, name: &str) -> Option<&BoundModel> {
+        self.all().find(|m| m.model().name() == name)
+    }
+
     /// Scores `frame` with every full-scoring model, in parallel on the current rayon pool.
     pub fn score_all(&self, frame: &FeatureFrame) -> Vec<Scored> {
         use rayon::prelude::*;

@@ -1,0 +1,323 @@
+//! The Open Inference Protocol (KServe v2) REST endpoints for every loaded model, so that other
+//! services and standard clients (tritonclient, MLServer's client) can call Podium's models.
+//!
+//! Inputs come either as one `[N, F]` tensor in the model's input order, or as one tensor per
+//! feature named as the model's inputs (`[N]` or `[N, 1]`); missing features get the model's
+//! defaults. The output is one FP32 tensor `predict` of shape `[N]`.
+
+use crate::api::ApiError;
+use crate::app::AppState;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use podium_model::Model;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Most values (rows × features) one infer request may carry.
+pub const MAX_INFER_VALUES: usize = 1 << 20;
+
+/// One input tensor of an infer request.
+#[derive(Debug, Deserialize)]
+pub struct InferInput {
+    /// Tensor name: a feature name, or any name for a single `[N, F]` tensor.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// `FP32`, `FP64`, `INT32`, `INT64`, … — read as numbers.
+    pub datatype: String,
+    /// Row-major values; `null` is a missing value.
+    pub data: Value,
+}
+
+/// An infer request body.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Echoed in the answer.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Input tensors.
+    pub inputs: Vec<InferInput>,
+}
+
+fn model_of(
+    state: &AppState,
+    name: &str,
+) -> Result<(Model, podium_serving::ComputePool), ApiError> {
+    let engine = state.engine().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "models are loading; retry shortly",
+        )
+    })?;
+    let models = engine.models();
+    let model = models
+        .by_name(name)
+        .map(|b| b.model().clone())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no model named {name:?} is loaded"),
+            )
+        })?;
+    Ok((model, engine.pool().clone()))
+}
+
+/// Flattens a JSON tensor (nested or flat) into f32 values, `null` as NaN.
+fn flatten(v: &Value, out: &mut Vec<f32>, field: &str) -> Result<(), ApiError> {
+    match v {
+        Value::Array(items) => {
+            for item in items {
+                flatten(item, out, field)?;
+                if out.len() > MAX_INFER_VALUES {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("more than {MAX_INFER_VALUES} values in one request"),
+                    ));
+                }
+            }
+        }
+        Value::Number(n) => out.push(n.as_f64().unwrap_or(f64::NAN) as f32),
+        Value::Bool(b) => out.push(if *b { 1.0 } else { 0.0 }),
+        Value::Null => out.push(f32::NAN),
+        other => {
+            return Err(ApiError::field(
+                field,
+                format!("expected numbers, got {other}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Lays the request's tensors out as the model's input columns.
+fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+    let names: Vec<&str> = model
+        .manifest()
+        .inputs
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    if req.inputs.is_empty() {
+        return Err(ApiError::field("inputs", "must hold at least one tensor"));
+    }
+    let mut tensors = Vec::with_capacity(req.inputs.len());
+    for (i, t) in req.inputs.iter().enumerate() {
+        let field = format!("inputs[{i}].data");
+        if !matches!(
+            t.datatype.as_str(),
+            "FP32"
+                | "FP64"
+                | "FP16"
+                | "INT8"
+                | "INT16"
+                | "INT32"
+                | "INT64"
+                | "UINT8"
+                | "UINT16"
+                | "UINT32"
+                | "UINT64"
+                | "BOOL"
+        ) {
+            return Err(ApiError::field(
+                format!("inputs[{i}].datatype"),
+                format!("{:?} is not a numeric datatype", t.datatype),
+            ));
+        }
+        if t.shape.iter().any(|&d| d < 0) {
+            return Err(ApiError::field(
+                format!("inputs[{i}].shape"),
+                "dimensions must be non-negative",
+            ));
+        }
+        let mut values = Vec::new();
+        flatten(&t.data, &mut values, &field)?;
+        let expected: i64 = t.shape.iter().product();
+        if expected as usize != values.len() {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "shape {:?} needs {expected} values, got {}",
+                    t.shape,
+                    values.len()
+                ),
+            ));
+        }
+        tensors.push(values);
+    }
+    let single = &req.inputs[0];
+    if req.inputs.len() == 1 && single.shape.len() == 2 && !names.contains(&single.name.as_str()) {
+        let (rows, width) = (single.shape[0] as usize, single.shape[1] as usize);
+        if width != names.len() {
+            return Err(ApiError::field(
+                "inputs[0].shape",
+                format!(
+                    "model {:?} reads {} features, the tensor has {width} columns",
+                    model.name(),
+                    names.len()
+                ),
+            ));
+        }
+        let data = &tensors[0];
+        let cols = (0..width)
+            .map(|c| (0..rows).map(|r| data[r * width + c]).collect())
+            .collect();
+        return Ok((cols, rows));
+    }
+    // One tensor per feature.
+    let mut rows = None;
+    let mut cols: Vec<Option<Vec<f32>>> = vec![None; names.len()];
+    for (i, (t, values)) in req.inputs.iter().zip(tensors).enumerate() {
+        let Some(c) = names.iter().position(|n| *n == t.name) else {
+            return Err(ApiError::field(
+                format!("inputs[{i}].name"),
+                format!(
+                    "model {:?} has no input {:?} (inputs: {})",
+                    model.name(),
+                    t.name,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if t.shape.len() > 2 || (t.shape.len() == 2 && t.shape[1] != 1) {
+            return Err(ApiError::field(
+                format!("inputs[{i}].shape"),
+                "a per-feature tensor must be [N] or [N, 1]",
+            ));
+        }
+        if *rows.get_or_insert(values.len()) != values.len() {
+            return Err(ApiError::field(
+                format!("inputs[{i}].shape"),
+                "every per-feature tensor must have the same length",
+            ));
+        }
+        cols[c] = Some(values);
+    }
+    let rows = rows.unwrap_or(0);
+    Ok((
+        cols.into_iter()
+            .map(|c| c.unwrap_or_else(|| vec![f32::NAN; rows]))
+            .collect(),
+        rows,
+    ))
+}
+
+/// `POST /v2/models/{name}/infer` (and the versioned path).
+pub async fn infer(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let name = param(&params, "name");
+    let (model, pool) = model_of(&state, &name)?;
+    check_version(&model, &params)?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let req: InferRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::field(
+            if path == "." {
+                "body".to_string()
+            } else {
+                path
+            },
+            e.into_inner(),
+        )
+    })?;
+    let (cols, rows) = columns(&model, &req)?;
+    let scored = {
+        let model = model.clone();
+        pool.run(move || model.predict_columns(cols, rows)).await
+    };
+    let values = scored.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let data: Vec<Value> = values
+        .iter()
+        .map(|&v| if v.is_finite() { json!(v) } else { Value::Null })
+        .collect();
+    Ok(Json(json!({
+        "model_name": model.name(),
+        "model_version": model.version(),
+        "id": req.id,
+        "outputs": [{"name": "predict", "datatype": "FP32", "shape": [rows], "data": data}],
+    }))
+    .into_response())
+}
+
+fn param(params: &[(String, String)], key: &str) -> String {
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+fn check_version(model: &Model, params: &[(String, String)]) -> Result<(), ApiError> {
+    match params.iter().find(|(k, _)| k == "version") {
+        Some((_, v)) if v != model.version() => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model {:?} serves version {:?}, not {v:?}",
+                model.name(),
+                model.version()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /v2/models/{name}` (and the versioned path): model metadata.
+pub async fn metadata(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let (model, _) = model_of(&state, &param(&params, "name"))?;
+    check_version(&model, &params)?;
+    let m = model.manifest();
+    let inputs: Vec<Value> = m
+        .inputs
+        .iter()
+        .map(|i| json!({"name": i.name, "datatype": "FP32", "shape": [-1]}))
+        .collect();
+    Ok(Json(json!({
+        "name": m.name,
+        "versions": [m.version],
+        "platform": format!("podium-{}", serde_json::to_value(m.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        "inputs": inputs,
+        "outputs": [{"name": "predict", "datatype": "FP32", "shape": [-1]}],
+        "parameters": {"task": m.task},
+    }))
+    .into_response())
+}
+
+/// `GET /v2/models/{name}/ready`: 200 when the model is loaded.
+pub async fn model_ready(
+    State(state): State<AppState>,
+    Path(params): Path<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let (model, _) = model_of(&state, &param(&params, "name"))?;
+    check_version(&model, &params)?;
+    Ok(Json(json!({"name": model.name(), "ready": true})).into_response())
+}
+
+/// `GET /v2`: server metadata.
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({"name": "podium", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+}
+
+/// `GET /v2/health/live`.
+pub async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+/// `GET /v2/health/ready`.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.ready() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false})),
+        )
+            .into_response()
+    }
+}
