@@ -5,9 +5,9 @@ use crate::pipeline::{Engine, EngineConfig, MarketSnapshot};
 use podium_auction::{Marketplace, MarketplaceError};
 use podium_features::{Hydrator, MemoryStore, OnlineStore};
 use podium_log::DecisionSink;
-use podium_model::{load_bundle, ModelError};
+use podium_model::ModelError;
 use podium_pacing::MemorySpendStore;
-use podium_serving::{BindError, BoundModel, ComputePool, ModelSet};
+use podium_serving::{ComputePool, ConfigError, ModelSetConfig, SlotConfig};
 use podium_sim::demo::{self, DemoConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,9 +29,9 @@ pub enum DemoError {
     /// A model bundle is unusable.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// A model reads a feature the demo space lacks.
+    /// The model set could not be loaded.
     #[error(transparent)]
-    Bind(#[from] BindError),
+    ModelSet(#[from] ConfigError),
     /// The feature space is inconsistent.
     #[error("feature space: {0}")]
     Features(String),
@@ -66,20 +66,19 @@ pub fn build_demo(
     let space = Arc::new(demo::feature_space());
     let models_dir = data_dir.join("models");
     mk(&models_dir)?;
-    let bundles = demo::ensure_models(cfg, &marketplace, &models_dir)?;
-    let bind = |dir: &PathBuf| -> Result<BoundModel, DemoError> {
-        Ok(BoundModel::bind(load_bundle(dir)?, space.schema())?)
-    };
-    let ranker = bind(&bundles[0])?;
-    let scorers = bundles[1..]
-        .iter()
-        .map(bind)
-        .collect::<Result<Vec<_>, _>>()?;
-    let models = ModelSet {
-        ranker,
-        scorers,
-        top_k: DEMO_TOP_K,
-    };
+    demo::ensure_models(cfg, &marketplace, &models_dir)?;
+    // The model set is a file beside the bundles, so an operator can add fallbacks or drills.
+    let set_path = data_dir.join("models.toml");
+    if !set_path.exists() {
+        let names = demo::model_names();
+        ModelSetConfig {
+            top_k: DEMO_TOP_K,
+            ranker: SlotConfig::of(names[0]),
+            scorers: names[1..].iter().map(|n| SlotConfig::of(n)).collect(),
+        }
+        .write(&set_path)?;
+    }
+    let models = ModelSetConfig::read(&set_path)?.load(&models_dir, space.schema())?;
 
     let store = Arc::new(MemoryStore::new());
     for (key, values) in demo::audience(cfg) {

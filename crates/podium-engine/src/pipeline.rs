@@ -1,6 +1,7 @@
 //! The pipeline itself.
 
 use arc_swap::ArcSwap;
+use futures::future::join_all;
 use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
 use podium_core::{
     AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
@@ -19,6 +20,8 @@ pub struct EngineConfig {
     pub default_tmax: Duration,
     /// Most of the deadline hydration may take before defaults are served.
     pub hydrate_budget: Duration,
+    /// Time kept back from model scoring for pricing, pod construction and the response.
+    pub response_reserve: Duration,
 }
 
 impl Default for EngineConfig {
@@ -26,6 +29,7 @@ impl Default for EngineConfig {
         Self {
             default_tmax: Duration::from_millis(20),
             hydrate_budget: Duration::from_millis(5),
+            response_reserve: Duration::from_millis(1),
         }
     }
 }
@@ -175,22 +179,8 @@ impl Engine {
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
 
-        let this = self.clone();
-        let job_market = market.clone();
-        let job_req = req.clone();
-        let job_hydrated = hydrated.clone();
-        let computed = inner
-            .pool
-            .run(move || {
-                this.compute(
-                    &job_req,
-                    &job_market,
-                    &models,
-                    &job_hydrated,
-                    &eligible,
-                    deadline,
-                )
-            })
+        let computed = self
+            .select(&req, &market, &models, &hydrated, &eligible, deadline)
             .await;
         degraded.extend(computed.degraded);
 
@@ -232,8 +222,9 @@ impl Engine {
         decision
     }
 
-    /// Rank, score, value and pod: the CPU-bound stages, run on the compute pool.
-    fn compute(
+    /// Rank, score, value and pod. Each model runs on the compute pool under the deadline, with
+    /// its fallback tiers; valuation and pod construction are cheap and run inline.
+    async fn select(
         &self,
         req: &AdRequest,
         market: &MarketSnapshot,
@@ -242,21 +233,20 @@ impl Engine {
         eligible: &[u32],
         deadline: Deadline,
     ) -> Computed {
-        let hydrator = &self.inner.hydrator;
+        let inner = &self.inner;
+        let hydrator = &inner.hydrator;
+        let reserve = inner.config.response_reserve;
         let line_items = &market.marketplace.line_items;
         let mut degraded = Vec::new();
         let mut model_versions = Vec::new();
-        let mut note =
-            |m: &podium_serving::BoundModel, s: &Scored, versions: &mut Vec<ModelUse>| {
-                versions.push(ModelUse {
-                    name: m.model().name().to_string(),
-                    version: m.model().version().to_string(),
-                    tier: s.tier,
-                });
-                if let Some(reason) = &s.fallback_reason {
-                    degraded.push(format!("model {}: {reason}", m.model().name()));
-                }
-            };
+        let mut note = |s: &Scored| {
+            model_versions.push(ModelUse {
+                name: s.model.0.clone(),
+                version: s.model.1.clone(),
+                tier: s.tier,
+            });
+            degraded.extend(s.fallback_reasons.iter().map(|r| format!("model {r}")));
+        };
 
         // Early rank: a light model on every eligible candidate, valued roughly, keeps the top K.
         let t = Instant::now();
@@ -264,15 +254,12 @@ impl Engine {
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = hydrator.frame(hydrated, &rows);
-        let ranked = if deadline.expired() {
-            models
-                .ranker
-                .prior(frame.rows(), "deadline passed before ranking".into())
-        } else {
-            models.ranker.score(&frame)
-        };
-        note(&models.ranker, &ranked, &mut model_versions);
+        let frame = Arc::new(hydrator.frame(hydrated, &rows));
+        let ranked = models
+            .ranker
+            .run(&inner.pool, frame, deadline, reserve)
+            .await;
+        note(&ranked);
         let mut order: Vec<(Micros, u32)> = eligible
             .iter()
             .zip(&ranked.values)
@@ -295,24 +282,22 @@ impl Engine {
         let top: Vec<u32> = order.iter().map(|&(_, i)| i).collect();
         let rank_us = us(t.elapsed());
 
-        // Full scoring: every model on the top K, in parallel.
+        // Full scoring: every model on the top K, in parallel on the pool.
         let t = Instant::now();
         let rows: Vec<&[f32]> = top
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = hydrator.frame(hydrated, &rows);
-        let scores: Vec<Scored> = if deadline.expired() {
+        let frame = Arc::new(hydrator.frame(hydrated, &rows));
+        let scores: Vec<Scored> = join_all(
             models
                 .scorers
                 .iter()
-                .map(|m| m.prior(frame.rows(), "deadline passed before scoring".into()))
-                .collect()
-        } else {
-            models.score_all(&frame)
-        };
-        for (m, s) in models.scorers.iter().zip(&scores) {
-            note(m, s, &mut model_versions);
+                .map(|slot| slot.run(&inner.pool, frame.clone(), deadline, reserve)),
+        )
+        .await;
+        for s in &scores {
+            note(s);
         }
         let score_us = us(t.elapsed());
 
@@ -419,12 +404,7 @@ impl Engine {
                     .hydrate(&req, self.inner.config.hydrate_budget)
                     .await;
                 let eligible = market.index.eligible(&req);
-                let this = self.clone();
-                self.inner
-                    .pool
-                    .run(move || {
-                        this.compute(&req, &market, &models, &hydrated, &eligible, deadline);
-                    })
+                self.select(&req, &market, &models, &hydrated, &eligible, deadline)
                     .await;
             }
         }

@@ -116,8 +116,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.engine.get() {
         Some(engine) => {
             let models = engine.models();
-            let list: Vec<_> = std::iter::once(&models.ranker)
-                .chain(&models.scorers)
+            let list: Vec<_> = models
+                .all()
                 .map(|m| json!({"name": m.model().name(), "version": m.model().version()}))
                 .collect();
             let market = engine.market();

@@ -2,7 +2,6 @@
 
 use podium_core::{FeatureFrame, FrameSchema};
 use podium_model::{Columns, Model};
-use std::time::Instant;
 
 /// A model input the frame schema does not provide.
 #[derive(Debug, thiserror::Error)]
@@ -14,19 +13,6 @@ pub struct BindError {
     pub version: String,
     /// The input that has no column.
     pub input: String,
-}
-
-/// The outcome of scoring one batch with one model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scored {
-    /// One prediction per row.
-    pub values: Vec<f32>,
-    /// 0 when the model answered, 1 when its fallback prior did.
-    pub tier: u8,
-    /// Why the fallback served, if it did.
-    pub fallback_reason: Option<String>,
-    /// Time spent, in microseconds.
-    pub micros: u64,
 }
 
 /// A model with its input columns resolved against one schema.
@@ -65,10 +51,9 @@ impl BoundModel {
         &self.model
     }
 
-    /// Scores every row of `frame`. A model error or a NaN output serves the bundle's fallback
-    /// prior for the whole batch, so the auction never sees a hole.
-    pub fn score(&self, frame: &FeatureFrame) -> Scored {
-        let started = Instant::now();
+    /// Scores every row of `frame`, filling declared defaults for missing values. An error or a
+    /// non-finite prediction is an `Err` naming it, so the caller can fall back to another tier.
+    pub fn try_score(&self, frame: &FeatureFrame) -> Result<Vec<f32>, String> {
         let rows = frame.rows();
         // Copy only the columns where a default must replace a missing value.
         let patched: Vec<Option<Vec<f32>>> = self
@@ -91,36 +76,18 @@ impl BoundModel {
             .map(|(&c, p)| p.as_deref().unwrap_or_else(|| frame.column(c)))
             .collect();
         let mut values = vec![0.0f32; rows];
-        let outcome = Columns::new(&slices, rows)
+        Columns::new(&slices, rows)
             .and_then(|cols| self.model.predict(&cols, &mut values))
-            .map_err(|e| e.to_string())
-            .and_then(|()| match values.iter().position(|v| !v.is_finite()) {
-                Some(r) => Err(format!("non-finite prediction at row {r}")),
-                None => Ok(()),
-            });
-        let (tier, fallback_reason) = match outcome {
-            Ok(()) => (0, None),
-            Err(reason) => {
-                values.fill(self.model.manifest().serving.fallback_prior as f32);
-                (1, Some(reason))
-            }
-        };
-        Scored {
-            values,
-            tier,
-            fallback_reason,
-            micros: started.elapsed().as_micros() as u64,
+            .map_err(|e| e.to_string())?;
+        match values.iter().position(|v| !v.is_finite()) {
+            Some(r) => Err(format!("non-finite prediction at row {r}")),
+            None => Ok(values),
         }
     }
 
-    /// The fallback prior for `rows` rows, for when there is no time left to run the model.
-    pub fn prior(&self, rows: usize, reason: String) -> Scored {
-        Scored {
-            values: vec![self.model.manifest().serving.fallback_prior as f32; rows],
-            tier: 1,
-            fallback_reason: Some(reason),
-            micros: 0,
-        }
+    /// The bundle's fallback prior.
+    pub fn prior(&self) -> f32 {
+        self.model.manifest().serving.fallback_prior as f32
     }
 }
 
@@ -183,19 +150,24 @@ mod tests {
     #[test]
     fn reads_its_column_and_fills_declared_defaults() {
         let (m, schema) = bound(Some(0.5));
-        let s = m.score(&frame(&schema, &[0.1, f32::NAN]));
-        assert_eq!((s.values, s.tier), (vec![0.1, 0.5], 0));
+        assert_eq!(
+            m.try_score(&frame(&schema, &[0.1, f32::NAN])),
+            Ok(vec![0.1, 0.5])
+        );
     }
 
     #[test]
-    fn an_error_or_a_nan_serves_the_prior() {
+    fn an_error_or_a_nan_is_reported() {
         let (m, schema) = bound(None);
-        let s = m.score(&frame(&schema, &[0.1, -1.0]));
-        assert_eq!((s.values, s.tier), (vec![0.25, 0.25], 1));
-        assert!(s.fallback_reason.unwrap().contains("negative"));
-        let s = m.score(&frame(&schema, &[0.1, f32::NAN]));
-        assert_eq!(s.tier, 1);
-        assert!(s.fallback_reason.unwrap().contains("non-finite"));
+        assert!(m
+            .try_score(&frame(&schema, &[0.1, -1.0]))
+            .unwrap_err()
+            .contains("negative"));
+        assert!(m
+            .try_score(&frame(&schema, &[0.1, f32::NAN]))
+            .unwrap_err()
+            .contains("non-finite"));
+        assert_eq!(m.prior(), 0.25);
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! `podium-auction`'s. This crate only turns frames into scores, safely and on the right threads.
 
 pub mod bound;
+pub mod config;
 pub mod pool;
 pub mod set;
+pub mod slot;
 
-pub use bound::{BindError, BoundModel, Scored};
+pub use bound::{BindError, BoundModel};
+pub use config::{ConfigError, ModelSetConfig, SlotConfig};
 pub use pool::ComputePool;
 pub use set::ModelSet;
+pub use slot::{ModelSlot, Scored};

@@ -1,15 +1,15 @@
 //! The model set: which models run at which stage. A request pins one set for its whole life.
 
-use crate::bound::{BoundModel, Scored};
-use podium_core::FeatureFrame;
+use crate::bound::BoundModel;
+use crate::slot::ModelSlot;
 
 /// The models of one serving configuration.
 #[derive(Debug, Clone)]
 pub struct ModelSet {
     /// Early ranker, run on every eligible candidate to pick the top K.
-    pub ranker: BoundModel,
-    /// Full-scoring models, run on the top K.
-    pub scorers: Vec<BoundModel>,
+    pub ranker: ModelSlot,
+    /// Full-scoring models, run on the top K, in parallel.
+    pub scorers: Vec<ModelSlot>,
     /// How many candidates go from the early ranker to full scoring.
     pub top_k: usize,
 }
@@ -19,22 +19,18 @@ impl ModelSet {
     pub fn scorer_for(&self, task: &str) -> Option<usize> {
         self.scorers
             .iter()
-            .position(|m| m.model().manifest().task == task)
+            .position(|s| s.primary().model().manifest().task == task)
     }
 
-    /// Every model of the set, the ranker first.
+    /// Every model of the set (fallbacks included), the ranker's first.
     pub fn all(&self) -> impl Iterator<Item = &BoundModel> {
-        std::iter::once(&self.ranker).chain(&self.scorers)
+        std::iter::once(&self.ranker)
+            .chain(&self.scorers)
+            .flat_map(|s| s.models())
     }
 
     /// The model of a name, if the set has it.
     pub fn by_name(&self, name: &str) -> Option<&BoundModel> {
         self.all().find(|m| m.model().name() == name)
-    }
-
-    /// Scores `frame` with every full-scoring model, in parallel on the current rayon pool.
-    pub fn score_all(&self, frame: &FeatureFrame) -> Vec<Scored> {
-        use rayon::prelude::*;
-        self.scorers.par_iter().map(|m| m.score(frame)).collect()
     }
 }
