@@ -162,6 +162,7 @@ mod tests {
             }],
             output: OutputSpec {
                 link: Link::Identity,
+                ..OutputSpec::default()
             },
             serving: ServingSpec {
                 latency_budget_us: 100,
