@@ -780,3 +780,93 @@ impl Kernel for TreeEnsembleClassifier {
         Ok(tvec!(labels.into_tvalue(), scores.into_tvalue()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(true_child: usize, false_child: usize) -> Node {
+        Node {
+            feature: 0,
+            mode: Mode::Leq,
+            missing_true: false,
+            threshold32: 0.0,
+            threshold64: 0.0,
+            true_child,
+            false_child,
+            first_weight: 0,
+            n_weights: 0,
+        }
+    }
+
+    fn leaf() -> Node {
+        Node {
+            mode: Mode::Leaf,
+            n_weights: 1,
+            ..split(0, 0)
+        }
+    }
+
+    #[test]
+    fn trees_whose_children_loop_are_refused() {
+        // 0 -> (1, 2), 1 -> (0, 2): evaluation would never reach a leaf.
+        let looping = [split(1, 2), split(0, 2), leaf()];
+        assert!(check_acyclic(&looping, &[0]).is_err());
+        // Shared subtrees are fine; only loops are refused.
+        let shared = [split(1, 2), split(2, 3), leaf(), leaf()];
+        assert!(check_acyclic(&shared, &[0]).is_ok());
+    }
+
+    #[test]
+    fn every_mode_compares_as_onnxruntime_and_nan_follows_the_flag() {
+        let forest = |mode: Mode, missing_true: bool| Forest {
+            nodes: vec![
+                Node {
+                    mode,
+                    missing_true,
+                    threshold32: 1.0,
+                    threshold64: 1.0,
+                    ..split(1, 2)
+                },
+                leaf(),
+                Node {
+                    first_weight: 1,
+                    ..leaf()
+                },
+            ],
+            roots: vec![0],
+            weight_ids: vec![0, 0],
+            weights32: vec![1.0, 2.0],
+            weights64: vec![1.0, 2.0],
+            base32: vec![],
+            base64: vec![],
+            outputs: 1,
+            max_feature: 0,
+            aggregate: Aggregate::Sum,
+            post_transform: PostTransform::None,
+        };
+        // (mode, x, goes to the true child)
+        let cases = [
+            (Mode::Leq, 1.0, true),
+            (Mode::Lt, 1.0, false),
+            (Mode::Gte, 1.0, true),
+            (Mode::Gt, 1.0, false),
+            (Mode::Eq, 1.0, true),
+            (Mode::Neq, 1.0, false),
+            (Mode::Gte, 0.5, false),
+            (Mode::Neq, f32::NAN, true), // NaN != t holds, whatever the flag
+            (Mode::Leq, f32::NAN, false),
+        ];
+        for (mode, x, want_true) in cases {
+            let f = forest(mode, false);
+            assert_eq!(
+                f.single(&[x]),
+                if want_true { 1.0 } else { 2.0 },
+                "{mode:?} {x}"
+            );
+            assert_eq!(f.single(&[f64::from(x)]), if want_true { 1.0 } else { 2.0 });
+        }
+        assert_eq!(forest(Mode::Leq, true).single(&[f32::NAN]), 1.0);
+        assert_eq!(forest(Mode::Gt, true).single(&[f32::NAN]), 1.0);
+    }
+}
