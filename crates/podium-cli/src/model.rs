@@ -189,6 +189,7 @@ fn run_package(a: PackageArgs) -> anyhow::Result<()> {
             LinkArg::Identity => Link::Identity,
             LinkArg::Logistic => Link::Logistic,
         }),
+        output: a.output,
         golden: a.golden,
         calibration: a.calibration,
         fallback_prior: a.fallback_prior,

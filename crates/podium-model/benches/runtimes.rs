@@ -23,6 +23,7 @@ fn fixture_bundle(dir: &Path, kind: podium_model::ModelKind, weights: &str) -> M
         task: "ctr".into(),
         features: None,
         link: None,
+        output: None,
         golden: None,
         calibration: None,
         fallback_prior: Some(0.0),

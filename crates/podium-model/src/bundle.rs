@@ -5,6 +5,7 @@ use crate::error::ModelError;
 use crate::gbdt::{self, GbdtModel};
 use crate::linear::LinearWeights;
 use crate::manifest::{Link, Manifest, ModelKind};
+use crate::onnx;
 use crate::{Columns, Model};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -42,12 +43,11 @@ pub fn load_bundle(dir: &Path) -> Result<Model, ModelError> {
         ModelKind::Xgboost => {
             gbdt_runtime(gbdt::xgboost::read(&weights_path)?, &manifest, &input_names)?
         }
-        other => {
-            return Err(ModelError::Unsupported(format!(
-                "{}: model kind {other:?} has no runtime in this build",
-                dir.display()
-            )))
-        }
+        ModelKind::Onnx => Arc::new(onnx::read(
+            &weights_path,
+            manifest.inputs.len(),
+            &manifest.output,
+        )?),
     };
     let model = Model::new(manifest, runtime)?;
     let golden_path = dir.join("golden.csv");
@@ -267,6 +267,7 @@ mod tests {
             ],
             output: OutputSpec {
                 link: Link::Logistic,
+                ..OutputSpec::default()
             },
             serving: ServingSpec {
                 latency_budget_us: 1000,

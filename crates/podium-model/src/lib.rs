@@ -1,7 +1,7 @@
 //! Model bundles and the runtimes that score them.
 //!
 //! A [`Runtime`] scores a column-major batch: one slice per model input, each as long as the
-//! batch. Each model kind (linear today; GBDT and ONNX beside it) implements that one trait, and a
+//! batch. Each model kind (linear, GBDT, ONNX) implements that one trait, and a
 //! [`Model`] wraps a runtime with its bundle's manifest (name, version, inputs, link, fallback).
 //! This crate does not decide which model runs when: that is `podium-serving`'s job.
 
@@ -11,6 +11,7 @@ pub mod error;
 pub mod gbdt;
 pub mod linear;
 pub mod manifest;
+pub mod onnx;
 pub mod package;
 pub mod reference;
 pub mod table;

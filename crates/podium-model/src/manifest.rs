@@ -63,6 +63,14 @@ pub struct OutputSpec {
     /// Link from raw output to prediction.
     #[serde(default)]
     pub link: Link,
+    /// ONNX only: the graph output to read, by name. Unset means the first output that holds
+    /// scores (classifier exporters put an integer label output first; it is skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
+    /// ONNX only: the index into the output's last dimension, e.g. 1 for the positive class of a
+    /// `[N, 2]` probability output. Unset means 1 for two columns and 0 for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 /// Serving parameters of a model.

@@ -30,6 +30,8 @@ pub struct PackageOptions {
     pub features: Option<Vec<String>>,
     /// Link for linear models (GBDT links follow the objective; ONNX outputs are final).
     pub link: Option<Link>,
+    /// ONNX output to serve: `TENSOR` or `TENSOR:COLUMN`.
+    pub output: Option<String>,
     /// Golden rows: a CSV with the features and, ideally, the library's own `prediction`.
     pub golden: Option<PathBuf>,
     /// Calibration map, as a JSON or TOML file.
@@ -127,7 +129,7 @@ pub fn package(opts: &PackageOptions) -> Result<PackageReport, ModelError> {
                 default: None,
             })
             .collect(),
-        output: OutputSpec { link },
+        output: output_spec(link, opts.output.as_deref(), &opts.weights)?,
         serving: ServingSpec {
             latency_budget_us: opts.latency_budget_us,
             fallback_prior: opts.fallback_prior.unwrap_or(0.0),
@@ -178,6 +180,39 @@ pub fn package(opts: &PackageOptions) -> Result<PackageReport, ModelError> {
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Parses `TENSOR[:COLUMN]` into the manifest's output section.
+fn output_spec(link: Link, output: Option<&str>, weights: &Path) -> Result<OutputSpec, ModelError> {
+    let Some(output) = output else {
+        return Ok(OutputSpec {
+            link,
+            ..OutputSpec::default()
+        });
+    };
+    let (tensor, column) = match output.rsplit_once(':') {
+        Some((t, c)) => {
+            let c: usize = c.parse().map_err(|_| {
+                ModelError::parse(
+                    weights,
+                    format!("--output {output:?}: column {c:?} is not a non-negative integer"),
+                )
+            })?;
+            (t, Some(c))
+        }
+        None => (output, None),
+    };
+    if tensor.is_empty() {
+        return Err(ModelError::parse(
+            weights,
+            format!("--output {output:?} names no tensor"),
+        ));
+    }
+    Ok(OutputSpec {
+        link,
+        tensor: Some(tensor.to_string()),
+        column,
+    })
 }
 
 fn tempdir_beside(out: &Path) -> Result<PathBuf, ModelError> {
@@ -321,6 +356,7 @@ mod tests {
             task: "rank".into(),
             features: None,
             link: None,
+            output: None,
             golden: None,
             calibration: None,
             fallback_prior: None,

@@ -272,7 +272,10 @@ fn manifest(kind: ModelKind, weights: &str, names: &[String], link: Link) -> Man
                 default: None,
             })
             .collect(),
-        output: OutputSpec { link },
+        output: OutputSpec {
+            link,
+            ..OutputSpec::default()
+        },
         serving: ServingSpec {
             latency_budget_us: 2_000,
             fallback_prior: 0.01,

@@ -129,6 +129,7 @@ mod tests {
             }],
             output: OutputSpec {
                 link: Link::Identity,
+                ..OutputSpec::default()
             },
             serving: ServingSpec {
                 latency_budget_us: 100,

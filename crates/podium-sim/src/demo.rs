@@ -418,6 +418,7 @@ fn train(
             .collect(),
         output: OutputSpec {
             link: Link::Logistic,
+            ..OutputSpec::default()
         },
         serving: ServingSpec {
             latency_budget_us: 2_000,
