@@ -274,3 +274,94 @@ fn bad_inputs_are_refused_with_the_file_and_the_problem() {
         "a refused bundle must leave nothing behind"
     );
 }
+
+#[test]
+fn packages_and_scores_an_skl2onnx_pipeline_exported_with_default_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let onnx = fixtures().join("onnx");
+    let input = std::fs::read_to_string(onnx.join("ads_input.csv")).unwrap();
+    let expected = std::fs::read_to_string(onnx.join("logreg_zipmap_expected.csv")).unwrap();
+    let joined: String = input
+        .lines()
+        .zip(expected.lines())
+        .map(|(x, y)| format!("{x},{y}\n"))
+        .collect();
+    std::fs::write(dir.join("golden.csv"), joined).unwrap();
+    let features = input.lines().next().unwrap().to_string();
+    let weights = onnx.join("logreg_zipmap.onnx");
+    let o = podium(
+        &[
+            "model",
+            "package",
+            "--kind",
+            "onnx",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--name",
+            "ctr_lr",
+            "--version",
+            "1",
+            "--features",
+            &features,
+            "--golden",
+            "golden.csv",
+            "--out",
+            "lr",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("match the library's predictions"),
+        "{}",
+        text(&o)
+    );
+    let v = podium(&["model", "validate", "lr"], dir);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // ONNX files name no features: leaving --features out is refused with a hint.
+    let o = podium(
+        &[
+            "model",
+            "package",
+            "--kind",
+            "onnx",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--out",
+            "nf",
+        ],
+        dir,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--features"), "{}", text(&o));
+
+    // An operator nobody implements is refused naming the file and the operator.
+    let unknown = onnx.join("unknown_op.onnx");
+    let o = podium(
+        &[
+            "model",
+            "package",
+            "--kind",
+            "onnx",
+            "--weights",
+            unknown.to_str().unwrap(),
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--features",
+            &features,
+            "--out",
+            "uk",
+        ],
+        dir,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unknown_op.onnx"), "{}", text(&o));
+}
