@@ -14,7 +14,13 @@ struct Server {
 impl Server {
     /// Starts `podium serve` on port 0 and waits until `/readyz` answers 200.
     async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the server on a data directory prepared by `setup` first.
+    async fn start_with(setup: impl FnOnce(&std::path::Path)) -> Server {
         let data = tempfile::tempdir().unwrap();
+        setup(data.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
@@ -361,4 +367,54 @@ async fn serves_every_model_over_the_open_inference_protocol() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_stalled_model_falls_back_and_the_request_still_meets_its_deadline() {
+    let server = Server::start_with(|dir| {
+        std::fs::write(
+            dir.join("models.toml"),
+            "top_k = 100\n[ranker]\nmodel = \"early_ranker\"\n[[scorer]]\nmodel = \"ctr\"\ninject_delay_ms = 200\n[[scorer]]\nmodel = \"completion\"\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let body = with(example(), |r| r["tmax_ms"] = json!(30));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, d) = server.post("/v1/decide", body.clone()).await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{d}");
+        assert!(took < Duration::from_millis(150), "took {took:?}");
+        assert!(
+            d["timings_us"]["total_us"].as_u64().unwrap() <= 31_000,
+            "{d}"
+        );
+        let ctr = d["model_versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "ctr")
+            .unwrap()
+            .clone();
+        assert_eq!(ctr["tier"], 1, "{d}");
+        let completion = d["model_versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "completion")
+            .unwrap()
+            .clone();
+        assert_eq!(completion["tier"], 0, "{d}");
+        assert!(
+            d["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("ctr")),
+            "{d}"
+        );
+        // Priors still value and fill the break.
+        assert!(!d["breaks"][0]["ads"].as_array().unwrap().is_empty(), "{d}");
+    }
 }

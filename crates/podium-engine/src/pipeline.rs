@@ -393,9 +393,9 @@ impl Engine {
                         max_ads: 4,
                         max_duration_s: 90,
                     }],
-                    tmax: Some(Duration::from_secs(1)),
+                    tmax: None,
                 };
-                let deadline = Deadline::after(Duration::from_secs(1));
+                let deadline = Deadline::after(self.inner.config.default_tmax);
                 let market = self.market();
                 let models = self.models();
                 let hydrated = self

@@ -9,8 +9,18 @@
 use crate::bound::BoundModel;
 use crate::pool::ComputePool;
 use podium_core::{Deadline, FeatureFrame};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Job states for the stall accounting of a tier.
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// tokio's timers fire on millisecond ticks, so a timeout can end up to a tick late; waits are
+/// shortened by this much so that a late tick still lands inside the deadline.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 /// The outcome of scoring one batch in one slot.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +41,9 @@ pub struct Scored {
 #[derive(Debug, Clone)]
 pub struct ModelSlot {
     tiers: Vec<Arc<BoundModel>>,
+    /// Per tier, batches still running after their request gave up on them. While a tier has
+    /// any, it is skipped: a stalled model must not take compute threads from the others.
+    stalled: Vec<Arc<AtomicI64>>,
     /// Fault injection: the primary model sleeps this long before scoring (tests and drills of
     /// the fallback path; never set in production configs).
     inject_delay: Option<Duration>,
@@ -39,11 +52,13 @@ pub struct ModelSlot {
 impl ModelSlot {
     /// A slot of a primary model and its fallbacks, tried in order.
     pub fn new(primary: BoundModel, fallbacks: Vec<BoundModel>) -> Self {
+        let tiers: Vec<Arc<BoundModel>> = std::iter::once(primary)
+            .chain(fallbacks)
+            .map(Arc::new)
+            .collect();
         Self {
-            tiers: std::iter::once(primary)
-                .chain(fallbacks)
-                .map(Arc::new)
-                .collect(),
+            stalled: tiers.iter().map(|_| Arc::new(AtomicI64::new(0))).collect(),
+            tiers,
             inject_delay: None,
         }
     }
@@ -91,7 +106,7 @@ impl ModelSlot {
         let started = Instant::now();
         let mut reasons = Vec::new();
         for (tier, model) in self.tiers.iter().enumerate() {
-            let budget = deadline.remaining().saturating_sub(reserve);
+            let budget = deadline.remaining().saturating_sub(reserve + TIMER_SLACK);
             if budget.is_zero() {
                 reasons.push(format!(
                     "{}: no time left before the deadline",
@@ -99,19 +114,46 @@ impl ModelSlot {
                 ));
                 break;
             }
+            let stalled = &self.stalled[tier];
+            let overdue = stalled.load(Ordering::Acquire);
+            if overdue > 0 {
+                reasons.push(format!(
+                    "{}: skipped, {overdue} earlier batch(es) still running past their deadline",
+                    model.model().name()
+                ));
+                continue;
+            }
             let (job_model, job_frame) = (model.clone(), frame.clone());
             let delay = if tier == 0 { self.inject_delay } else { None };
+            let state = Arc::new(AtomicU8::new(RUNNING));
+            let (job_state, job_stalled) = (state.clone(), stalled.clone());
             let job = pool.run(move || {
                 // A job that starts after its deadline is not worth running: its caller has gone.
-                if deadline.remaining().is_zero() {
-                    return Err("started after the deadline".to_string());
+                let result = if deadline.remaining().is_zero() {
+                    Err("started after the deadline".to_string())
+                } else {
+                    if let Some(d) = delay {
+                        std::thread::sleep(d);
+                    }
+                    job_model.try_score(&job_frame)
+                };
+                if job_state
+                    .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    job_stalled.fetch_sub(1, Ordering::AcqRel);
                 }
-                if let Some(d) = delay {
-                    std::thread::sleep(d);
-                }
-                job_model.try_score(&job_frame)
+                result
             });
-            match tokio::time::timeout(budget, job).await {
+            let answer = tokio::time::timeout(budget, job).await;
+            if answer.is_err()
+                && state
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                stalled.fetch_add(1, Ordering::AcqRel);
+            }
+            match answer {
                 Ok(Ok(values)) => {
                     return Scored {
                         values,
@@ -133,5 +175,163 @@ impl ModelSlot {
             }
         }
         self.prior(frame.rows(), reasons, started)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podium_core::FrameSchema;
+    use podium_model::manifest::{OutputSpec, ServingSpec};
+    use podium_model::{Columns, InputSpec, Link, Manifest, Model, ModelError, ModelKind, Runtime};
+
+    /// Scores a constant, or fails when told to.
+    #[derive(Debug)]
+    struct Constant(Option<f32>);
+
+    impl Runtime for Constant {
+        fn num_inputs(&self) -> usize {
+            1
+        }
+        fn predict_raw(&self, _: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+            match self.0 {
+                Some(v) => {
+                    out.fill(v);
+                    Ok(())
+                }
+                None => Err(ModelError::Input("broken on purpose".into())),
+            }
+        }
+    }
+
+    fn model(name: &str, value: Option<f32>, schema: &FrameSchema) -> BoundModel {
+        let manifest = Manifest {
+            name: name.into(),
+            version: "1".into(),
+            kind: ModelKind::Linear,
+            task: "ctr".into(),
+            weights: "w".into(),
+            inputs: vec![InputSpec {
+                name: "x".into(),
+                kind: "f32".into(),
+                default: None,
+            }],
+            output: OutputSpec {
+                link: Link::Identity,
+                ..OutputSpec::default()
+            },
+            serving: ServingSpec {
+                latency_budget_us: 100,
+                fallback_prior: 0.125,
+            },
+            calibration: None,
+        };
+        BoundModel::bind(
+            Model::new(manifest, Arc::new(Constant(value))).unwrap(),
+            schema,
+        )
+        .unwrap()
+    }
+
+    fn frame(schema: &Arc<FrameSchema>) -> Arc<FeatureFrame> {
+        Arc::new(FeatureFrame::new(schema.clone(), 3))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_primary_serves_when_healthy() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let slot = ModelSlot::new(model("main", Some(0.5), &schema), vec![]);
+        let s = slot
+            .run(
+                &ComputePool::new(2),
+                frame(&schema),
+                Deadline::after(Duration::from_secs(1)),
+                Duration::ZERO,
+            )
+            .await;
+        assert_eq!(
+            (s.values, s.tier, s.model.0.as_str()),
+            (vec![0.5; 3], 0, "main")
+        );
+        assert!(s.fallback_reasons.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_primary_falls_to_the_next_tier_then_the_prior() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let pool = ComputePool::new(2);
+        let deadline = Deadline::after(Duration::from_secs(1));
+        let slot = ModelSlot::new(
+            model("main", None, &schema),
+            vec![model("light", Some(0.25), &schema)],
+        );
+        let s = slot
+            .run(&pool, frame(&schema), deadline, Duration::ZERO)
+            .await;
+        assert_eq!(
+            (s.values, s.tier, s.model.0.as_str()),
+            (vec![0.25; 3], 1, "light")
+        );
+        assert!(s.fallback_reasons[0].contains("broken on purpose"));
+
+        let slot = ModelSlot::new(
+            model("main", None, &schema),
+            vec![model("light", None, &schema)],
+        );
+        let s = slot
+            .run(&pool, frame(&schema), deadline, Duration::ZERO)
+            .await;
+        assert_eq!((s.values, s.tier), (vec![0.125; 3], 2));
+        assert_eq!(s.fallback_reasons.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_primary_is_abandoned_at_the_deadline() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let pool = ComputePool::new(2);
+        let slot = ModelSlot::new(
+            model("main", Some(0.5), &schema),
+            vec![model("light", Some(0.25), &schema)],
+        )
+        .with_injected_delay(Some(Duration::from_millis(300)));
+        let started = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(40));
+        let s = slot
+            .run(&pool, frame(&schema), deadline, Duration::from_millis(5))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "waited {:?}",
+            started.elapsed()
+        );
+        // The stall used the whole budget, so the prior serves; the reason names the stall.
+        assert_eq!(s.tier, 2);
+        assert!(
+            s.fallback_reasons[0].contains("no answer within"),
+            "{:?}",
+            s.fallback_reasons
+        );
+
+        // While the stalled batch still runs, the primary is skipped at once for the fallback.
+        let started = Instant::now();
+        let s = slot
+            .run(
+                &pool,
+                frame(&schema),
+                Deadline::after(Duration::from_millis(40)),
+                Duration::from_millis(5),
+            )
+            .await;
+        assert!(started.elapsed() < Duration::from_millis(30));
+        assert_eq!((s.tier, s.model.0.as_str()), (1, "light"));
+        assert!(
+            s.fallback_reasons[0].contains("still running"),
+            "{:?}",
+            s.fallback_reasons
+        );
+
+        // Once it ends, the primary is tried again.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(slot.stalled[0].load(Ordering::Acquire), 0);
     }
 }
