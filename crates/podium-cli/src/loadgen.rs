@@ -78,12 +78,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 struct Counters {
     sent: AtomicU64,
     ok: AtomicU64,
+    shed: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicU64,
 }
 
 struct Latencies {
+    /// Answered requests the server admitted.
     all: Histogram<u64>,
+    /// Requests the server shed (answered at once with no ads, or 503).
+    shed: Histogram<u64>,
     window: Histogram<u64>,
 }
 
@@ -140,6 +144,7 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Mutex::new(Latencies {
         all: histogram(),
+        shed: histogram(),
         window: histogram(),
     }));
 
@@ -181,23 +186,33 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
                 .body(body.into_inner())
                 .send()
                 .await;
-            let ok = match result {
+            let (ok, shed) = match result {
                 Ok(r) => {
                     let status = r.status();
-                    r.bytes().await.is_ok() && status.is_success()
+                    let shed = r.headers().contains_key("x-podium-shed");
+                    (
+                        r.bytes().await.is_ok() && status.is_success() && !shed,
+                        shed,
+                    )
                 }
-                Err(_) => false,
+                Err(_) => (false, false),
             };
-            let us = scheduled.elapsed().as_micros().max(1) as u64;
+            let us = (scheduled.elapsed().as_micros().max(1) as u64).min(60_000_000);
             if ok {
                 counters.ok.fetch_add(1, Ordering::Relaxed);
+            } else if shed {
+                counters.shed.fetch_add(1, Ordering::Relaxed);
             } else {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
             }
             {
                 let mut l = latencies.lock().expect("latency lock");
-                let _ = l.all.record(us.min(60_000_000));
-                let _ = l.window.record(us.min(60_000_000));
+                if shed {
+                    let _ = l.shed.record(us);
+                } else {
+                    let _ = l.all.record(us);
+                    let _ = l.window.record(us);
+                }
             }
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
@@ -215,6 +230,8 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
     Ok(serde_json::json!({
         "sent": counters.sent.load(Ordering::Relaxed),
         "ok": ok,
+        "shed": counters.shed.load(Ordering::Relaxed),
+        "shed_p99_ms": l.shed.value_at_quantile(0.99) as f64 / 1000.0,
         "errors": counters.errors.load(Ordering::Relaxed) + counters.in_flight.load(Ordering::Relaxed),
         "target_rps": args.rate,
         "achieved_rps": ok as f64 / sending.as_secs_f64().max(1e-9),
@@ -247,10 +264,11 @@ async fn report_progress(
             r
         };
         eprintln!(
-            "t={:>4.0}s sent={} ok/s={} errors={} in_flight={} p50={:.2}ms p99={:.2}ms",
+            "t={:>4.0}s sent={} ok/s={} shed={} errors={} in_flight={} p50={:.2}ms p99={:.2}ms",
             start.elapsed().as_secs_f64(),
             counters.sent.load(Ordering::Relaxed),
             ok - last_ok,
+            counters.shed.load(Ordering::Relaxed),
             counters.errors.load(Ordering::Relaxed),
             counters.in_flight.load(Ordering::Relaxed),
             p50 as f64 / 1000.0,

@@ -30,7 +30,9 @@ enum Command {
     /// Requests leave on a fixed schedule; latency counts from the scheduled send time, so a
     /// stalled server is charged for every request it delayed. Prints a progress line per second
     /// (stderr) and ends with a JSON summary on stdout:
-    /// {"sent", "ok", "errors", "achieved_rps", "p50_ms", "p99_ms", "p999_ms", …}.
+    /// {"sent", "ok", "shed", "errors", "achieved_rps", "p50_ms", "p99_ms", "p999_ms", …};
+    /// the percentiles are of admitted requests, shed ones (answered at once with no ads) are
+    /// counted apart with their own `shed_p99_ms`.
     ///
     /// Example:
     ///   taskset -c 0 podium loadgen --target http://127.0.0.1:8080 --rate 2000 --duration 30s

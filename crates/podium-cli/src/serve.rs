@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use podium_engine::{build_demo, EngineConfig};
 use podium_log::MemoryLog;
-use podium_server::AppState;
+use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
 use podium_sim::demo::DemoConfig;
 use std::io::Write;
@@ -31,6 +31,18 @@ pub struct ServeArgs {
     /// Seed of the generated demo world.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Decisions processed at once; more wait in a bounded queue or are shed (0 = 16 per
+    /// compute thread).
+    #[arg(long, default_value_t = 0)]
+    max_in_flight: usize,
+    /// Requests allowed to wait for a slot; beyond it they are shed at once (0 with
+    /// --max-in-flight 0 = four times the in-flight limit).
+    #[arg(long)]
+    max_queue: Option<usize>,
+    /// Longest wait for a slot before a request is shed, in milliseconds (never more than half
+    /// the request's deadline).
+    #[arg(long, default_value_t = 5)]
+    max_queue_wait_ms: u64,
     /// Decision records kept in memory for `GET /v1/decisions/recent`.
     #[arg(long, default_value_t = 10_000)]
     log_capacity: usize,
@@ -56,7 +68,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new();
+    let pool = ComputePool::new(args.compute_threads);
+    let mut admission = AdmissionConfig::for_threads(pool.threads());
+    if args.max_in_flight > 0 {
+        admission = AdmissionConfig {
+            max_in_flight: args.max_in_flight,
+            reserved_for_priority: args.max_in_flight / 4,
+            max_queue: args.max_in_flight * 4,
+            max_wait: admission.max_wait,
+        };
+    }
+    if let Some(q) = args.max_queue {
+        admission.max_queue = q;
+    }
+    admission.max_wait = Duration::from_millis(args.max_queue_wait_ms);
+    let state = AppState::new(admission, Duration::from_millis(args.tmax_ms));
     let log = MemoryLog::spawn(args.log_capacity.max(1));
     state.set_log(log.clone());
 
@@ -81,7 +107,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..DemoConfig::default()
     };
-    let pool = ComputePool::new(args.compute_threads);
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         let engine = tokio::task::spawn_blocking(move || {

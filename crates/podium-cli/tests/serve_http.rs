@@ -19,11 +19,17 @@ impl Server {
 
     /// Starts the server on a data directory prepared by `setup` first.
     async fn start_with(setup: impl FnOnce(&std::path::Path)) -> Server {
+        Self::start_with_args(setup, &[]).await
+    }
+
+    /// Starts the server with extra `podium serve` flags.
+    async fn start_with_args(setup: impl FnOnce(&std::path::Path), extra: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
         setup(data.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -417,4 +423,76 @@ async fn a_stalled_model_falls_back_and_the_request_still_meets_its_deadline() {
         // Priors still value and fill the break.
         assert!(!d["breaks"][0]["ads"].as_array().unwrap().is_empty(), "{d}");
     }
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_a_fast_well_formed_no_ads_answer() {
+    // One decision at a time, no queue; a slow model keeps that one slot busy.
+    let server = Server::start_with_args(
+        |dir| {
+            std::fs::write(
+                dir.join("models.toml"),
+                "top_k = 100\n[ranker]\nmodel = \"early_ranker\"\n[[scorer]]\nmodel = \"ctr\"\ninject_delay_ms = 400\n[[scorer]]\nmodel = \"completion\"\n",
+            )
+            .unwrap();
+        },
+        &["--max-in-flight", "1", "--max-queue", "0", "--tmax-ms", "2000"],
+    )
+    .await;
+    // Warm-up abandons the stalled model and skips it until that batch ends; let it end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slow = with(example(), |r| r["request_id"] = json!("slow"));
+    let client = reqwest::Client::new();
+    let busy = tokio::spawn({
+        let (client, url, body) = (client.clone(), server.url("/v1/decide"), slow.clone());
+        async move { client.post(url).body(body).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let r = client
+        .post(server.url("/v1/decide"))
+        .body(with(example(), |r| r["request_id"] = json!("shed-me")))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-podium-shed"));
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["request_id"], "shed-me");
+    assert_eq!(d["breaks"][0]["break_id"], "b1");
+    assert_eq!(d["breaks"][0]["ads"], json!([]));
+    assert!(
+        d["degraded"][0].as_str().unwrap().starts_with("shed"),
+        "{d}"
+    );
+    assert!(took < Duration::from_millis(50), "shedding took {took:?}");
+
+    // A model call is shed with 503 while the slot is busy.
+    let infer = json!({"inputs": [{"name": "user_ctr_7d", "shape": [1], "datatype": "FP32", "data": [0.01]}]}).to_string();
+    let r = client
+        .post(server.url("/v2/models/ctr/infer"))
+        .body(infer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+
+    assert_eq!(busy.await.unwrap(), 200);
+    // Capacity is back once the slow request ends.
+    let (status, d) = server
+        .post(
+            "/v1/decide",
+            with(example(), |r| r["tmax_ms"] = json!(1000)),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        d["degraded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| !x.as_str().unwrap().starts_with("shed")),
+        "{d}"
+    );
 }

@@ -395,7 +395,13 @@ impl Engine {
                     }],
                     tmax: None,
                 };
-                let deadline = Deadline::after(self.inner.config.default_tmax);
+                // Short, so that a model made to stall (a drill) is abandoned instead of waited on.
+                let deadline = Deadline::after(
+                    self.inner
+                        .config
+                        .default_tmax
+                        .min(Duration::from_millis(50)),
+                );
                 let market = self.market();
                 let models = self.models();
                 let hydrated = self

@@ -1,11 +1,13 @@
 //! The router and its shared state.
 
+use crate::admission::{self, Admission, AdmissionConfig};
 use crate::api::{parse_decide, ApiError, DecideResponse};
 use crate::oip;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,24 +16,49 @@ use podium_log::MemoryLog;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
 
-/// Largest request body accepted; larger ones get 413.
+/// Largest decide request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest Open Inference Protocol request body (batches of rows are larger than ad requests).
+pub const MAX_INFER_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// What handlers share. The engine is set once models are loaded and warm; until then decisions
 /// answer 503 and `/readyz` says so.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     log: Arc<OnceLock<MemoryLog>>,
+    admission: Admission,
+    default_tmax: Duration,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(
+            AdmissionConfig::for_threads(threads),
+            Duration::from_millis(20),
+        )
+    }
 }
 
 impl AppState {
-    /// State with no engine yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// State with no engine yet, admission limits, and the deadline of requests that set none.
+    pub fn new(admission: AdmissionConfig, default_tmax: Duration) -> Self {
+        Self {
+            engine: Arc::default(),
+            log: Arc::default(),
+            admission: Admission::new(admission),
+            default_tmax,
+        }
+    }
+
+    /// The admission controller.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Publishes the engine, making the server ready. Later calls are ignored.
@@ -57,8 +84,24 @@ impl AppState {
 
 /// The HTTP API: decide, health, readiness and recent decisions.
 pub fn router(state: AppState) -> Router {
+    let limits = (state.admission.clone(), state.default_tmax);
+    let decisions = Router::new().route("/v1/decide", post(decide)).route_layer(
+        middleware::from_fn_with_state(limits.clone(), admission::admit_decide),
+    );
+    let inference = Router::new()
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip::infer),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            limits,
+            admission::admit_or_503,
+        ))
+        .route_layer(DefaultBodyLimit::max(MAX_INFER_BODY_BYTES));
     Router::new()
-        .route("/v1/decide", post(decide))
+        .merge(decisions)
+        .merge(inference)
         .route("/v1/decisions/recent", get(recent_decisions))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -67,15 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/ready", get(oip::ready))
         .route("/v2/models/{name}", get(oip::metadata))
         .route("/v2/models/{name}/ready", get(oip::model_ready))
-        .route("/v2/models/{name}/infer", post(oip::infer))
         .route("/v2/models/{name}/versions/{version}", get(oip::metadata))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
             get(oip::model_ready),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(oip::infer),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
