@@ -496,3 +496,52 @@ async fn overload_is_shed_with_a_fast_well_formed_no_ads_answer() {
         "{d}"
     );
 }
+
+#[tokio::test]
+async fn a_standard_triton_client_calls_podium_models() {
+    let installed = Command::new("python3")
+        .args(["-c", "import tritonclient.http"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must install tritonclient[http] (pip)"
+        );
+        eprintln!("skipping: tritonclient is not installed (pip install 'tritonclient[http]')");
+        return;
+    }
+    let server = Server::start().await;
+    let meta: Value = reqwest::get(server.url("/v2/models/ctr"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let width = meta["inputs"].as_array().unwrap().len();
+    let script = format!(
+        r#"
+import numpy as np, tritonclient.http as http
+c = http.InferenceServerClient(url="{host}")
+assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("ctr")
+x = np.full((3, {width}), 0.02, dtype=np.float32)
+inp = http.InferInput("input-0", list(x.shape), "FP32")
+inp.set_data_from_numpy(x)
+out = c.infer("ctr", [inp]).as_numpy("predict")
+assert out.shape == (3,) and ((out > 0) & (out < 1)).all(), out
+print("ok", out[0])
+"#,
+        host = server.base.trim_start_matches("http://"),
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok"));
+}

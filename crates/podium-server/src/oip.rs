@@ -27,8 +27,23 @@ pub struct InferInput {
     pub shape: Vec<i64>,
     /// `FP32`, `FP64`, `INT32`, `INT64`, … — read as numbers.
     pub datatype: String,
-    /// Row-major values; `null` is a missing value.
+    /// Row-major values; `null` is a missing value. Absent when the tensor travels as binary
+    /// data after the JSON header (the binary tensor extension).
+    #[serde(default)]
     pub data: Value,
+    /// Tensor parameters; `binary_data_size` marks a binary tensor.
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+/// A requested output.
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+    /// `binary_data: true` asks for the output as binary data.
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
 }
 
 /// An infer request body.
@@ -39,6 +54,109 @@ pub struct InferRequest {
     pub id: Option<String>,
     /// Input tensors.
     pub inputs: Vec<InferInput>,
+    /// Outputs asked for; every output when absent.
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+    /// Request parameters; `binary_data_output: true` asks for binary outputs.
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, Value>,
+}
+
+impl InferRequest {
+    /// Whether the client asked for the output as binary data.
+    fn binary_output(&self) -> bool {
+        let flag = |m: &serde_json::Map<String, Value>, k: &str| {
+            m.get(k).and_then(Value::as_bool).unwrap_or(false)
+        };
+        flag(&self.parameters, "binary_data_output")
+            || self
+                .outputs
+                .iter()
+                .any(|o| flag(&o.parameters, "binary_data"))
+    }
+}
+
+/// Header naming the length of the JSON part of a body that carries binary tensors.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Decodes binary tensors (the binary tensor data extension, as tritonclient sends by default)
+/// into JSON arrays, so the rest of the handler sees one representation.
+fn decode_binary(req: &mut InferRequest, mut blob: &[u8]) -> Result<(), ApiError> {
+    for (i, t) in req.inputs.iter_mut().enumerate() {
+        let Some(size) = t.parameters.get("binary_data_size").and_then(Value::as_u64) else {
+            continue;
+        };
+        let size = size as usize;
+        if size > blob.len() {
+            return Err(ApiError::field(
+                format!("inputs[{i}].parameters.binary_data_size"),
+                format!("{size} bytes announced, {} left in the body", blob.len()),
+            ));
+        }
+        let (bytes, rest) = blob.split_at(size);
+        blob = rest;
+        let width = match t.datatype.as_str() {
+            "FP32" | "INT32" | "UINT32" => 4,
+            "FP64" | "INT64" | "UINT64" => 8,
+            "FP16" | "INT16" | "UINT16" => 2,
+            "INT8" | "UINT8" | "BOOL" => 1,
+            other => {
+                return Err(ApiError::field(
+                    format!("inputs[{i}].datatype"),
+                    format!("{other:?} cannot travel as binary numbers"),
+                ))
+            }
+        };
+        if size % width != 0 {
+            return Err(ApiError::field(
+                format!("inputs[{i}].parameters.binary_data_size"),
+                format!("{size} is not a multiple of {width}-byte {}", t.datatype),
+            ));
+        }
+        let values: Vec<Value> = bytes
+            .chunks_exact(width)
+            .map(|b| {
+                let v: f64 = match t.datatype.as_str() {
+                    "FP32" => f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+                    "FP64" => f64::from_le_bytes(b.try_into().expect("8 bytes")),
+                    "INT32" => i32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+                    "UINT32" => u32::from_le_bytes(b.try_into().expect("4 bytes")) as f64,
+                    "INT64" => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64,
+                    "UINT64" => u64::from_le_bytes(b.try_into().expect("8 bytes")) as f64,
+                    "INT16" => i16::from_le_bytes(b.try_into().expect("2 bytes")) as f64,
+                    "UINT16" => u16::from_le_bytes(b.try_into().expect("2 bytes")) as f64,
+                    "FP16" => half_to_f64(u16::from_le_bytes(b.try_into().expect("2 bytes"))),
+                    "INT8" => b[0] as i8 as f64,
+                    _ => b[0] as f64,
+                };
+                if v.is_finite() {
+                    json!(v)
+                } else {
+                    Value::Null
+                }
+            })
+            .collect();
+        t.data = Value::Array(values);
+    }
+    Ok(())
+}
+
+/// IEEE 754 half precision to double.
+fn half_to_f64(h: u16) -> f64 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f64;
+    match exp {
+        0 => sign * frac * 2f64.powi(-24),
+        31 => {
+            if frac == 0.0 {
+                sign * f64::INFINITY
+            } else {
+                f64::NAN
+            }
+        }
+        e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+    }
 }
 
 fn model_of(
@@ -207,13 +325,39 @@ fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), 
 pub async fn infer(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let name = param(&params, "name");
     let (model, pool) = model_of(&state, &name)?;
     check_version(&model, &params)?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
-    let req: InferRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let json_len = match headers.get(HEADER_LENGTH) {
+        Some(v) => {
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("{HEADER_LENGTH} must be a byte count"),
+                    )
+                })?;
+            if n > body.len() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "{HEADER_LENGTH} {n} exceeds the body's {} bytes",
+                        body.len()
+                    ),
+                ));
+            }
+            n
+        }
+        None => body.len(),
+    };
+    let de = &mut serde_json::Deserializer::from_slice(&body[..json_len]);
+    let mut req: InferRequest = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         ApiError::field(
             if path == "." {
@@ -224,12 +368,41 @@ pub async fn infer(
             e.into_inner(),
         )
     })?;
+    decode_binary(&mut req, &body[json_len..])?;
     let (cols, rows) = columns(&model, &req)?;
     let scored = {
         let model = model.clone();
         pool.run(move || model.predict_columns(cols, rows)).await
     };
     let values = scored.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if req.binary_output() {
+        let header = json!({
+            "model_name": model.name(),
+            "model_version": model.version(),
+            "id": req.id,
+            "outputs": [{"name": "predict", "datatype": "FP32", "shape": [rows], "parameters": {"binary_data_size": rows * 4}}],
+        })
+        .to_string();
+        let mut out = Vec::with_capacity(header.len() + rows * 4);
+        out.extend_from_slice(header.as_bytes());
+        for v in &values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        return Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_string(),
+                ),
+                (
+                    axum::http::HeaderName::from_static(HEADER_LENGTH),
+                    header.len().to_string(),
+                ),
+            ],
+            out,
+        )
+            .into_response());
+    }
     let data: Vec<Value> = values
         .iter()
         .map(|&v| if v.is_finite() { json!(v) } else { Value::Null })

@@ -13,23 +13,37 @@
 //! [[scorer]]
 //! model = "completion"
 //! inject_delay_ms = 50            # fault injection for drills: the model stalls this long
+//!
+//! [[scorer]]                      # a model on another server (Triton, MLServer, KServe, Podium)
+//! remote = { url = "http://10.0.0.5:8080", model = "brand_safety", task = "brand_safety",
+//!            inputs = ["user_ctr_7d", "li_ctr_7d"], fallback_prior = 0.9 }
+//! fallbacks = ["brand_safety_cpu"]
 //! ```
+//!
+//! A slot's tiers are: `remote` (when given), then `model` (when given), then `fallbacks` in
+//! order, then the first tier's constant prior.
 
 use crate::bound::{BindError, BoundModel};
+use crate::remote::{RemoteConfig, RemoteError, RemoteModel};
 use crate::set::ModelSet;
-use crate::slot::ModelSlot;
+use crate::slot::{ModelSlot, Tier};
 use podium_core::FrameSchema;
 use podium_model::{load_bundle, ModelError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One stage's model and its fallbacks, as configured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlotConfig {
-    /// Primary model: the name of a bundle directory.
-    pub model: String,
+    /// A model served by another server over the Open Inference Protocol, tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteConfig>,
+    /// Primary local model: the name of a bundle directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Lighter models tried in order when the primary fails or runs late.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<String>,
@@ -42,7 +56,8 @@ impl SlotConfig {
     /// A slot of one model with no fallbacks.
     pub fn of(model: &str) -> Self {
         Self {
-            model: model.to_string(),
+            remote: None,
+            model: Some(model.to_string()),
             fallbacks: Vec::new(),
             inject_delay_ms: None,
         }
@@ -84,6 +99,12 @@ pub enum ConfigError {
     /// A model reads a feature the serving schema lacks.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A remote model is misconfigured.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// A slot names no model.
+    #[error("{0}")]
+    Slot(String),
 }
 
 impl ModelSetConfig {
@@ -120,12 +141,22 @@ impl ModelSetConfig {
             Ok(BoundModel::bind(model, schema)?)
         };
         let slot = |c: &SlotConfig| -> Result<ModelSlot, ConfigError> {
-            let fallbacks = c
-                .fallbacks
-                .iter()
-                .map(|f| bind(f))
-                .collect::<Result<_, _>>()?;
-            Ok(ModelSlot::new(bind(&c.model)?, fallbacks)
+            let mut tiers = Vec::new();
+            if let Some(r) = &c.remote {
+                tiers.push(Tier::Remote(Arc::new(RemoteModel::bind(
+                    r.clone(),
+                    schema,
+                )?)));
+            }
+            for name in c.model.iter().chain(&c.fallbacks) {
+                tiers.push(Tier::Local(Arc::new(bind(name)?)));
+            }
+            if tiers.is_empty() {
+                return Err(ConfigError::Slot(
+                    "a slot must name a `model` or a `remote`".into(),
+                ));
+            }
+            Ok(ModelSlot::of_tiers(tiers)
                 .with_injected_delay(c.inject_delay_ms.map(Duration::from_millis)))
         };
         Ok(ModelSet {

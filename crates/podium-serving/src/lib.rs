@@ -7,11 +7,13 @@
 pub mod bound;
 pub mod config;
 pub mod pool;
+pub mod remote;
 pub mod set;
 pub mod slot;
 
 pub use bound::{BindError, BoundModel};
 pub use config::{ConfigError, ModelSetConfig, SlotConfig};
 pub use pool::ComputePool;
+pub use remote::{RemoteConfig, RemoteModel};
 pub use set::ModelSet;
-pub use slot::{ModelSlot, Scored};
+pub use slot::{ModelSlot, Scored, Tier};

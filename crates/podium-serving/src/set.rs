@@ -17,9 +17,7 @@ pub struct ModelSet {
 impl ModelSet {
     /// The scorer serving a task (`ctr`, `completion`, …), if the set has one.
     pub fn scorer_for(&self, task: &str) -> Option<usize> {
-        self.scorers
-            .iter()
-            .position(|s| s.primary().model().manifest().task == task)
+        self.scorers.iter().position(|s| s.task() == task)
     }
 
     /// Every model of the set (fallbacks included), the ranker's first.

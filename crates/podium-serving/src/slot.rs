@@ -8,6 +8,7 @@
 
 use crate::bound::BoundModel;
 use crate::pool::ComputePool;
+use crate::remote::RemoteModel;
 use podium_core::{Deadline, FeatureFrame};
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -37,25 +38,64 @@ pub struct Scored {
     pub micros: u64,
 }
 
+/// One tier of a slot: a model in process, or one behind the Open Inference Protocol.
+#[derive(Debug, Clone)]
+pub enum Tier {
+    /// Scored on the compute pool.
+    Local(Arc<BoundModel>),
+    /// Scored by another server.
+    Remote(Arc<RemoteModel>),
+}
+
+impl Tier {
+    fn name(&self) -> String {
+        match self {
+            Tier::Local(m) => m.model().name().to_string(),
+            Tier::Remote(r) => r.label(),
+        }
+    }
+
+    fn version(&self) -> String {
+        match self {
+            Tier::Local(m) => m.model().version().to_string(),
+            Tier::Remote(r) => r
+                .config()
+                .version
+                .clone()
+                .unwrap_or_else(|| "remote".to_string()),
+        }
+    }
+}
+
 /// A stage's model and its fallbacks.
 #[derive(Debug, Clone)]
 pub struct ModelSlot {
-    tiers: Vec<Arc<BoundModel>>,
+    tiers: Vec<Tier>,
     /// Per tier, batches still running after their request gave up on them. While a tier has
     /// any, it is skipped: a stalled model must not take compute threads from the others.
     stalled: Vec<Arc<AtomicI64>>,
-    /// Fault injection: the primary model sleeps this long before scoring (tests and drills of
-    /// the fallback path; never set in production configs).
+    /// Fault injection: the first tier, when local, sleeps this long before scoring (tests and
+    /// drills of the fallback path; never set in production configs).
     inject_delay: Option<Duration>,
 }
 
 impl ModelSlot {
     /// A slot of a primary model and its fallbacks, tried in order.
     pub fn new(primary: BoundModel, fallbacks: Vec<BoundModel>) -> Self {
-        let tiers: Vec<Arc<BoundModel>> = std::iter::once(primary)
-            .chain(fallbacks)
-            .map(Arc::new)
-            .collect();
+        Self::of_tiers(
+            std::iter::once(primary)
+                .chain(fallbacks)
+                .map(|m| Tier::Local(Arc::new(m)))
+                .collect(),
+        )
+    }
+
+    /// A slot of these tiers, tried in order; the first names the slot, its task and prior.
+    ///
+    /// # Panics
+    /// If `tiers` is empty (the config loader never builds one).
+    pub fn of_tiers(tiers: Vec<Tier>) -> Self {
+        assert!(!tiers.is_empty(), "a model slot needs at least one tier");
         Self {
             stalled: tiers.iter().map(|_| Arc::new(AtomicI64::new(0))).collect(),
             tiers,
@@ -69,26 +109,91 @@ impl ModelSlot {
         self
     }
 
-    /// The primary model.
-    pub fn primary(&self) -> &BoundModel {
-        &self.tiers[0]
+    /// What the slot predicts: the first tier's task.
+    pub fn task(&self) -> &str {
+        match &self.tiers[0] {
+            Tier::Local(m) => &m.model().manifest().task,
+            Tier::Remote(r) => &r.config().task,
+        }
     }
 
-    /// Every model of the slot, primary first.
+    /// The constant served when every tier fails: the first tier's prior.
+    pub fn prior_value(&self) -> f32 {
+        match &self.tiers[0] {
+            Tier::Local(m) => m.prior(),
+            Tier::Remote(r) => r.config().fallback_prior as f32,
+        }
+    }
+
+    /// The in-process models of the slot, in tier order.
     pub fn models(&self) -> impl Iterator<Item = &BoundModel> {
-        self.tiers.iter().map(|m| m.as_ref())
+        self.tiers.iter().filter_map(|t| match t {
+            Tier::Local(m) => Some(m.as_ref()),
+            Tier::Remote(_) => None,
+        })
+    }
+
+    /// Runs a local tier on the pool, abandoning it at `budget` and skipping it while an earlier
+    /// abandoned batch still runs.
+    async fn run_local(
+        &self,
+        tier: usize,
+        model: &Arc<BoundModel>,
+        pool: &ComputePool,
+        frame: &Arc<FeatureFrame>,
+        deadline: Deadline,
+        budget: Duration,
+    ) -> Result<Vec<f32>, String> {
+        let stalled = &self.stalled[tier];
+        let overdue = stalled.load(Ordering::Acquire);
+        if overdue > 0 {
+            return Err(format!(
+                "skipped, {overdue} earlier batch(es) still running past their deadline"
+            ));
+        }
+        let (job_model, job_frame) = (model.clone(), frame.clone());
+        let delay = if tier == 0 { self.inject_delay } else { None };
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let (job_state, job_stalled) = (state.clone(), stalled.clone());
+        let job = pool.run(move || {
+            // A job that starts after its deadline is not worth running: its caller has gone.
+            let result = if deadline.remaining().is_zero() {
+                Err("started after the deadline".to_string())
+            } else {
+                if let Some(d) = delay {
+                    std::thread::sleep(d);
+                }
+                job_model.try_score(&job_frame)
+            };
+            if job_state
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                job_stalled.fetch_sub(1, Ordering::AcqRel);
+            }
+            result
+        });
+        match tokio::time::timeout(budget, job).await {
+            Ok(result) => result,
+            Err(_) => {
+                if state
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    stalled.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(format!("no answer within {} µs", budget.as_micros()))
+            }
+        }
     }
 
     /// The prior tier's answer.
     fn prior(&self, rows: usize, reasons: Vec<String>, started: Instant) -> Scored {
-        let p = self.primary();
+        let first = &self.tiers[0];
         Scored {
-            values: vec![p.prior(); rows],
+            values: vec![self.prior_value(); rows],
             tier: self.tiers.len() as u8,
-            model: (
-                p.model().name().to_string(),
-                p.model().version().to_string(),
-            ),
+            model: (first.name(), first.version()),
             fallback_reasons: reasons,
             micros: started.elapsed().as_micros() as u64,
         }
@@ -110,68 +215,28 @@ impl ModelSlot {
             if budget.is_zero() {
                 reasons.push(format!(
                     "{}: no time left before the deadline",
-                    model.model().name()
+                    model.name()
                 ));
                 break;
             }
-            let stalled = &self.stalled[tier];
-            let overdue = stalled.load(Ordering::Acquire);
-            if overdue > 0 {
-                reasons.push(format!(
-                    "{}: skipped, {overdue} earlier batch(es) still running past their deadline",
-                    model.model().name()
-                ));
-                continue;
-            }
-            let (job_model, job_frame) = (model.clone(), frame.clone());
-            let delay = if tier == 0 { self.inject_delay } else { None };
-            let state = Arc::new(AtomicU8::new(RUNNING));
-            let (job_state, job_stalled) = (state.clone(), stalled.clone());
-            let job = pool.run(move || {
-                // A job that starts after its deadline is not worth running: its caller has gone.
-                let result = if deadline.remaining().is_zero() {
-                    Err("started after the deadline".to_string())
-                } else {
-                    if let Some(d) = delay {
-                        std::thread::sleep(d);
-                    }
-                    job_model.try_score(&job_frame)
-                };
-                if job_state
-                    .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
-                    job_stalled.fetch_sub(1, Ordering::AcqRel);
+            let answer = match model {
+                Tier::Local(local) => {
+                    self.run_local(tier, local, pool, &frame, deadline, budget)
+                        .await
                 }
-                result
-            });
-            let answer = tokio::time::timeout(budget, job).await;
-            if answer.is_err()
-                && state
-                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                stalled.fetch_add(1, Ordering::AcqRel);
-            }
+                Tier::Remote(remote) => remote.score(&frame, budget).await,
+            };
             match answer {
-                Ok(Ok(values)) => {
+                Ok(values) => {
                     return Scored {
                         values,
                         tier: tier as u8,
-                        model: (
-                            model.model().name().to_string(),
-                            model.model().version().to_string(),
-                        ),
+                        model: (model.name(), model.version()),
                         fallback_reasons: reasons,
                         micros: started.elapsed().as_micros() as u64,
                     }
                 }
-                Ok(Err(e)) => reasons.push(format!("{}: {e}", model.model().name())),
-                Err(_) => reasons.push(format!(
-                    "{}: no answer within {} µs",
-                    model.model().name(),
-                    budget.as_micros()
-                )),
+                Err(e) => reasons.push(format!("{}: {e}", model.name())),
             }
         }
         self.prior(frame.rows(), reasons, started)
