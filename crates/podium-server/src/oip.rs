@@ -107,7 +107,7 @@ fn decode_binary(req: &mut InferRequest, mut blob: &[u8]) -> Result<(), ApiError
                 ))
             }
         };
-        if size % width != 0 {
+        if !size.is_multiple_of(width) {
             return Err(ApiError::field(
                 format!("inputs[{i}].parameters.binary_data_size"),
                 format!("{size} is not a multiple of {width}-byte {}", t.datatype),
