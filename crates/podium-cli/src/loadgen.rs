@@ -27,6 +27,10 @@ pub struct LoadgenArgs {
     /// Which traffic to send.
     #[arg(long, value_enum, default_value = "demo")]
     workload: Workload,
+    /// Send this JSON body with every request instead of generated decide requests (e.g. an
+    /// Open Inference Protocol infer request, with --target naming the infer URL).
+    #[arg(long)]
+    body: Option<std::path::PathBuf>,
     /// Seed of the request stream.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -127,13 +131,19 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
     };
     // Bodies are made before the clock starts so that generating them never delays a send.
     let total = (args.rate * args.duration.as_secs_f64()).ceil() as u64;
-    let mut generator = RequestGen::new(traffic, args.seed);
-    let distinct = total.clamp(1, 100_000) as usize;
-    let bodies: Arc<Vec<bytes_body::Body>> = Arc::new(
-        (0..distinct)
-            .map(|_| bytes_body::Body::from(generator.next_body()))
-            .collect(),
-    );
+    let bodies: Arc<Vec<bytes_body::Body>> = Arc::new(match &args.body {
+        Some(path) => vec![bytes_body::Body::from(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --body {}", path.display()))?,
+        )],
+        None => {
+            let mut generator = RequestGen::new(traffic, args.seed);
+            let distinct = total.clamp(1, 100_000) as usize;
+            (0..distinct)
+                .map(|_| bytes_body::Body::from(generator.next_body()))
+                .collect()
+        }
+    });
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_millis(args.timeout_ms))

@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// Default request deadline in milliseconds, for requests that set no `tmax_ms`.
     #[arg(long, default_value_t = 20)]
     tmax_ms: u64,
+    /// Async I/O threads for HTTP and store calls (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    io_threads: usize,
     /// Compute threads for model scoring (0 = one per core).
     #[arg(long, default_value_t = 0)]
     compute_threads: usize,
@@ -55,7 +58,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.tmax_ms
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.io_threads > 0 {
+        builder.worker_threads(args.io_threads);
+    }
+    let runtime = builder
         .enable_all()
         .thread_name("podium-io")
         .build()

@@ -75,6 +75,7 @@ pub fn build_demo(
             top_k: DEMO_TOP_K,
             ranker: SlotConfig::of(names[0]),
             scorers: names[1..].iter().map(|n| SlotConfig::of(n)).collect(),
+            serve_only: Vec::new(),
         }
         .write(&set_path)?;
     }

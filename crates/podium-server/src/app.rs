@@ -156,7 +156,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
             let models = engine.models();
             let list: Vec<_> = models
                 .all()
-                .map(|m| json!({"name": m.model().name(), "version": m.model().version()}))
+                .map(|b| b.model())
+                .chain(&models.serve_only)
+                .map(|m| json!({"name": m.name(), "version": m.version()}))
                 .collect();
             let market = engine.market();
             Json(json!({"ready": true, "models": list, "line_items": market.marketplace.line_items.len()})).into_response()

@@ -170,15 +170,12 @@ fn model_of(
         )
     })?;
     let models = engine.models();
-    let model = models
-        .by_name(name)
-        .map(|b| b.model().clone())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no model named {name:?} is loaded"),
-            )
-        })?;
+    let model = models.by_name(name).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no model named {name:?} is loaded"),
+        )
+    })?;
     Ok((model, engine.pool().clone()))
 }
 

@@ -14,6 +14,8 @@
 //! model = "completion"
 //! inject_delay_ms = 50            # fault injection for drills: the model stalls this long
 //!
+//! serve_only = ["gbdt300"]        # bundles served over the Open Inference Protocol only
+//!
 //! [[scorer]]                      # a model on another server (Triton, MLServer, KServe, Podium)
 //! remote = { url = "http://10.0.0.5:8080", model = "brand_safety", task = "brand_safety",
 //!            inputs = ["user_ctr_7d", "li_ctr_7d"], fallback_prior = 0.9 }
@@ -75,6 +77,10 @@ pub struct ModelSetConfig {
     /// The full-scoring models.
     #[serde(rename = "scorer", default)]
     pub scorers: Vec<SlotConfig>,
+    /// Bundles served only over the Open Inference Protocol, not used by decisions (their
+    /// features need not be in the serving schema).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serve_only: Vec<String>,
 }
 
 /// Why a model set could not be loaded; names the file or model.
@@ -163,6 +169,16 @@ impl ModelSetConfig {
             ranker: slot(&self.ranker)?,
             scorers: self.scorers.iter().map(slot).collect::<Result<_, _>>()?,
             top_k: self.top_k,
+            serve_only: self
+                .serve_only
+                .iter()
+                .map(|name| {
+                    load_bundle(&bundles.join(name)).map_err(|source| ConfigError::Model {
+                        model: name.clone(),
+                        source,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }

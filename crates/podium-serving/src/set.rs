@@ -2,6 +2,7 @@
 
 use crate::bound::BoundModel;
 use crate::slot::ModelSlot;
+use podium_model::Model;
 
 /// The models of one serving configuration.
 #[derive(Debug, Clone)]
@@ -12,6 +13,8 @@ pub struct ModelSet {
     pub scorers: Vec<ModelSlot>,
     /// How many candidates go from the early ranker to full scoring.
     pub top_k: usize,
+    /// Models served over the Open Inference Protocol only.
+    pub serve_only: Vec<Model>,
 }
 
 impl ModelSet {
@@ -27,8 +30,11 @@ impl ModelSet {
             .flat_map(|s| s.models())
     }
 
-    /// The model of a name, if the set has it.
-    pub fn by_name(&self, name: &str) -> Option<&BoundModel> {
-        self.all().find(|m| m.model().name() == name)
+    /// The model of a name, if the set has it (decision models and serve-only ones).
+    pub fn by_name(&self, name: &str) -> Option<&Model> {
+        self.all()
+            .map(BoundModel::model)
+            .chain(&self.serve_only)
+            .find(|m| m.name() == name)
     }
 }
