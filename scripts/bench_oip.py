@@ -107,15 +107,19 @@ def main():
     # A top-level key must come before the tables of models.toml.
     text = open(os.path.join(data, "models.toml")).read()
     open(os.path.join(data, "models.toml"), "w").write('serve_only = ["gbdt300"]\n' + text)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v2/models/gbdt300/ready")
-        for rows, start in ((1, 2000), (100, 200)):
-            print(f"podium, {rows} row(s) per request:", flush=True)
-            results[f"podium_rows{rows}"] = capacity(args.podium, f"http://127.0.0.1:{port}/v2/models/gbdt300/infer",
-                                                     bodies[rows], args.seconds, start)
-    finally:
-        proc.terminate(); proc.wait()
+    base = open(os.path.join(data, "models.toml")).read()
+    for label, batching, sweeps in (("podium", "", ((1, 2000), (100, 200))),
+                                    ("podium+microbatch", "\n[micro_batching]\ngbdt300 = { max_rows = 64 }\n", ((1, 2000),))):
+        open(os.path.join(data, "models.toml"), "w").write(base + batching)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v2/models/gbdt300/ready")
+            for rows, start in sweeps:
+                print(f"{label}, {rows} row(s) per request:", flush=True)
+                results[f"{label}_rows{rows}"] = capacity(args.podium, f"http://127.0.0.1:{port}/v2/models/gbdt300/infer",
+                                                          bodies[rows], args.seconds, start)
+        finally:
+            proc.terminate(); proc.wait()
 
     # MLServer, one worker on the same core.
     ml = os.path.join(work, "mlserver")
@@ -141,15 +145,16 @@ def main():
     print("\n| server | rows/request | requests/s held (P99 <= 20 ms) | rows/s | P99 ms |")
     print("|---|---:|---:|---:|---:|")
     for key, r in results.items():
-        server, rows = key.split("_rows")
+        server, rows = key.rsplit("_rows", 1)
         if r is None:
             print(f"| {server} | {rows} | below the first step | | |")
             continue
         print(f"| {server} | {rows} | {r['achieved_rps']:.0f} | {r['achieved_rps'] * int(rows):.0f} | {r['p99_ms']:.2f} |")
-    for rows in ("1", "100"):
-        p, m = results.get(f"podium_rows{rows}"), results.get(f"mlserver_rows{rows}")
-        if p and m:
-            print(f"podium / mlserver at {rows} row(s): {p['achieved_rps'] / m['achieved_rps']:.1f}x")
+    for label in ("podium", "podium+microbatch"):
+        for rows in ("1", "100"):
+            p, m = results.get(f"{label}_rows{rows}"), results.get(f"mlserver_rows{rows}")
+            if p and m:
+                print(f"{label} / mlserver at {rows} row(s): {p['achieved_rps'] / m['achieved_rps']:.1f}x")
 
 
 if __name__ == "__main__":

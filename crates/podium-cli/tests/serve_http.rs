@@ -545,3 +545,68 @@ print("ok", out[0])
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok"));
 }
+
+#[tokio::test]
+async fn micro_batched_model_calls_each_get_their_own_rows() {
+    let server = Server::start_with(|dir| {
+        std::fs::write(
+            dir.join("models.toml"),
+            "top_k = 100\n[ranker]\nmodel = \"early_ranker\"\n[[scorer]]\nmodel = \"ctr\"\n[[scorer]]\nmodel = \"completion\"\n[micro_batching]\nctr = { max_rows = 32, max_wait_us = 2000 }\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let meta: Value = reqwest::get(server.url("/v2/models/ctr"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let width = meta["inputs"].as_array().unwrap().len();
+    let row = |i: usize| -> Vec<Value> {
+        (0..width)
+            .map(|c| json!(0.001 * (i * width + c) as f64))
+            .collect()
+    };
+    let body = |i: usize| {
+        json!({"inputs": [{"name": "x", "shape": [1, width], "datatype": "FP32", "data": row(i)}]})
+            .to_string()
+    };
+    // One at a time first, then all at once: every answer must be the row's own.
+    let mut alone = Vec::new();
+    for i in 0..24 {
+        let (status, out) = server.post("/v2/models/ctr/infer", body(i)).await;
+        assert_eq!(status, 200, "{out}");
+        alone.push(out["outputs"][0]["data"][0].clone());
+    }
+    let together = futures_join(&server, (0..24).map(body).collect()).await;
+    for (i, out) in together.iter().enumerate() {
+        assert_eq!(out["outputs"][0]["data"][0], alone[i], "row {i}");
+    }
+}
+
+async fn futures_join(server: &Server, bodies: Vec<String>) -> Vec<Value> {
+    let client = reqwest::Client::new();
+    let handles: Vec<_> = bodies
+        .into_iter()
+        .map(|b| {
+            let (client, url) = (client.clone(), server.url("/v2/models/ctr/infer"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .body(b)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}

@@ -76,6 +76,7 @@ pub fn build_demo(
             ranker: SlotConfig::of(names[0]),
             scorers: names[1..].iter().map(|n| SlotConfig::of(n)).collect(),
             serve_only: Vec::new(),
+            micro_batching: Default::default(),
         }
         .write(&set_path)?;
     }

@@ -33,6 +33,7 @@ pub struct AppState {
     log: Arc<OnceLock<MemoryLog>>,
     admission: Admission,
     default_tmax: Duration,
+    batchers: Arc<dashmap::DashMap<(String, String), podium_serving::MicroBatcher>>,
 }
 
 impl Default for AppState {
@@ -53,7 +54,27 @@ impl AppState {
             log: Arc::default(),
             admission: Admission::new(admission),
             default_tmax,
+            batchers: Arc::default(),
         }
+    }
+
+    /// The micro-batching task of a model version, started on first use.
+    pub fn batcher(
+        &self,
+        model: &podium_model::Model,
+        pool: &podium_serving::ComputePool,
+        config: podium_serving::BatchConfig,
+    ) -> podium_serving::MicroBatcher {
+        let key = (model.name().to_string(), model.version().to_string());
+        if let Some(b) = self.batchers.get(&key) {
+            return b.clone();
+        }
+        self.batchers
+            .entry(key)
+            .or_insert_with(|| {
+                podium_serving::MicroBatcher::spawn(model.clone(), pool.clone(), config)
+            })
+            .clone()
     }
 
     /// The admission controller.

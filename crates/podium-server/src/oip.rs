@@ -367,11 +367,22 @@ pub async fn infer(
     })?;
     decode_binary(&mut req, &body[json_len..])?;
     let (cols, rows) = columns(&model, &req)?;
-    let scored = {
-        let model = model.clone();
-        pool.run(move || model.predict_columns(cols, rows)).await
-    };
-    let values = scored.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let batching = state
+        .engine()
+        .and_then(|e| e.models().micro_batching.get(model.name()).copied());
+    let values = match batching {
+        Some(config) => {
+            let batcher = state.batcher(&model, &pool, config);
+            batcher.predict(cols, rows).await
+        }
+        None => {
+            let model = model.clone();
+            pool.run(move || model.predict_columns(cols, rows))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     if req.binary_output() {
         let header = json!({
             "model_name": model.name(),

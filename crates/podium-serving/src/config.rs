@@ -16,6 +16,9 @@
 //!
 //! serve_only = ["gbdt300"]        # bundles served over the Open Inference Protocol only
 //!
+//! [micro_batching]                # batch small OIP calls of these models across requests
+//! gbdt300 = { max_rows = 64, max_wait_us = 0 }
+//!
 //! [[scorer]]                      # a model on another server (Triton, MLServer, KServe, Podium)
 //! remote = { url = "http://10.0.0.5:8080", model = "brand_safety", task = "brand_safety",
 //!            inputs = ["user_ctr_7d", "li_ctr_7d"], fallback_prior = 0.9 }
@@ -81,6 +84,10 @@ pub struct ModelSetConfig {
     /// features need not be in the serving schema).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serve_only: Vec<String>,
+    /// Cross-request micro-batching of Open Inference Protocol calls, per model name; off for
+    /// models not listed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub micro_batching: std::collections::BTreeMap<String, crate::batcher::BatchConfig>,
 }
 
 /// Why a model set could not be loaded; names the file or model.
@@ -169,6 +176,7 @@ impl ModelSetConfig {
             ranker: slot(&self.ranker)?,
             scorers: self.scorers.iter().map(slot).collect::<Result<_, _>>()?,
             top_k: self.top_k,
+            micro_batching: self.micro_batching.clone(),
             serve_only: self
                 .serve_only
                 .iter()

@@ -4,6 +4,7 @@
 //! Which features a frame holds is `podium-features`' business; what the scores are worth is
 //! `podium-auction`'s. This crate only turns frames into scores, safely and on the right threads.
 
+pub mod batcher;
 pub mod bound;
 pub mod config;
 pub mod pool;
@@ -11,6 +12,7 @@ pub mod remote;
 pub mod set;
 pub mod slot;
 
+pub use batcher::{BatchConfig, MicroBatcher};
 pub use bound::{BindError, BoundModel};
 pub use config::{ConfigError, ModelSetConfig, SlotConfig};
 pub use pool::ComputePool;

@@ -15,6 +15,8 @@ pub struct ModelSet {
     pub top_k: usize,
     /// Models served over the Open Inference Protocol only.
     pub serve_only: Vec<Model>,
+    /// Micro-batching of Open Inference Protocol calls, by model name.
+    pub micro_batching: std::collections::BTreeMap<String, crate::batcher::BatchConfig>,
 }
 
 impl ModelSet {
