@@ -34,7 +34,12 @@ fn fixture_bundle(dir: &Path, kind: podium_model::ModelKind, weights: &str) -> M
 }
 
 fn bench_model(c: &mut Criterion, label: &str, model: &Model, rows: &Path) {
-    let names: Vec<String> = model.manifest().inputs.iter().map(|i| i.name.clone()).collect();
+    let names: Vec<String> = model
+        .manifest()
+        .inputs
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
     let table = FeatureTable::read(rows, &names, false).expect("rows read");
     let mut group = c.benchmark_group(label);
     for batch in [1usize, 100] {
@@ -44,8 +49,14 @@ fn bench_model(c: &mut Criterion, label: &str, model: &Model, rows: &Path) {
             let mut out = vec![0.0f32; batch];
             let mut start = 0;
             b.iter(|| {
-                let slices: Vec<&[f32]> = table.columns.iter().map(|c| &c[start..start + batch]).collect();
-                model.predict(&Columns::new(&slices, batch).unwrap(), &mut out).unwrap();
+                let slices: Vec<&[f32]> = table
+                    .columns
+                    .iter()
+                    .map(|c| &c[start..start + batch])
+                    .collect();
+                model
+                    .predict(&Columns::new(&slices, batch).unwrap(), &mut out)
+                    .unwrap();
                 start = (start + batch) % n;
                 black_box(&out);
             })
@@ -56,10 +67,28 @@ fn bench_model(c: &mut Criterion, label: &str, model: &Model, rows: &Path) {
 
 fn runtimes(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
-    let lgb = fixture_bundle(tmp.path(), podium_model::ModelKind::Lightgbm, "lightgbm_binary.txt");
-    bench_model(c, "fixture_lightgbm_30_trees", &lgb, &fixtures().join("lightgbm_input.csv"));
-    let xgb = fixture_bundle(tmp.path(), podium_model::ModelKind::Xgboost, "xgboost_binary.json");
-    bench_model(c, "fixture_xgboost", &xgb, &fixtures().join("xgboost_input.csv"));
+    let lgb = fixture_bundle(
+        tmp.path(),
+        podium_model::ModelKind::Lightgbm,
+        "lightgbm_binary.txt",
+    );
+    bench_model(
+        c,
+        "fixture_lightgbm_30_trees",
+        &lgb,
+        &fixtures().join("lightgbm_input.csv"),
+    );
+    let xgb = fixture_bundle(
+        tmp.path(),
+        podium_model::ModelKind::Xgboost,
+        "xgboost_binary.json",
+    );
+    bench_model(
+        c,
+        "fixture_xgboost",
+        &xgb,
+        &fixtures().join("xgboost_input.csv"),
+    );
 
     if let Ok(dir) = std::env::var("PODIUM_BENCH_MODELS") {
         let dir = PathBuf::from(dir);

@@ -19,9 +19,11 @@
 //! express (exp, sqrt); those are refused at load with [`ModelError::Unsupported`].
 
 pub mod lightgbm;
+mod masks;
 pub mod xgboost;
 
 use crate::{Columns, Link, ModelError, Runtime};
+use masks::{LeafMasks, Mask, RowScratch};
 use std::path::{Path, PathBuf};
 
 /// Set in a child reference when it names a leaf rather than a split node.
@@ -567,8 +569,11 @@ impl GbdtModel {
             slots[f] = reads.len() as u32;
             reads.push(column);
         }
+        let forest = self.forest.bind(&slots, reads.len());
+        let engine = Engine::choose(&forest);
         Ok(GbdtRuntime {
-            forest: self.forest.bind(&slots, reads.len()),
+            forest,
+            engine,
             reads,
             sum: self.sum,
             num_inputs: inputs.len(),
@@ -582,11 +587,41 @@ impl GbdtModel {
 pub struct GbdtRuntime {
     /// Trees whose split features index `reads`.
     forest: Forest,
+    /// How rows find their leaves.
+    engine: Engine,
     /// The input column of each feature the trees read.
     reads: Vec<u32>,
     sum: Sum,
     num_inputs: usize,
 }
+
+/// How a runtime finds each row's leaves.
+#[derive(Clone, Debug)]
+enum Engine {
+    /// Walk each tree from its root (any tree size).
+    Walk,
+    /// Leaf masks, for forests whose trees have at most 32, 64 or 128 leaves.
+    Masks32(LeafMasks<u32>),
+    Masks64(LeafMasks<u64>),
+    Masks128(LeafMasks<u128>),
+}
+
+impl Engine {
+    fn choose(forest: &Forest) -> Self {
+        if let Some(m) = LeafMasks::new(forest) {
+            Engine::Masks32(m)
+        } else if let Some(m) = LeafMasks::new(forest) {
+            Engine::Masks64(m)
+        } else if let Some(m) = LeafMasks::new(forest) {
+            Engine::Masks128(m)
+        } else {
+            Engine::Walk
+        }
+    }
+}
+
+/// Rows scored together by the leaf-mask engine.
+const MASK_LANES: usize = 16;
 
 impl GbdtRuntime {
     /// Number of trees summed.
@@ -594,7 +629,97 @@ impl GbdtRuntime {
         self.forest.num_trees()
     }
 
+    /// The same runtime scoring by walking each tree, whatever the trees' sizes: for comparing
+    /// the engines in tests and benchmarks.
+    #[doc(hidden)]
+    pub fn walking(&self) -> Self {
+        Self {
+            engine: Engine::Walk,
+            ..self.clone()
+        }
+    }
+
     fn score(&self, columns: &[&[f32]], out: &mut [f32]) {
+        match &self.engine {
+            Engine::Walk => self.walk(columns, out),
+            Engine::Masks32(m) => self.by_masks(m, columns, out),
+            Engine::Masks64(m) => self.by_masks(m, columns, out),
+            Engine::Masks128(m) => self.by_masks(m, columns, out),
+        }
+    }
+
+    fn by_masks<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the function's only requirement is AVX-512F, which the CPU has.
+                return unsafe { self.by_masks_avx512(masks, columns, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the function's only requirement is AVX2, which the CPU has.
+                return unsafe { self.by_masks_avx2(masks, columns, out) };
+            }
+        }
+        self.by_masks_any(masks, columns, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn by_masks_avx512<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+        self.by_masks_any(masks, columns, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn by_masks_avx2<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+        self.by_masks_any(masks, columns, out)
+    }
+
+    #[inline(always)]
+    fn by_masks_any<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+        const L: usize = MASK_LANES;
+        let (forest, reads) = (&self.forest, &self.reads[..]);
+        let mut xs: Vec<masks::Lanes<L>> = Vec::new();
+        let mut row = RowScratch::default();
+        for (g, out) in out.chunks_mut(L).enumerate() {
+            let first = g * L;
+            match (self.sum, out) {
+                (Sum::Double { divisor, scale }, [out]) => {
+                    let mut acc = 0.0f64;
+                    masks.row(forest, columns, reads, first, &mut row, |leaf| acc += leaf);
+                    *out = (acc / divisor * scale) as f32;
+                }
+                (Sum::Single { base_margin }, [out]) => {
+                    let mut acc = base_margin;
+                    // XGBoost leaves are f32, so the narrowing is exact.
+                    masks.row(forest, columns, reads, first, &mut row, |leaf| {
+                        acc += leaf as f32
+                    });
+                    *out = acc;
+                }
+                (Sum::Double { divisor, scale }, out) => {
+                    let mut acc = [0.0f64; L];
+                    let group = (first, out.len());
+                    masks.group(forest, columns, reads, group, &mut xs, |lane, leaf| {
+                        acc[lane] += leaf
+                    });
+                    for (o, a) in out.iter_mut().zip(acc) {
+                        *o = (a / divisor * scale) as f32;
+                    }
+                }
+                (Sum::Single { base_margin }, out) => {
+                    let mut acc = [base_margin; L];
+                    let group = (first, out.len());
+                    masks.group(forest, columns, reads, group, &mut xs, |lane, leaf| {
+                        acc[lane] += leaf as f32
+                    });
+                    out.copy_from_slice(&acc[..out.len()]);
+                }
+            }
+        }
+    }
+
+    fn walk(&self, columns: &[&[f32]], out: &mut [f32]) {
         // The block's values of the features the trees read, feature-major: a split's input is
         // one load away from its node, and the whole block sits in L1.
         let mut block = vec![[0.0f32; BLOCK]; self.reads.len()];

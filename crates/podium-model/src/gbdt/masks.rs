@@ -1,0 +1,618 @@
+//! Scoring by leaf masks (the QuickScorer method of Lucchese et al., SIGIR 2015), for forests
+//! whose trees have at most 128 leaves.
+//!
+//! Number each tree's leaves left to right and give each row one bit per leaf, all set. Every
+//! split node that sends the row right rules out the leaves of its left subtree, so clear their
+//! bits; the leaf the row reaches is then the lowest bit still set. (Any leaf left of the exit
+//! leaf lies in the left subtree of some node on the path where the row went right, so its bit is
+//! cleared; the exit leaf is in no cleared subtree, since every node whose left subtree holds it
+//! is on the path and sent the row left.) Which nodes send a row right no longer depends on the
+//! path, so they can be found feature by feature with no data-dependent branching: for a
+//! non-missing `x`, the numeric nodes on a feature that send `x` right are exactly those whose
+//! *cut* (the least f32 that goes right, `next_up(threshold)`) is at most `x`, a prefix of the
+//! feature's nodes sorted by cut. A missing input instead goes right at the nodes whose missing
+//! direction is right, whose masks are combined per tree and feature ahead of time; the rare
+//! nodes with another rule (categorical, LightGBM zero-as-missing) are tested one by one with the
+//! same code as the tree walk. The decision at every node is the walk's, so the exit leaf is too;
+//! leaf values are then summed in tree order in the library's precision, exactly as before.
+//!
+//! Two orders of work use this:
+//! - A single row goes feature by feature: a binary search finds the prefix of nodes that send
+//!   its value right, and each clears its bits in its tree's mask, about half the nodes.
+//! - A group of `L` rows goes tree by tree: every numeric node of the tree is tested on all lanes
+//!   with one compare and applied with one select, which the compiler turns into vector
+//!   instructions, and the tree's masks for the group stay in registers. Testing every node
+//!   rather than a prefix costs little here, since the prefix for the largest of `L` values is
+//!   most of the list anyway, and it avoids read-modify-writes of masks in memory, whose chance
+//!   dependencies stall the processor. Missing values need no separate pass: each feature's
+//!   values are held twice, as given (a NaN fails every `x >= cut`, going left) and with NaN
+//!   replaced by +inf (which passes every cut, going right), and each node reads the copy that
+//!   matches its missing direction.
+
+use super::{Forest, Node, CATEGORICAL, FEATURE_MASK, LEAF, NAN_LEFT, ZERO_MISSING};
+use std::fmt::Debug;
+use std::ops::BitAnd;
+
+/// One bit per leaf of a tree.
+pub(crate) trait Mask:
+    Copy + Debug + PartialEq + BitAnd<Output = Self> + Send + Sync
+{
+    /// Every leaf still possible.
+    const ALL: Self;
+    /// Leaves a tree may have.
+    const BITS: usize;
+    /// `ALL` without the bits `first..=last`.
+    fn without(first: usize, last: usize) -> Self;
+    /// The lowest set bit: the exit leaf's index within its tree.
+    fn first(self) -> usize;
+}
+
+macro_rules! mask {
+    ($t:ty) => {
+        impl Mask for $t {
+            const ALL: Self = <$t>::MAX;
+            const BITS: usize = <$t>::BITS as usize;
+            fn without(first: usize, last: usize) -> Self {
+                debug_assert!(first <= last && last < <Self as Mask>::BITS);
+                let span = last - first + 1;
+                let ones = if span == <Self as Mask>::BITS {
+                    <$t>::MAX
+                } else {
+                    ((1 as $t) << span) - 1
+                };
+                !(ones << first)
+            }
+            #[inline(always)]
+            fn first(self) -> usize {
+                self.trailing_zeros() as usize
+            }
+        }
+    };
+}
+mask!(u32);
+mask!(u64);
+mask!(u128);
+
+/// A numeric split node as a group of rows tests it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct TreeNode<M> {
+    /// The least f32 the node sends right.
+    cut: f32,
+    /// Index of the group's values to compare: `2 * slot`, plus 1 when a missing input goes
+    /// right (the copy where NaN reads as +inf).
+    values: u32,
+    /// The tree's leaves outside the node's left subtree.
+    mask: M,
+}
+
+/// A forest's split nodes arranged for leaf-mask scoring, each with the bits it clears.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct LeafMasks<M> {
+    /// Index in `Forest::leaves` of each tree's leftmost leaf.
+    leaf_base: Vec<u32>,
+    /// Per tree `t`, its numeric nodes are `tree_nodes[tree_starts[t]..tree_starts[t + 1]]`.
+    tree_starts: Vec<u32>,
+    tree_nodes: Vec<TreeNode<M>>,
+    /// Per tree `t`, `special[special_starts[t]..special_starts[t + 1]]` are the nodes tested
+    /// one by one with `Forest::goes_left` (categorical, LightGBM zero-as-missing).
+    special_starts: Vec<u32>,
+    special: Vec<(M, Node)>,
+    /// Per feature slot `f`, its numeric nodes are `cuts[starts[f]..starts[f + 1]]` (and the
+    /// same range of `trees` and `masks`), by ascending cut: those that send a present value `x`
+    /// right are the prefix with `cut <= x`.
+    starts: Vec<u32>,
+    cuts: Vec<f32>,
+    trees: Vec<u32>,
+    masks: Vec<M>,
+    /// Per feature slot, `missing[missing_starts[f]..missing_starts[f + 1]]` are the (tree,
+    /// combined mask) pairs that a missing value clears at the numeric nodes sending it right.
+    missing_starts: Vec<u32>,
+    missing: Vec<(u32, M)>,
+}
+
+impl<M: Mask> LeafMasks<M> {
+    /// Arranges `forest` (bound to its feature slots), or `None` when a tree has more leaves
+    /// than `M` has bits.
+    pub(crate) fn new(forest: &Forest) -> Option<Self> {
+        let width = forest.num_features;
+        // The leftmost and rightmost leaf under a child reference: leaves are laid out left to
+        // right, so a subtree's leaves are the contiguous range between the two.
+        let edge = |mut at: u32, right: bool| -> u32 {
+            while at & LEAF == 0 {
+                let n = &forest.nodes[at as usize];
+                at = if right { n.right } else { n.left };
+            }
+            at & !LEAF
+        };
+        let mut scorer = LeafMasks {
+            leaf_base: Vec::with_capacity(forest.roots.len()),
+            tree_starts: vec![0],
+            tree_nodes: Vec::new(),
+            special_starts: vec![0],
+            special: Vec::new(),
+            starts: vec![0],
+            cuts: Vec::new(),
+            trees: Vec::new(),
+            masks: Vec::new(),
+            missing_starts: vec![0],
+            missing: Vec::new(),
+        };
+        let mut by_feature: Vec<Vec<(f32, u32, M)>> = vec![Vec::new(); width];
+        let mut missing: Vec<Vec<(u32, M)>> = vec![Vec::new(); width];
+        let mut stack = Vec::new();
+        for (tree, &root) in forest.roots.iter().enumerate() {
+            let (base, last) = (edge(root, false), edge(root, true));
+            if (last - base) as usize >= M::BITS {
+                return None;
+            }
+            scorer.leaf_base.push(base);
+            let tree = tree as u32;
+            stack.clear();
+            if root & LEAF == 0 {
+                stack.push(root);
+            }
+            while let Some(at) = stack.pop() {
+                let node = forest.nodes[at as usize];
+                for child in [node.right, node.left] {
+                    if child & LEAF == 0 {
+                        stack.push(child);
+                    }
+                }
+                let mask = M::without(
+                    (edge(node.left, false) - base) as usize,
+                    (edge(node.left, true) - base) as usize,
+                );
+                let slot = node.feature & FEATURE_MASK;
+                let flags = node.feature & !FEATURE_MASK;
+                let missing_right = flags & NAN_LEFT == 0;
+                let t = node.threshold;
+                // Every present value goes left at a +inf threshold, +inf included, but the +inf
+                // that stands for a missing value in a group would go right: test such a node on
+                // its own (it is only a no-op when missing values go left too).
+                let alone = t == f32::INFINITY && missing_right;
+                if flags & (ZERO_MISSING | CATEGORICAL) != 0 || alone {
+                    scorer.special.push((mask, node));
+                    continue;
+                }
+                // `goes_left` sends a present `x` right iff `!(x <= threshold)`.
+                let cut = if t.is_nan() {
+                    // Every present value goes right.
+                    f32::NEG_INFINITY
+                } else {
+                    // `x > t` iff `x >= next_up(t)`; for t = -inf that is -f32::MAX.
+                    t.next_up()
+                };
+                if t != f32::INFINITY {
+                    scorer.tree_nodes.push(TreeNode {
+                        cut,
+                        values: 2 * slot + u32::from(missing_right),
+                        mask,
+                    });
+                    by_feature[slot as usize].push((cut, tree, mask));
+                }
+                if missing_right {
+                    let list = &mut missing[slot as usize];
+                    match list.last_mut() {
+                        // A tree's nodes are visited together, so combining with the last
+                        // entry suffices.
+                        Some((t, m)) if *t == tree => *m = *m & mask,
+                        _ => list.push((tree, mask)),
+                    }
+                }
+            }
+            scorer.tree_starts.push(scorer.tree_nodes.len() as u32);
+            scorer.special_starts.push(scorer.special.len() as u32);
+        }
+        for mut nodes in by_feature {
+            nodes.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (cut, tree, mask) in nodes {
+                scorer.cuts.push(cut);
+                scorer.trees.push(tree);
+                scorer.masks.push(mask);
+            }
+            scorer.starts.push(scorer.cuts.len() as u32);
+        }
+        for list in missing {
+            scorer.missing.extend(list);
+            scorer.missing_starts.push(scorer.missing.len() as u32);
+        }
+        Some(scorer)
+    }
+
+    /// Scores row `row` of `columns` (read through `reads`), handing each tree's exit leaf
+    /// value, in tree order, to `add`.
+    #[inline(always)]
+    pub(crate) fn row(
+        &self,
+        forest: &Forest,
+        columns: &[&[f32]],
+        reads: &[u32],
+        row: usize,
+        scratch: &mut RowScratch<M>,
+        mut add: impl FnMut(f64),
+    ) {
+        let RowScratch { state, xs, counts } = scratch;
+        state.clear();
+        state.resize(self.leaf_base.len(), M::ALL);
+        // First every feature's value and prefix length: the searches are independent, so the
+        // processor overlaps them.
+        xs.clear();
+        counts.clear();
+        for (slot, &column) in reads.iter().enumerate() {
+            let x = columns[column as usize][row];
+            let cuts = &self.cuts[self.starts[slot] as usize..self.starts[slot + 1] as usize];
+            // A missing value passes no cut.
+            counts.push(cuts.partition_point(|&c| c <= x) as u32);
+            xs.push(x);
+        }
+        for (slot, (&x, &count)) in xs.iter().zip(counts.iter()).enumerate() {
+            let start = self.starts[slot] as usize;
+            let end = start + count as usize;
+            for (&tree, &mask) in self.trees[start..end].iter().zip(&self.masks[start..end]) {
+                let m = &mut state[tree as usize];
+                *m = *m & mask;
+            }
+            if x.is_nan() {
+                let range =
+                    self.missing_starts[slot] as usize..self.missing_starts[slot + 1] as usize;
+                for &(tree, mask) in &self.missing[range] {
+                    let m = &mut state[tree as usize];
+                    *m = *m & mask;
+                }
+            }
+        }
+        if !self.special.is_empty() {
+            for (tree, m) in state.iter_mut().enumerate() {
+                let range =
+                    self.special_starts[tree] as usize..self.special_starts[tree + 1] as usize;
+                for (mask, node) in &self.special[range] {
+                    let x = xs[(node.feature & FEATURE_MASK) as usize];
+                    if !forest.goes_left(node, x) {
+                        *m = *m & *mask;
+                    }
+                }
+            }
+        }
+        for (&base, m) in self.leaf_base.iter().zip(state.iter()) {
+            add(forest.leaves[base as usize + m.first()]);
+        }
+    }
+
+    /// Scores rows `first..first + rows` of `columns` (read through `reads`), `rows <= L`,
+    /// handing each tree's exit leaf value, in tree order, to `add` with the row's lane (lanes at
+    /// and past `rows` repeat row `first` and are handed over too).
+    #[inline(always)]
+    pub(crate) fn group<const L: usize>(
+        &self,
+        forest: &Forest,
+        columns: &[&[f32]],
+        reads: &[u32],
+        (first, rows): (usize, usize),
+        xs: &mut Vec<Lanes<L>>,
+        mut add: impl FnMut(usize, f64),
+    ) {
+        xs.clear();
+        for &column in reads {
+            let values = &columns[column as usize][first..first + rows];
+            // Unused lanes repeat the first row.
+            let mut x = [values[0]; L];
+            x[..rows].copy_from_slice(values);
+            xs.push(Lanes(x));
+            xs.push(Lanes(x.map(|v| if v.is_nan() { f32::INFINITY } else { v })));
+        }
+        for (tree, &base) in self.leaf_base.iter().enumerate() {
+            let mut acc = [M::ALL; L];
+            let nodes = self.tree_starts[tree] as usize..self.tree_starts[tree + 1] as usize;
+            for &TreeNode { cut, values, mask } in &self.tree_nodes[nodes] {
+                let x = xs[values as usize].0;
+                for (a, v) in acc.iter_mut().zip(x) {
+                    *a = *a & if v >= cut { mask } else { M::ALL };
+                }
+            }
+            let special =
+                self.special_starts[tree] as usize..self.special_starts[tree + 1] as usize;
+            for (mask, node) in &self.special[special] {
+                let x = &xs[2 * (node.feature & FEATURE_MASK) as usize].0;
+                for (a, &v) in acc.iter_mut().zip(x) {
+                    if !forest.goes_left(node, v) {
+                        *a = *a & *mask;
+                    }
+                }
+            }
+            for (lane, a) in acc.iter().enumerate() {
+                add(lane, forest.leaves[base as usize + a.first()]);
+            }
+        }
+    }
+}
+
+/// One feature's values for every lane of a group, on a cache line of its own (a vector load
+/// that straddles two lines costs about twice as much).
+#[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
+pub(crate) struct Lanes<const L: usize>([f32; L]);
+
+/// Working memory of [`LeafMasks::row`], kept between rows of one call.
+#[derive(Debug)]
+pub(crate) struct RowScratch<M> {
+    /// Leaves still possible, per tree.
+    state: Vec<M>,
+    /// The row's value of each feature slot.
+    xs: Vec<f32>,
+    /// Length of each feature slot's prefix of nodes to apply.
+    counts: Vec<u32>,
+}
+
+impl<M> Default for RowScratch<M> {
+    fn default() -> Self {
+        Self {
+            state: Vec::new(),
+            xs: Vec::new(),
+            counts: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        next_down, Child, Engine, GbdtModel, Library, RawSplit, RawTree, SplitTest, Sum,
+        LIGHTGBM_ZERO_THRESHOLD,
+    };
+    use super::*;
+    use crate::{Columns, Link, Runtime};
+    use std::path::PathBuf;
+
+    /// A small deterministic generator, so a failure reproduces.
+    struct SplitMix(u64);
+
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick(&mut self, values: &[f32]) -> f32 {
+            values[self.below(values.len())]
+        }
+    }
+
+    /// Values on and around every kind of threshold the parsers produce.
+    fn edge_values() -> Vec<f32> {
+        let mut v = vec![
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN,
+            0.0,
+            -0.0,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+            LIGHTGBM_ZERO_THRESHOLD,
+            -LIGHTGBM_ZERO_THRESHOLD,
+            next_down(-LIGHTGBM_ZERO_THRESHOLD),
+            1e-36,
+            0.1,
+            next_down(0.1),
+            0.5,
+            1.0,
+            2.0,
+            3.0,
+            33.0,
+            -1.0,
+            -0.5,
+            1.9,
+        ];
+        for i in -8..=8 {
+            v.push(i as f32 * 0.25);
+        }
+        let more: Vec<f32> = v
+            .iter()
+            .filter(|x| x.is_finite())
+            .flat_map(|&x| [next_down(x), x.next_up()])
+            .collect();
+        v.extend(more);
+        v
+    }
+
+    /// A random tree with `leaves` leaves over `features` features.
+    fn random_tree(rng: &mut SplitMix, leaves: usize, features: usize, special: bool) -> RawTree {
+        let values = edge_values();
+        let mut tree = RawTree {
+            splits: Vec::new(),
+            leaves: Vec::new(),
+            root: Child::Leaf(0),
+        };
+        // Splits `n` leaves into a subtree; returns its root.
+        fn grow(
+            rng: &mut SplitMix,
+            tree: &mut RawTree,
+            n: usize,
+            features: usize,
+            special: bool,
+            values: &[f32],
+        ) -> Child {
+            if n == 1 {
+                tree.leaves.push((rng.below(2001) as f64 - 1000.0) / 256.0);
+                return Child::Leaf(tree.leaves.len() - 1);
+            }
+            // Lopsided splits too, as LightGBM's leaf-wise growth makes.
+            let left = if rng.below(2) == 0 {
+                1 + rng.below(n - 1)
+            } else if rng.below(2) == 0 {
+                1
+            } else {
+                n - 1
+            };
+            let test = match rng.below(if special { 10 } else { 8 }) {
+                8 => SplitTest::Category {
+                    bits: (0..1 + rng.below(3)).map(|_| rng.next() as u32).collect(),
+                },
+                k => SplitTest::Numeric {
+                    threshold: rng.pick(values),
+                    nan_left: rng.below(2) == 0,
+                    zero_missing: special && k == 9,
+                },
+            };
+            let at = tree.splits.len();
+            tree.splits.push(RawSplit {
+                feature: rng.below(features),
+                test,
+                left: Child::Leaf(0),
+                right: Child::Leaf(0),
+            });
+            let l = grow(rng, tree, left, features, special, values);
+            let r = grow(rng, tree, n - left, features, special, values);
+            tree.splits[at].left = l;
+            tree.splits[at].right = r;
+            Child::Split(at)
+        }
+        tree.root = grow(rng, &mut tree, leaves, features, special, &values);
+        tree
+    }
+
+    fn model(trees: &[RawTree], features: usize, sum: Sum) -> GbdtModel {
+        let mut forest = Forest::new(features).unwrap();
+        for t in trees {
+            forest.push(t).unwrap();
+        }
+        GbdtModel {
+            source: PathBuf::from("random"),
+            library: Library::Lightgbm,
+            feature_names: None,
+            generated_names: false,
+            objective: String::new(),
+            link: Link::Identity,
+            sum,
+            forest,
+        }
+    }
+
+    /// Scores `columns` in batches of `batch` rows.
+    fn scores(runtime: &dyn Runtime, columns: &[Vec<f32>], batch: usize) -> Vec<u32> {
+        let rows = columns[0].len();
+        let mut all = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let end = (start + batch).min(rows);
+            let slices: Vec<&[f32]> = columns.iter().map(|c| &c[start..end]).collect();
+            let mut out = vec![f32::NAN; end - start];
+            runtime
+                .predict_raw(&Columns::new(&slices, end - start).unwrap(), &mut out)
+                .unwrap();
+            all.extend(out.iter().map(|v| v.to_bits()));
+            start = end;
+        }
+        all
+    }
+
+    /// Leaf masks and the tree walk agree bit for bit on random forests and edge-case inputs.
+    fn agree(max_leaves: usize, special: bool, expect: fn(&Engine) -> bool, seed: u64) {
+        let mut rng = SplitMix(seed);
+        let values = edge_values();
+        for round in 0..6 {
+            let features = 1 + rng.below(6);
+            let trees: Vec<RawTree> = (0..1 + rng.below(40))
+                .map(|_| {
+                    let leaves = 1 + rng.below(max_leaves);
+                    random_tree(&mut rng, leaves, features, special)
+                })
+                .collect();
+            let sum = if round % 2 == 0 {
+                Sum::Double {
+                    divisor: 1.0 + rng.below(3) as f64,
+                    scale: 0.5 + rng.below(3) as f64,
+                }
+            } else {
+                Sum::Single {
+                    base_margin: rng.pick(&values[13..]),
+                }
+            };
+            let model = model(&trees, features, sum);
+            let names: Vec<String> = (0..features).map(|i| format!("x{i}")).collect();
+            let runtime = model.into_runtime(&names).unwrap();
+            assert!(expect(&runtime.engine), "{:?}", runtime.engine);
+            let rows = 301;
+            let columns: Vec<Vec<f32>> = (0..features)
+                .map(|_| (0..rows).map(|_| rng.pick(&values)).collect())
+                .collect();
+            let want = scores(&runtime.walking(), &columns, rows);
+            for batch in [1, 2, 15, 16, 17, 100, rows] {
+                assert_eq!(
+                    scores(&runtime, &columns, batch),
+                    want,
+                    "seed {seed} round {round} batch {batch}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn masks_match_the_walk_on_small_trees() {
+        for seed in 0..8 {
+            agree(32, false, |e| matches!(e, Engine::Masks32(_)), seed);
+        }
+    }
+
+    #[test]
+    fn masks_match_the_walk_with_categorical_and_zero_missing_nodes() {
+        for seed in 100..108 {
+            agree(32, true, |e| matches!(e, Engine::Masks32(_)), seed);
+        }
+    }
+
+    #[test]
+    fn masks_match_the_walk_on_larger_trees() {
+        let wide = |e: &Engine| matches!(e, Engine::Masks32(_) | Engine::Masks64(_));
+        agree(64, true, wide, 200);
+        let wider = |e: &Engine| !matches!(e, Engine::Walk);
+        agree(128, true, wider, 300);
+        agree(400, true, |_| true, 400);
+    }
+
+    #[test]
+    fn mask_widths_follow_the_largest_tree() {
+        let mut rng = SplitMix(9);
+        for (leaves, expect) in [
+            (1, 32),
+            (32, 32),
+            (33, 64),
+            (64, 64),
+            (65, 128),
+            (128, 128),
+            (129, 0),
+        ] {
+            let tree = random_tree(&mut rng, leaves, 3, true);
+            let small = random_tree(&mut rng, 2, 3, false);
+            let runtime = model(&[small, tree], 3, Sum::Single { base_margin: 0.0 })
+                .into_runtime(&["a".into(), "b".into(), "c".into()])
+                .unwrap();
+            let width = match runtime.engine {
+                Engine::Masks32(_) => 32,
+                Engine::Masks64(_) => 64,
+                Engine::Masks128(_) => 128,
+                Engine::Walk => 0,
+            };
+            assert_eq!(width, expect, "{leaves} leaves");
+        }
+    }
+
+    #[test]
+    fn without_clears_exactly_the_range() {
+        assert_eq!(u32::without(0, 31), 0);
+        assert_eq!(u32::without(0, 0), !1);
+        assert_eq!(u32::without(3, 5), !0b111000);
+        assert_eq!(u64::without(63, 63), !(1 << 63));
+        assert_eq!(u128::without(1, 127), 1);
+        assert_eq!(u128::without(5, 5).first(), 0);
+        assert_eq!(u32::without(0, 30).first(), 31);
+    }
+}
