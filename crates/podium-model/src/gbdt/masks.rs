@@ -30,6 +30,8 @@
 //!   matches its missing direction.
 
 use super::{Forest, Node, CATEGORICAL, FEATURE_MASK, LEAF, NAN_LEFT, ZERO_MISSING};
+use crate::Columns;
+use std::cell::Cell;
 use std::fmt::Debug;
 use std::ops::BitAnd;
 
@@ -45,11 +47,34 @@ pub(crate) trait Mask:
     fn without(first: usize, last: usize) -> Self;
     /// The lowest set bit: the exit leaf's index within its tree.
     fn first(self) -> usize;
+    /// A tree index and a mask, packed to load at once where they fit in a word.
+    type Entry: Copy + Debug + PartialEq + Send + Sync;
+    /// Packs `tree` and `mask`.
+    fn entry(tree: u32, mask: Self) -> Self::Entry;
+    /// The tree index and mask of an entry.
+    fn open(entry: Self::Entry) -> (usize, Self);
+    /// Takes this thread's scratch for single rows (`keep: None`), or puts it back.
+    fn scratch(keep: Option<RowScratch<Self>>) -> RowScratch<Self>;
 }
 
 macro_rules! mask {
-    ($t:ty) => {
+    ($t:ty, $entry:ty, $pack:expr, $open:expr) => {
         impl Mask for $t {
+            type Entry = $entry;
+            #[inline(always)]
+            fn entry(tree: u32, mask: Self) -> $entry {
+                $pack(tree, mask)
+            }
+            #[inline(always)]
+            fn open(entry: $entry) -> (usize, Self) {
+                $open(entry)
+            }
+            fn scratch(keep: Option<RowScratch<Self>>) -> RowScratch<Self> {
+                thread_local! {
+                    static SCRATCH: Cell<RowScratch<$t>> = const { Cell::new(RowScratch::EMPTY) };
+                }
+                SCRATCH.replace(keep.unwrap_or(RowScratch::EMPTY))
+            }
             const ALL: Self = <$t>::MAX;
             const BITS: usize = <$t>::BITS as usize;
             fn without(first: usize, last: usize) -> Self {
@@ -69,17 +94,27 @@ macro_rules! mask {
         }
     };
 }
-mask!(u32);
-mask!(u64);
-mask!(u128);
+mask!(
+    u32,
+    u64,
+    |tree, mask| (u64::from(tree) << 32) | u64::from(mask),
+    |e: u64| ((e >> 32) as usize, e as u32)
+);
+mask!(u64, (u32, u64), |t, m| (t, m), |(t, m): (u32, u64)| (
+    t as usize, m
+));
+mask!(u128, (u32, u128), |t, m| (t, m), |(t, m): (u32, u128)| (
+    t as usize, m
+));
 
 /// A numeric split node as a group of rows tests it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct TreeNode<M> {
     /// The least f32 the node sends right.
     cut: f32,
-    /// Index of the group's values to compare: `2 * slot`, plus 1 when a missing input goes
-    /// right (the copy where NaN reads as +inf).
+    /// Index of the group's values to compare: `COPIES * slot + copy`, where copy [`AS_IS`]
+    /// serves nodes that send missing values left, [`NAN_HIGH`] those that send them right,
+    /// and [`ONLY_NAN`] those that send every present value left and missing ones right.
     values: u32,
     /// The tree's leaves outside the node's left subtree.
     mask: M,
@@ -87,7 +122,7 @@ struct TreeNode<M> {
 
 /// A forest's split nodes arranged for leaf-mask scoring, each with the bits it clears.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct LeafMasks<M> {
+pub(crate) struct LeafMasks<M: Mask> {
     /// Index in `Forest::leaves` of each tree's leftmost leaf.
     leaf_base: Vec<u32>,
     /// Per tree `t`, its numeric nodes are `tree_nodes[tree_starts[t]..tree_starts[t + 1]]`.
@@ -98,12 +133,12 @@ pub(crate) struct LeafMasks<M> {
     special_starts: Vec<u32>,
     special: Vec<(M, Node)>,
     /// Per feature slot `f`, its numeric nodes are `cuts[starts[f]..starts[f + 1]]` (and the
-    /// same range of `trees` and `masks`), by ascending cut: those that send a present value `x`
+    /// same range of `entries`), by ascending cut: those that send a present value `x`
     /// right are the prefix with `cut <= x`.
     starts: Vec<u32>,
     cuts: Vec<f32>,
-    trees: Vec<u32>,
-    masks: Vec<M>,
+    /// Tree and mask of each node in `cuts`.
+    entries: Vec<M::Entry>,
     /// Per feature slot, `missing[missing_starts[f]..missing_starts[f + 1]]` are the (tree,
     /// combined mask) pairs that a missing value clears at the numeric nodes sending it right.
     missing_starts: Vec<u32>,
@@ -132,8 +167,7 @@ impl<M: Mask> LeafMasks<M> {
             special: Vec::new(),
             starts: vec![0],
             cuts: Vec::new(),
-            trees: Vec::new(),
-            masks: Vec::new(),
+            entries: Vec::new(),
             missing_starts: vec![0],
             missing: Vec::new(),
         };
@@ -165,29 +199,38 @@ impl<M: Mask> LeafMasks<M> {
                 let slot = node.feature & FEATURE_MASK;
                 let flags = node.feature & !FEATURE_MASK;
                 let missing_right = flags & NAN_LEFT == 0;
-                let t = node.threshold;
-                // Every present value goes left at a +inf threshold, +inf included, but the +inf
-                // that stands for a missing value in a group would go right: test such a node on
-                // its own (it is only a no-op when missing values go left too).
-                let alone = t == f32::INFINITY && missing_right;
-                if flags & (ZERO_MISSING | CATEGORICAL) != 0 || alone {
+                if flags & (ZERO_MISSING | CATEGORICAL) != 0 {
                     scorer.special.push((mask, node));
                     continue;
                 }
-                // `goes_left` sends a present `x` right iff `!(x <= threshold)`.
-                let cut = if t.is_nan() {
+                // `goes_left` sends a present `x` right iff `!(x <= t)`.
+                let t = node.threshold;
+                let (cut, copy) = if t == f32::INFINITY {
+                    // Every present value goes left, +inf included; LightGBM writes such nodes
+                    // (threshold `inf`) to split missing values off. With a group, compare the
+                    // copy where only a missing value passes +inf.
+                    (f32::INFINITY, ONLY_NAN)
+                } else if t.is_nan() {
                     // Every present value goes right.
-                    f32::NEG_INFINITY
+                    (f32::NEG_INFINITY, AS_IS)
                 } else {
                     // `x > t` iff `x >= next_up(t)`; for t = -inf that is -f32::MAX.
-                    t.next_up()
+                    (t.next_up(), AS_IS)
                 };
-                if t != f32::INFINITY {
+                let copy = if missing_right && copy == AS_IS {
+                    NAN_HIGH
+                } else {
+                    copy
+                };
+                // A node that sends everything left clears nothing.
+                if missing_right || t != f32::INFINITY {
                     scorer.tree_nodes.push(TreeNode {
                         cut,
-                        values: 2 * slot + u32::from(missing_right),
+                        values: COPIES as u32 * slot + copy as u32,
                         mask,
                     });
+                }
+                if t != f32::INFINITY {
                     by_feature[slot as usize].push((cut, tree, mask));
                 }
                 if missing_right {
@@ -207,8 +250,7 @@ impl<M: Mask> LeafMasks<M> {
             nodes.sort_by(|a, b| a.0.total_cmp(&b.0));
             for (cut, tree, mask) in nodes {
                 scorer.cuts.push(cut);
-                scorer.trees.push(tree);
-                scorer.masks.push(mask);
+                scorer.entries.push(M::entry(tree, mask));
             }
             scorer.starts.push(scorer.cuts.len() as u32);
         }
@@ -225,21 +267,41 @@ impl<M: Mask> LeafMasks<M> {
     pub(crate) fn row(
         &self,
         forest: &Forest,
-        columns: &[&[f32]],
+        columns: &Columns<'_>,
+        reads: &[u32],
+        row: usize,
+        add: impl FnMut(f64),
+    ) {
+        // Working memory is kept per thread between calls: allocating it costs about a tenth of
+        // scoring a row. (Taken out rather than borrowed in place, so that no closure stands
+        // between this code and the caller compiled for the CPU's vector extensions.)
+        let mut scratch = M::scratch(None);
+        self.row_with(forest, columns, reads, row, &mut scratch, add);
+        M::scratch(Some(scratch));
+    }
+
+    #[inline(always)]
+    fn row_with(
+        &self,
+        forest: &Forest,
+        columns: &Columns<'_>,
         reads: &[u32],
         row: usize,
         scratch: &mut RowScratch<M>,
         mut add: impl FnMut(f64),
     ) {
         let RowScratch { state, xs, counts } = scratch;
+        let trees = self.leaf_base.len();
         state.clear();
-        state.resize(self.leaf_base.len(), M::ALL);
+        state.resize(trees, M::ALL);
+        // A slice, not the Vec: its pointer and length then stay in registers.
+        let state = &mut state[..];
         // First every feature's value and prefix length: the searches are independent, so the
         // processor overlaps them.
         xs.clear();
         counts.clear();
         for (slot, &column) in reads.iter().enumerate() {
-            let x = columns[column as usize][row];
+            let x = columns.column(column as usize)[row];
             let cuts = &self.cuts[self.starts[slot] as usize..self.starts[slot + 1] as usize];
             // A missing value passes no cut.
             counts.push(cuts.partition_point(|&c| c <= x) as u32);
@@ -248,16 +310,25 @@ impl<M: Mask> LeafMasks<M> {
         for (slot, (&x, &count)) in xs.iter().zip(counts.iter()).enumerate() {
             let start = self.starts[slot] as usize;
             let end = start + count as usize;
-            for (&tree, &mask) in self.trees[start..end].iter().zip(&self.masks[start..end]) {
-                let m = &mut state[tree as usize];
-                *m = *m & mask;
+            // Unrolled by hand: the compiler does not, and the loop is most of the work.
+            let (quads, rest) = self.entries[start..end].as_chunks::<4>();
+            for &[e0, e1, e2, e3] in quads {
+                let ((t0, m0), (t1, m1)) = (M::open(e0), M::open(e1));
+                let ((t2, m2), (t3, m3)) = (M::open(e2), M::open(e3));
+                state[t0] = state[t0] & m0;
+                state[t1] = state[t1] & m1;
+                state[t2] = state[t2] & m2;
+                state[t3] = state[t3] & m3;
+            }
+            for &e in rest {
+                let (t, m) = M::open(e);
+                state[t] = state[t] & m;
             }
             if x.is_nan() {
                 let range =
                     self.missing_starts[slot] as usize..self.missing_starts[slot + 1] as usize;
-                for &(tree, mask) in &self.missing[range] {
-                    let m = &mut state[tree as usize];
-                    *m = *m & mask;
+                for &(t, m) in &self.missing[range] {
+                    state[t as usize] = state[t as usize] & m;
                 }
             }
         }
@@ -285,7 +356,7 @@ impl<M: Mask> LeafMasks<M> {
     pub(crate) fn group<const L: usize>(
         &self,
         forest: &Forest,
-        columns: &[&[f32]],
+        columns: &Columns<'_>,
         reads: &[u32],
         (first, rows): (usize, usize),
         xs: &mut Vec<Lanes<L>>,
@@ -293,12 +364,20 @@ impl<M: Mask> LeafMasks<M> {
     ) {
         xs.clear();
         for &column in reads {
-            let values = &columns[column as usize][first..first + rows];
+            let values = &columns.column(column as usize)[first..first + rows];
             // Unused lanes repeat the first row.
             let mut x = [values[0]; L];
             x[..rows].copy_from_slice(values);
+            // The copies of `COPIES`, in order.
             xs.push(Lanes(x));
             xs.push(Lanes(x.map(|v| if v.is_nan() { f32::INFINITY } else { v })));
+            xs.push(Lanes(x.map(|v| {
+                if v.is_nan() {
+                    f32::INFINITY
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })));
         }
         for (tree, &base) in self.leaf_base.iter().enumerate() {
             let mut acc = [M::ALL; L];
@@ -312,7 +391,7 @@ impl<M: Mask> LeafMasks<M> {
             let special =
                 self.special_starts[tree] as usize..self.special_starts[tree + 1] as usize;
             for (mask, node) in &self.special[special] {
-                let x = &xs[2 * (node.feature & FEATURE_MASK) as usize].0;
+                let x = &xs[COPIES * (node.feature & FEATURE_MASK) as usize + AS_IS].0;
                 for (a, &v) in acc.iter_mut().zip(x) {
                     if !forest.goes_left(node, v) {
                         *a = *a & *mask;
@@ -325,6 +404,15 @@ impl<M: Mask> LeafMasks<M> {
         }
     }
 }
+
+/// Copies of a group's values per feature slot, each serving a kind of node (see `TreeNode`).
+const COPIES: usize = 3;
+/// The values as given: a missing value fails every `x >= cut`.
+const AS_IS: usize = 0;
+/// Missing values read as +inf, passing every cut.
+const NAN_HIGH: usize = 1;
+/// Missing values read as +inf and present ones as -inf: only missing values pass a cut of +inf.
+const ONLY_NAN: usize = 2;
 
 /// One feature's values for every lane of a group, on a cache line of its own (a vector load
 /// that straddles two lines costs about twice as much).
@@ -343,14 +431,12 @@ pub(crate) struct RowScratch<M> {
     counts: Vec<u32>,
 }
 
-impl<M> Default for RowScratch<M> {
-    fn default() -> Self {
-        Self {
-            state: Vec::new(),
-            xs: Vec::new(),
-            counts: Vec::new(),
-        }
-    }
+impl<M> RowScratch<M> {
+    const EMPTY: Self = Self {
+        state: Vec::new(),
+        xs: Vec::new(),
+        counts: Vec::new(),
+    };
 }
 
 #[cfg(test)]
@@ -360,7 +446,7 @@ mod tests {
         LIGHTGBM_ZERO_THRESHOLD,
     };
     use super::*;
-    use crate::{Columns, Link, Runtime};
+    use crate::{Link, Runtime};
     use std::path::PathBuf;
 
     /// A small deterministic generator, so a failure reproduces.

@@ -23,7 +23,7 @@ mod masks;
 pub mod xgboost;
 
 use crate::{Columns, Link, ModelError, Runtime};
-use masks::{LeafMasks, Mask, RowScratch};
+use masks::{LeafMasks, Mask};
 use std::path::{Path, PathBuf};
 
 /// Set in a child reference when it names a leaf rather than a split node.
@@ -639,7 +639,7 @@ impl GbdtRuntime {
         }
     }
 
-    fn score(&self, columns: &[&[f32]], out: &mut [f32]) {
+    fn score(&self, columns: &Columns<'_>, out: &mut [f32]) {
         match &self.engine {
             Engine::Walk => self.walk(columns, out),
             Engine::Masks32(m) => self.by_masks(m, columns, out),
@@ -648,7 +648,7 @@ impl GbdtRuntime {
         }
     }
 
-    fn by_masks<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+    fn by_masks<M: Mask>(&self, masks: &LeafMasks<M>, columns: &Columns<'_>, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -665,36 +665,39 @@ impl GbdtRuntime {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    fn by_masks_avx512<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+    fn by_masks_avx512<M: Mask>(
+        &self,
+        masks: &LeafMasks<M>,
+        columns: &Columns<'_>,
+        out: &mut [f32],
+    ) {
         self.by_masks_any(masks, columns, out)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn by_masks_avx2<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+    fn by_masks_avx2<M: Mask>(&self, masks: &LeafMasks<M>, columns: &Columns<'_>, out: &mut [f32]) {
         self.by_masks_any(masks, columns, out)
     }
 
     #[inline(always)]
-    fn by_masks_any<M: Mask>(&self, masks: &LeafMasks<M>, columns: &[&[f32]], out: &mut [f32]) {
+    fn by_masks_any<M: Mask>(&self, masks: &LeafMasks<M>, columns: &Columns<'_>, out: &mut [f32]) {
         const L: usize = MASK_LANES;
         let (forest, reads) = (&self.forest, &self.reads[..]);
         let mut xs: Vec<masks::Lanes<L>> = Vec::new();
-        let mut row = RowScratch::default();
         for (g, out) in out.chunks_mut(L).enumerate() {
             let first = g * L;
             match (self.sum, out) {
+                // A lone row: batch 1, or the last of a batch.
                 (Sum::Double { divisor, scale }, [out]) => {
                     let mut acc = 0.0f64;
-                    masks.row(forest, columns, reads, first, &mut row, |leaf| acc += leaf);
+                    masks.row(forest, columns, reads, first, |leaf| acc += leaf);
                     *out = (acc / divisor * scale) as f32;
                 }
                 (Sum::Single { base_margin }, [out]) => {
                     let mut acc = base_margin;
                     // XGBoost leaves are f32, so the narrowing is exact.
-                    masks.row(forest, columns, reads, first, &mut row, |leaf| {
-                        acc += leaf as f32
-                    });
+                    masks.row(forest, columns, reads, first, |leaf| acc += leaf as f32);
                     *out = acc;
                 }
                 (Sum::Double { divisor, scale }, out) => {
@@ -719,14 +722,14 @@ impl GbdtRuntime {
         }
     }
 
-    fn walk(&self, columns: &[&[f32]], out: &mut [f32]) {
+    fn walk(&self, columns: &Columns<'_>, out: &mut [f32]) {
         // The block's values of the features the trees read, feature-major: a split's input is
         // one load away from its node, and the whole block sits in L1.
         let mut block = vec![[0.0f32; BLOCK]; self.reads.len()];
         for (b, out) in out.chunks_mut(BLOCK).enumerate() {
             let rows = b * BLOCK..b * BLOCK + out.len();
             for (slot, &column) in block.iter_mut().zip(&self.reads) {
-                slot[..out.len()].copy_from_slice(&columns[column as usize][rows.clone()]);
+                slot[..out.len()].copy_from_slice(&columns.column(column as usize)[rows.clone()]);
             }
             match self.sum {
                 Sum::Double { divisor, scale } => {
@@ -790,8 +793,7 @@ impl Runtime for GbdtRuntime {
                 input.rows()
             )));
         }
-        let columns: Vec<&[f32]> = (0..input.width()).map(|i| input.column(i)).collect();
-        self.score(&columns, out);
+        self.score(input, out);
         Ok(())
     }
 }
