@@ -153,6 +153,9 @@ pub(crate) struct LeafMasks<M: Mask> {
     leaf_table: Vec<f64>,
     /// Per tree `t`, its numeric nodes are `tree_nodes[tree_starts[t]..tree_starts[t + 1]]`.
     tree_starts: Vec<u32>,
+    /// Per feature slot, bit `c` set when some node reads copy `c` of a group's values (the
+    /// values as given are always filled in, for the one-by-one nodes).
+    copies: Vec<u8>,
     tree_nodes: Vec<TreeNode<M>>,
     /// Per tree `t`, `special[special_starts[t]..special_starts[t + 1]]` are the nodes tested
     /// one by one with `Forest::goes_left` (categorical, LightGBM zero-as-missing).
@@ -188,6 +191,7 @@ impl<M: Mask> LeafMasks<M> {
         let mut scorer = LeafMasks {
             leaf_table: Vec::with_capacity(forest.roots.len() * M::BITS),
             tree_starts: vec![0],
+            copies: vec![0; width],
             tree_nodes: Vec::new(),
             special_starts: vec![0],
             special: Vec::new(),
@@ -254,6 +258,7 @@ impl<M: Mask> LeafMasks<M> {
                 };
                 // A node that sends everything left clears nothing.
                 if missing_right || t != f32::INFINITY {
+                    scorer.copies[slot as usize] |= 1 << copy;
                     scorer.tree_nodes.push(TreeNode {
                         cut,
                         values: COPIES as u32 * slot + copy as u32,
@@ -398,24 +403,27 @@ impl<M: Mask> LeafMasks<M> {
         acc: &mut [A; L],
     ) {
         let xs = &mut scratch.xs;
-        xs.clear();
-        for &column in reads {
+        // Sized once per call; only the copies some node reads are filled in.
+        xs.resize(COPIES * reads.len(), Aligned([0.0; L]));
+        let slots = xs.chunks_exact_mut(COPIES).zip(reads).zip(&self.copies);
+        for ((xs, &column), &copies) in slots {
             let values = &columns.column(column as usize)[first..first + rows];
             // Unused lanes repeat the first row.
             let mut x = [values[0]; L];
             x[..rows].copy_from_slice(values);
-            // The copies of `COPIES`, in order.
-            xs.push(Aligned(x));
-            xs.push(Aligned(
-                x.map(|v| if v.is_nan() { f32::INFINITY } else { v }),
-            ));
-            xs.push(Aligned(x.map(|v| {
-                if v.is_nan() {
-                    f32::INFINITY
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })));
+            if copies & (1 << NAN_HIGH) != 0 {
+                xs[NAN_HIGH].0 = x.map(|v| if v.is_nan() { f32::INFINITY } else { v });
+            }
+            if copies & (1 << ONLY_NAN) != 0 {
+                xs[ONLY_NAN].0 = x.map(|v| {
+                    if v.is_nan() {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                });
+            }
+            xs[AS_IS].0 = x;
         }
         // A block of trees' masks, then their sums: with both in one loop the compiler splits
         // the masks across registers to suit the sums, and the node loop runs twice as long.
