@@ -149,7 +149,10 @@ struct TreeNode<M> {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LeafMasks<M: Mask> {
     /// Each tree's leaf values left to right, padded with zeros to `M::BITS` per tree, so
-    /// that the exit leaf is found without a bounds check and the lookups of a group vectorise.
+    /// that the exit leaf is found without a bounds check. (A mask is never empty: the
+    /// rightmost leaf is in no node's left subtree. Its lowest bit is below `M::BITS`, and
+    /// masking the index with `M::BITS - 1` changes nothing but lets the compiler drop the
+    /// check.)
     leaf_table: Vec<f64>,
     /// Per tree `t`, its numeric nodes are `tree_nodes[tree_starts[t]..tree_starts[t + 1]]`.
     tree_starts: Vec<u32>,
