@@ -13,6 +13,11 @@ batch 1 and batch 100 on ONE thread each:
 Podium is timed with `podium model bench` (release build, one thread) on bundles made by
 `podium model package`, whose golden rows also prove parity to 1e-5 on the benchmark rows.
 
+Every engine is timed the same way, interleaved: REPEATS passes, each timing every engine in
+turn for about 0.3 s, and each figure is the median of its passes. (Timing each engine in one
+stretch let a neighbour's burst of work on a shared machine land on one engine only, and compared
+a median of short rounds for the references with one long mean for Podium.)
+
 Usage (from the repository root):
     cargo build --release
     pip install lightgbm scikit-learn skl2onnx onnxruntime lleaves "llvmlite<0.44"   # lleaves 1.3 needs the old pass manager
@@ -31,10 +36,12 @@ import numpy as np
 
 ROWS_TRAIN = 20_000
 ROWS_BENCH = 2_000
+REPEATS = 7
+PASS_SECONDS = 0.3
 
 
-def per_row_us(fn, batch, x, seconds=1.5):
-    """Median-of-rounds µs per row of fn over consecutive batches of x."""
+def per_row_us(fn, batch, x, seconds=PASS_SECONDS):
+    """Median-of-rounds µs per row of fn over consecutive batches of x, for about `seconds`."""
     n = (len(x) // batch) * batch
     batches = [x[i:i + batch] for i in range(0, n, batch)]
     for b in batches[:20]:
@@ -51,6 +58,15 @@ def per_row_us(fn, batch, x, seconds=1.5):
                 break
         rounds.append((time.perf_counter() - t) * 1e6 / done)
     return float(np.median(rounds))
+
+
+def interleaved(timers):
+    """Median over REPEATS passes of each timer, the timers taking turns within each pass."""
+    passes = {name: [] for name in timers}
+    for _ in range(REPEATS):
+        for name, timer in timers.items():
+            passes[name].append(timer())
+    return {name: float(np.median(v)) for name, v in passes.items()}
 
 
 def podium(binary, *args):
@@ -71,7 +87,8 @@ def write_csv(path, names, x, pred=None):
 
 
 def podium_bench(binary, bundle, rows_csv, batch):
-    out = podium(binary, "model", "bench", bundle, "--input", rows_csv, "--batch", str(batch), "--seconds", "1.5")
+    out = podium(binary, "model", "bench", bundle, "--input", rows_csv, "--batch", str(batch), "--seconds",
+                 str(PASS_SECONDS))
     return json.loads(out.strip().splitlines()[-1])["us_per_row"]
 
 
@@ -122,13 +139,13 @@ def main():
     except Exception as e:  # lleaves is optional
         print(f"lleaves unavailable: {e}", file=sys.stderr)
     for batch in (1, 100):
-        r = {
-            "lightgbm": per_row_us(lambda b: booster.predict(b, num_threads=1), batch, xb),
-            "podium": podium_bench(args.podium, bundle, rows_csv, batch),
+        timers = {
+            "lightgbm": lambda: per_row_us(lambda b: booster.predict(b, num_threads=1), batch, xb),
+            "podium": lambda: podium_bench(args.podium, bundle, rows_csv, batch),
         }
         if lleaves_model is not None:
-            r["lleaves"] = per_row_us(lambda b: lleaves_model.predict(b, n_jobs=1), batch, xb)
-        results[f"gbdt300_batch{batch}"] = r
+            timers["lleaves"] = lambda: per_row_us(lambda b: lleaves_model.predict(b, n_jobs=1), batch, xb)
+        results[f"gbdt300_batch{batch}"] = interleaved(timers)
 
     # --- MLP (ONNX) -------------------------------------------------------------------------
     try:
@@ -161,10 +178,10 @@ def main():
                "--version", "1", "--features", ",".join(mnames), "--output", "probabilities:1",
                "--golden", mgolden, "--out", mbundle)
         for batch in (1, 100):
-            results[f"mlp49k_batch{batch}"] = {
-                "onnxruntime": per_row_us(lambda b: sess.run(["probabilities"], {inp: b}), batch, xmb),
-                "podium": podium_bench(args.podium, mbundle, mrows, batch),
-            }
+            results[f"mlp49k_batch{batch}"] = interleaved({
+                "onnxruntime": lambda: per_row_us(lambda b: sess.run(["probabilities"], {inp: b}), batch, xmb),
+                "podium": lambda: podium_bench(args.podium, mbundle, mrows, batch),
+            })
     except Exception as e:
         print(f"MLP benchmark skipped: {e}", file=sys.stderr)
 

@@ -500,3 +500,29 @@ fn garbled_model_files_never_panic() {
         assert!(refused > 0, "{file}: no garbled copy was refused");
     }
 }
+
+#[test]
+fn both_engines_score_every_fixture_identically() {
+    // The fixtures' trees are small, so they score by leaf masks; the tree walk is the other
+    // engine (used for trees of more than 64 leaves).
+    for (file, input_file) in [
+        ("lightgbm_binary.txt", "lightgbm_input.csv"),
+        ("lightgbm_regression.txt", "lightgbm_input.csv"),
+        ("lightgbm_rf.txt", "lightgbm_input.csv"),
+        ("xgboost_binary.json", "xgboost_input.csv"),
+        ("xgboost_regression.json", "xgboost_input.csv"),
+    ] {
+        let text = std::fs::read_to_string(fixture(file)).unwrap();
+        let model = parse(file, &text, &fixture(file)).unwrap();
+        let inputs = Inputs::read(input_file);
+        let runtime = model.into_runtime(&inputs.names).unwrap();
+        assert!(runtime.describe().contains("leaf masks"), "{file}");
+        let walking = runtime.walking();
+        assert!(walking.describe().contains("tree walk"), "{file}");
+        let masks = raw_scores(&runtime, &inputs, &inputs.slices());
+        let walk = raw_scores(&walking, &inputs, &inputs.slices());
+        for (r, (a, b)) in masks.iter().zip(&walk).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{file} row {}", r + 1);
+        }
+    }
+}

@@ -514,6 +514,20 @@ mod tests {
     }
 
     #[test]
+    fn an_infinite_threshold_splits_missing_values_off() {
+        // LightGBM writes `threshold=inf` to send every present value left (+inf included)
+        // and, with the default-left bit clear, missing values right.
+        let xs = [f32::NAN, f32::INFINITY, f32::MAX, 0.0, f32::NEG_INFINITY];
+        let expect = [R, L, L, L, L];
+        assert_eq!(score(&stump(8, "inf"), &xs), expect);
+        // The same, scored in a group of rows rather than row by row.
+        let many: Vec<f32> = xs.iter().copied().cycle().take(100).collect();
+        let want: Vec<f32> = expect.iter().copied().cycle().take(100).collect();
+        assert_eq!(score(&stump(8, "inf"), &many), want);
+        assert_eq!(score(&stump(10, "inf"), &many), vec![L; 100]);
+    }
+
+    #[test]
     fn near_zero_inputs_are_compared_as_zero() {
         // LightGBM flushes |x| <= 1e-35 to 0.0 before the trees see it.
         let xs = [1e-36, 5e-36, -5e-36, 1e-35, 2e-35, -2e-35, 0.0];
