@@ -30,10 +30,77 @@ pub struct InferInput {
     /// Row-major values; `null` is a missing value. Absent when the tensor travels as binary
     /// data after the JSON header (the binary tensor extension).
     #[serde(default)]
-    pub data: Value,
+    pub data: TensorData,
     /// Tensor parameters; `binary_data_size` marks a binary tensor.
     #[serde(default)]
     pub parameters: serde_json::Map<String, Value>,
+}
+
+/// Tensor values flattened to f32 as they are parsed (no intermediate JSON tree): nested or flat
+/// arrays of numbers and booleans; `null` is a missing value.
+#[derive(Debug, Default)]
+pub struct TensorData(pub Vec<f32>);
+
+impl<'de> Deserialize<'de> for TensorData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        d.deserialize_any(Flatten(&mut out))?;
+        Ok(TensorData(out))
+    }
+}
+
+/// Appends every number of a (possibly nested) JSON array to the vector.
+struct Flatten<'a>(&'a mut Vec<f32>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("numbers, booleans or null, in (nested) arrays")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {
+            if self.0.len() > MAX_INFER_VALUES {
+                return Err(serde::de::Error::custom(format!(
+                    "more than {MAX_INFER_VALUES} values in one request"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.0.push(if v { 1.0 } else { 0.0 });
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.0.push(f32::NAN);
+        Ok(())
+    }
 }
 
 /// A requested output.
@@ -113,7 +180,7 @@ fn decode_binary(req: &mut InferRequest, mut blob: &[u8]) -> Result<(), ApiError
                 format!("{size} is not a multiple of {width}-byte {}", t.datatype),
             ));
         }
-        let values: Vec<Value> = bytes
+        let values: Vec<f32> = bytes
             .chunks_exact(width)
             .map(|b| {
                 let v: f64 = match t.datatype.as_str() {
@@ -130,13 +197,13 @@ fn decode_binary(req: &mut InferRequest, mut blob: &[u8]) -> Result<(), ApiError
                     _ => b[0] as f64,
                 };
                 if v.is_finite() {
-                    json!(v)
+                    v as f32
                 } else {
-                    Value::Null
+                    f32::NAN
                 }
             })
             .collect();
-        t.data = Value::Array(values);
+        t.data = TensorData(values);
     }
     Ok(())
 }
@@ -179,33 +246,6 @@ fn model_of(
     Ok((model, engine.pool().clone()))
 }
 
-/// Flattens a JSON tensor (nested or flat) into f32 values, `null` as NaN.
-fn flatten(v: &Value, out: &mut Vec<f32>, field: &str) -> Result<(), ApiError> {
-    match v {
-        Value::Array(items) => {
-            for item in items {
-                flatten(item, out, field)?;
-                if out.len() > MAX_INFER_VALUES {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("more than {MAX_INFER_VALUES} values in one request"),
-                    ));
-                }
-            }
-        }
-        Value::Number(n) => out.push(n.as_f64().unwrap_or(f64::NAN) as f32),
-        Value::Bool(b) => out.push(if *b { 1.0 } else { 0.0 }),
-        Value::Null => out.push(f32::NAN),
-        other => {
-            return Err(ApiError::field(
-                field,
-                format!("expected numbers, got {other}"),
-            ))
-        }
-    }
-    Ok(())
-}
-
 /// Lays the request's tensors out as the model's input columns.
 fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     let names: Vec<&str> = model
@@ -246,8 +286,7 @@ fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), 
                 "dimensions must be non-negative",
             ));
         }
-        let mut values = Vec::new();
-        flatten(&t.data, &mut values, &field)?;
+        let values = t.data.0.clone();
         let expected: i64 = t.shape.iter().product();
         if expected as usize != values.len() {
             return Err(ApiError::field(
