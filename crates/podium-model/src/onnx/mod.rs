@@ -8,11 +8,17 @@
 //! and reads one column of the chosen output. A graph with a fixed batch size is run in chunks of
 //! that size, the last one padded with zero rows whose scores are dropped.
 //!
+//! A dense MLP (MatMul/Gemm layers with ReLU, sigmoid, tanh or softmax, as scikit-learn's
+//! exporters write them) does not run through tract's plan: [`dense`] recognises its layers at
+//! load and scores them with Podium's own kernels, after checking on a few rows that it agrees
+//! with tract's plan. Every other graph runs through the plan.
+//!
 //! An ONNX file does not name Podium's features: `model.toml`'s `inputs` give their names and
 //! order, and the graph's input width must equal their number. This module does not support
 //! graphs with several inputs, string or integer inputs, or outputs that are not numeric tensors
 //! (ZipMap's sequence of maps is read as the probability tensor it wraps, see [`ops`]).
 
+pub mod dense;
 pub mod ops;
 
 use crate::error::ModelError;
@@ -71,6 +77,8 @@ pub struct OnnxRuntime {
     output: String,
     output_width: usize,
     column: usize,
+    /// The dense fast path, where the graph is one [`dense`] recognises; otherwise why not.
+    dense: Result<dense::DenseGraph, String>,
 }
 
 impl std::fmt::Debug for OnnxRuntime {
@@ -83,6 +91,7 @@ impl std::fmt::Debug for OnnxRuntime {
             .field("output", &self.output)
             .field("column", &self.column)
             .field("nodes", &self.plan.model().nodes().len())
+            .field("dense", &self.dense.as_ref().map(|d| d.shape()))
             .finish()
     }
 }
@@ -371,7 +380,7 @@ fn build(
     let plan = typed
         .into_runnable()
         .map_err(|e| fail("cannot plan the graph", e))?;
-    Ok(OnnxRuntime {
+    let mut runtime = OnnxRuntime {
         plan,
         source: path.to_path_buf(),
         width: input.width,
@@ -380,7 +389,20 @@ fn build(
         output,
         output_width,
         column,
-    })
+        dense: Err("double-precision input".into()),
+    };
+    if let (InputType::F32, Some(graph)) = (input.input_type, &proto.graph) {
+        runtime.dense =
+            dense::DenseGraph::recognise(graph, &input.name, input.width, &runtime.output, column)
+                .and_then(|d| {
+                    if runtime.agrees_with_plan(&d) {
+                        Ok(d)
+                    } else {
+                        Err("it disagreed with tract's plan on probe rows".into())
+                    }
+                });
+    }
+    Ok(runtime)
 }
 
 /// Checks the output is `[batch]` or `[batch, K]` of floats; returns K and the column to read.
@@ -446,6 +468,12 @@ impl OnnxRuntime {
         self.column
     }
 
+    /// The layers of the dense fast path (`64 → 256 relu → 128 relu → 1 sigmoid`), if the graph
+    /// runs on it.
+    pub fn dense_layers(&self) -> Option<String> {
+        self.dense.as_ref().ok().map(|d| d.shape())
+    }
+
     /// Runs rows `start..start + rows` of `input`, padded with zero rows to `run_rows`.
     fn run_chunk(
         &self,
@@ -500,6 +528,54 @@ impl OnnxRuntime {
         Ok(())
     }
 
+    /// Whether the dense fast path computes what the plan does, to 1e-4 (relative above 1), on
+    /// a few pseudo-random rows: a guard against a graph it misreads, not the parity test.
+    fn agrees_with_plan(&self, dense: &dense::DenseGraph) -> bool {
+        const ROWS: usize = 7;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let columns: Vec<Vec<f32>> = (0..self.width)
+            .map(|_| {
+                (0..ROWS)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+                    })
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+        let Ok(input) = Columns::new(&slices, ROWS) else {
+            return false;
+        };
+        let (mut want, mut got) = (vec![0.0f32; ROWS], vec![0.0f32; ROWS]);
+        if self.run_plan(&input, &mut want).is_err() {
+            return false;
+        }
+        if dense.predict(&input, &mut got).is_err() {
+            return false;
+        }
+        want.iter()
+            .zip(&got)
+            .all(|(&w, &g)| (w.is_nan() && g.is_nan()) || (w - g).abs() <= 1e-4 * w.abs().max(1.0))
+    }
+
+    /// Scores `input` with tract's plan.
+    fn run_plan(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+        let rows = input.rows();
+        match self.batch {
+            Batch::Symbolic => self.run_chunk(input, 0, rows, rows, out),
+            Batch::Fixed(b) => {
+                for (i, chunk) in out.chunks_mut(b).enumerate() {
+                    let n = chunk.len();
+                    self.run_chunk(input, i * b, n, b, chunk)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn run_error(&self, e: tract::TractError) -> ModelError {
         ModelError::Input(format!("{}: {e:#}", self.source.display()))
     }
@@ -521,19 +597,24 @@ impl Runtime for OnnxRuntime {
                 out.len()
             )));
         }
-        let rows = input.rows();
-        if rows == 0 {
+        if input.rows() == 0 {
             return Ok(());
         }
-        match self.batch {
-            Batch::Symbolic => self.run_chunk(input, 0, rows, rows, out),
-            Batch::Fixed(b) => {
-                for (i, chunk) in out.chunks_mut(b).enumerate() {
-                    let n = chunk.len();
-                    self.run_chunk(input, i * b, n, b, chunk)?;
-                }
-                Ok(())
-            }
+        match &self.dense {
+            Ok(dense) => dense
+                .predict(input, out)
+                .map_err(|e| ModelError::Input(format!("{}: {e}", self.source.display()))),
+            Err(_) => self.run_plan(input, out),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.dense {
+            Ok(d) => format!("ONNX dense MLP {} (Podium kernels)", d.shape()),
+            Err(why) => format!(
+                "ONNX graph, {} nodes, run by tract (not on the dense MLP path: {why})",
+                self.plan.model().nodes().len()
+            ),
         }
     }
 }
