@@ -25,7 +25,7 @@ use crate::error::ModelError;
 use crate::manifest::OutputSpec;
 use crate::{Columns, Runtime};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_onnx::pb::{self, type_proto, GraphProto, ModelProto};
 use tract_onnx::tract_hir::internal as tract;
 use tract_onnx::tract_hir::internal::{
@@ -51,6 +51,9 @@ pub fn framework() -> Onnx {
     onnx
 }
 
+/// Most plan states kept per runtime: about one per thread of a compute pool.
+const STATES: usize = 64;
+
 /// How the graph's batch dimension is declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Batch {
@@ -70,6 +73,9 @@ enum InputType {
 /// A loaded ONNX graph, bound to `width` inputs and one output column.
 pub struct OnnxRuntime {
     plan: Arc<tract::TypedSimplePlan>,
+    /// Run states of the plan, kept between runs instead of built afresh by each (up to
+    /// [`STATES`]; a run takes one out while it computes, so threads never share one).
+    states: Mutex<Vec<tract::TypedSimpleState>>,
     source: PathBuf,
     width: usize,
     input_type: InputType,
@@ -390,6 +396,7 @@ fn build(
         output_width,
         column,
         dense: Err("double-precision input".into()),
+        states: Mutex::new(Vec::new()),
     };
     if let (InputType::F32, Some(graph)) = (input.input_type, &proto.graph) {
         runtime.dense =
@@ -484,30 +491,15 @@ impl OnnxRuntime {
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         let w = self.width;
+        // Gathered straight into the tensor's (zeroed, so padding rows are zero) buffer.
         let tensor = match self.input_type {
-            InputType::F32 => {
-                let mut data = vec![0.0f32; run_rows * w];
-                for c in 0..w {
-                    for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
-                        data[r * w + c] = v;
-                    }
-                }
-                Tensor::from_shape(&[run_rows, w], &data)
-            }
-            InputType::F64 => {
-                let mut data = vec![0.0f64; run_rows * w];
-                for c in 0..w {
-                    for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
-                        data[r * w + c] = f64::from(v);
-                    }
-                }
-                Tensor::from_shape(&[run_rows, w], &data)
-            }
+            InputType::F32 => Self::gathered::<f32>(input, start, rows, run_rows, w, |v| v),
+            InputType::F64 => Self::gathered::<f64>(input, start, rows, run_rows, w, f64::from),
         }
         .map_err(|e| self.run_error(e))?;
         let inputs: TVec<TValue> = std::iter::once(tensor.into_tvalue()).collect();
         let outputs = guarded(&self.source, "running", || {
-            self.plan.run(inputs).map_err(|e| self.run_error(e))
+            self.run_plan_state(inputs).map_err(|e| self.run_error(e))
         })?;
         let result = outputs[0].cast_to::<f32>().map_err(|e| self.run_error(e))?;
         let values = result
@@ -574,6 +566,45 @@ impl OnnxRuntime {
                 Ok(())
             }
         }
+    }
+
+    /// Rows `start..start + rows` of `input` as a row-major `[run_rows, w]` tensor, zero-padded.
+    fn gathered<T: tract::Datum + Copy + tract::tract_num_traits::Zero>(
+        input: &Columns<'_>,
+        start: usize,
+        rows: usize,
+        run_rows: usize,
+        w: usize,
+        convert: impl Fn(f32) -> T,
+    ) -> tract::TractResult<Tensor> {
+        let mut tensor = Tensor::zero::<T>(&[run_rows, w])?;
+        {
+            let mut view = tensor.try_as_plain_ram_mut()?;
+            let data = view.as_slice_mut::<T>()?;
+            for c in 0..w {
+                for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
+                    data[r * w + c] = convert(v);
+                }
+            }
+        }
+        Ok(tensor)
+    }
+
+    /// Runs the plan in a kept state (or a new one when none is free). A state is kept again only
+    /// after a run that succeeded.
+    fn run_plan_state(&self, inputs: TVec<TValue>) -> tract::TractResult<TVec<TValue>> {
+        let kept = self.states.lock().ok().and_then(|mut s| s.pop());
+        let mut state = match kept {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(inputs)?;
+        if let Ok(mut states) = self.states.lock() {
+            if states.len() < STATES {
+                states.push(state);
+            }
+        }
+        Ok(outputs)
     }
 
     fn run_error(&self, e: tract::TractError) -> ModelError {
