@@ -58,6 +58,8 @@ pub struct Dense {
     /// `n` biases, zero-padded to `padded(n)`.
     bias: Vec<Line>,
     relu: bool,
+    /// Whether the AVX2+FMA kernels run (read on x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     simd: bool,
 }
 
