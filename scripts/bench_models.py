@@ -21,7 +21,7 @@ a median of short rounds for the references with one long mean for Podium.)
 Usage (from the repository root):
     cargo build --release
     pip install lightgbm scikit-learn skl2onnx onnxruntime lleaves "llvmlite<0.44"   # lleaves 1.3 needs the old pass manager
-    python3 scripts/bench_models.py [--out target/bench-models]
+    python3 scripts/bench_models.py [--out target/bench-models] [--only gbdt|mlp]
 Prints a Markdown table of µs per row and the ratios, and writes results.json beside the models.
 """
 import argparse
@@ -96,6 +96,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="target/bench-models")
     ap.add_argument("--podium", default=os.environ.get("PODIUM_BIN", "target/release/podium"))
+    ap.add_argument("--only", choices=["gbdt", "mlp"], help="run one section only")
     args = ap.parse_args()
     if not os.path.exists(args.podium):
         sys.exit(f"{args.podium} not found: run `cargo build --release` first (or set PODIUM_BIN)")
@@ -104,14 +105,32 @@ def main():
     rng = np.random.default_rng(7)
     results = {}
 
-    # --- GBDT -------------------------------------------------------------------------------
-    import lightgbm as lgb
-
+    # The GBDT data is drawn even when that section is skipped, so the MLP's does not depend on
+    # --only.
     d = 20
     x = rng.normal(size=(ROWS_TRAIN + ROWS_BENCH, d)).astype(np.float32)
     logit = x[:, 0] * 1.5 - x[:, 1] + np.sin(x[:, 2] * 2) + x[:, 3] * x[:, 4] - 0.5
     y = (rng.random(len(x)) < 1 / (1 + np.exp(-logit))).astype(int)
     x[rng.random(x.shape) < 0.05] = np.nan
+    if args.only in (None, "gbdt"):
+        bench_gbdt(args, x, y, d, results)
+    if args.only in (None, "mlp"):
+        bench_mlp(args, rng, results)
+
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print("| model, batch | reference µs/row | Podium µs/row | Podium speed-up |")
+    print("|---|---|---:|---:|")
+    for key, r in results.items():
+        refs = {k: v for k, v in r.items() if k != "podium"}
+        for name, v in refs.items():
+            print(f"| {key} | {name} {v:.3f} | {r['podium']:.3f} | {v / r['podium']:.1f}× |")
+
+
+def bench_gbdt(args, x, y, d, results):
+    # --- GBDT -------------------------------------------------------------------------------
+    import lightgbm as lgb
+
     names = [f"f{i}" for i in range(d)]
     xb = x[ROWS_TRAIN:]
     booster = lgb.train(
@@ -147,6 +166,8 @@ def main():
             timers["lleaves"] = lambda: per_row_us(lambda b: lleaves_model.predict(b, n_jobs=1), batch, xb)
         results[f"gbdt300_batch{batch}"] = interleaved(timers)
 
+
+def bench_mlp(args, rng, results):
     # --- MLP (ONNX) -------------------------------------------------------------------------
     try:
         import onnxruntime as ort
@@ -184,15 +205,6 @@ def main():
             })
     except Exception as e:
         print(f"MLP benchmark skipped: {e}", file=sys.stderr)
-
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print("| model, batch | reference µs/row | Podium µs/row | Podium speed-up |")
-    print("|---|---|---:|---:|")
-    for key, r in results.items():
-        refs = {k: v for k, v in r.items() if k != "podium"}
-        for name, v in refs.items():
-            print(f"| {key} | {name} {v:.3f} | {r['podium']:.3f} | {v / r['podium']:.1f}× |")
 
 
 if __name__ == "__main__":

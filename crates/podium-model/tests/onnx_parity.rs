@@ -483,3 +483,592 @@ fn garbled_graphs_never_panic() {
         assert!(refused > 0, "{model}: no garbled copy was refused");
     }
 }
+
+// --- The dense fast path -------------------------------------------------------------------
+//
+// Dense MLPs skip tract's plan (see `onnx::dense`). The fixture MLP above covers the standard
+// workload's shape against onnxruntime; the graphs below are built here, in the other forms
+// exporters write (Gemm with transB, alpha and beta; tanh, sigmoid and softmax; Reshape; narrow
+// hidden layers; the binary head's `1 - p`), and checked against a float64 evaluation of the same
+// network. Graphs the fast path must not take (an activation whose input is read twice, softmax
+// along the batch, an operator it does not know) are checked to stay on tract and still score right.
+
+use prost::Message;
+use tract_onnx::pb;
+
+impl SplitMix {
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn uniforms(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+}
+
+fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn int_tensor(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: 7,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+enum Attr {
+    I(i64),
+    F(f32),
+    Fs(Vec<f32>),
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) -> pb::NodeProto {
+    use pb::attribute_proto::AttributeType;
+    pb::NodeProto {
+        op_type: op.into(),
+        domain: if op == "Imputer" {
+            "ai.onnx.ml".into()
+        } else {
+            String::new()
+        },
+        name: format!("{op}_{output}"),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs
+            .into_iter()
+            .map(|(name, a)| {
+                let mut p = pb::AttributeProto {
+                    name: name.into(),
+                    ..Default::default()
+                };
+                match a {
+                    Attr::I(i) => (p.i, p.r#type) = (i, AttributeType::Int as i32),
+                    Attr::F(f) => (p.f, p.r#type) = (f, AttributeType::Float as i32),
+                    Attr::Fs(f) => (p.floats, p.r#type) = (f, AttributeType::Floats as i32),
+                }
+                p
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn float_info(name: &str, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension, Dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: d.map(dimension::Value::DimValue),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Writes a one-input, one-output graph (input "x", `width` features, batch `batch`).
+fn write_graph(
+    dir: &Path,
+    width: usize,
+    batch: Option<i64>,
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    output: &str,
+    output_dims: &[Option<i64>],
+) -> PathBuf {
+    let graph = pb::GraphProto {
+        name: "dense".into(),
+        node: nodes,
+        initializer: initializers,
+        input: vec![float_info("x", &[batch, Some(width as i64)])],
+        output: vec![float_info(output, output_dims)],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![
+            pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 15,
+            },
+            pb::OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 1,
+            },
+        ],
+        graph: Some(graph),
+        ..Default::default()
+    };
+    let path = dir.join(format!("{output}.onnx"));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+/// One layer of the float64 reference: `act(x · w + b)`, `w` row-major `[k, n]`.
+struct RefLayer {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    n: usize,
+    act: &'static str,
+}
+
+fn reference(layers: &[RefLayer], x: &[f32]) -> Vec<f64> {
+    let mut h: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    for l in layers {
+        let k = h.len();
+        let mut o: Vec<f64> = (0..l.n)
+            .map(|j| {
+                (0..k)
+                    .map(|kk| h[kk] * f64::from(l.w[kk * l.n + j]))
+                    .sum::<f64>()
+                    + f64::from(l.b[j])
+            })
+            .collect();
+        match l.act {
+            "relu" => o.iter_mut().for_each(|v| *v = v.max(0.0)),
+            "sigmoid" => o.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+            "tanh" => o.iter_mut().for_each(|v| *v = v.tanh()),
+            "leaky" => o
+                .iter_mut()
+                .for_each(|v| *v = if *v < 0.0 { *v * 0.01 } else { *v }),
+            "softmax" => {
+                let max = o.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = o.iter().map(|v| (v - max).exp()).sum();
+                o.iter_mut().for_each(|v| *v = (*v - max).exp() / sum);
+            }
+            _ => {}
+        }
+        h = o;
+    }
+    h
+}
+
+/// Random rows, column-major, with a few missing values when `missing`.
+fn random_inputs(rng: &mut SplitMix, width: usize, rows: usize, missing: bool) -> Inputs {
+    let columns = (0..width)
+        .map(|_| {
+            (0..rows)
+                .map(|_| {
+                    if missing && rng.below(10) == 0 {
+                        f32::NAN
+                    } else {
+                        rng.uniform() * 2.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Inputs {
+        names: (0..width).map(|i| format!("f{i}")).collect(),
+        columns,
+        rows,
+    }
+}
+
+/// Scores `inputs` whole and in uneven batches, checks both against `want` to 1e-5 (relative
+/// above 1) and the batches against the whole to 1e-6.
+fn assert_scores(what: &str, runtime: &OnnxRuntime, inputs: &Inputs, want: &[f64]) {
+    let whole = scores(runtime, inputs, 0..inputs.rows);
+    for (r, (&g, &w)) in whole.iter().zip(want).enumerate() {
+        let diff = (f64::from(g) - w).abs();
+        assert!(
+            diff <= TOLERANCE * w.abs().max(1.0),
+            "{what}: row {r}: {:?} -> podium {g}, float64 {w}",
+            inputs.row(r)
+        );
+    }
+    let mut start = 0;
+    for size in [1, 2, 3, 4, 5, 6, 7, 13, 300].into_iter().cycle() {
+        if start >= inputs.rows {
+            break;
+        }
+        let end = (start + size).min(inputs.rows);
+        let part = scores(runtime, inputs, start..end);
+        for (i, (&a, &b)) in part.iter().zip(&whole[start..end]).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "{what}: row {} scores {a} in a batch of {size}, {b} in the whole",
+                start + i
+            );
+        }
+        start = end;
+    }
+}
+
+#[test]
+fn the_fixture_mlp_runs_on_the_dense_path() {
+    let inputs = Inputs::read("mlp_input.csv");
+    let runtime = onnx::read(&fixture("mlp.onnx"), 64, &output(None, None)).unwrap();
+    assert_eq!(
+        runtime.dense_layers().as_deref(),
+        Some("64 → 256 relu → 128 relu → 1 sigmoid")
+    );
+    assert_parity("mlp", &runtime, &inputs);
+    // The other fixtures are not MLPs and stay on tract.
+    for &(model, input, tensor, column) in CASES {
+        if model != "mlp" {
+            let width = Inputs::read(input).names.len();
+            let runtime = onnx::read(
+                &fixture(&format!("{model}.onnx")),
+                width,
+                &output(Some(tensor), Some(column)),
+            )
+            .unwrap();
+            assert_eq!(runtime.dense_layers(), None, "{model}");
+        }
+    }
+}
+
+#[test]
+fn gemm_tanh_softmax_runs_on_the_dense_path() {
+    // Gemm(transB, alpha, beta, C [1, n]) -> Tanh -> Gemm(C [n]) -> Softmax, 3 classes.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix(11);
+    let (w1t, c1) = (rng.uniforms(7 * 5, 1.0), rng.uniforms(7, 0.5));
+    let (w2, c2) = (rng.uniforms(7 * 3, 1.0), rng.uniforms(3, 0.5));
+    let path = write_graph(
+        tmp.path(),
+        5,
+        None,
+        vec![
+            node(
+                "Gemm",
+                &["x", "w1", "c1"],
+                "g1",
+                vec![
+                    ("transB", Attr::I(1)),
+                    ("alpha", Attr::F(0.5)),
+                    ("beta", Attr::F(2.0)),
+                ],
+            ),
+            node("Tanh", &["g1"], "h1", vec![]),
+            node("Gemm", &["h1", "w2", "c2"], "g2", vec![]),
+            node("Softmax", &["g2"], "probs", vec![("axis", Attr::I(-1))]),
+        ],
+        vec![
+            float_tensor("w1", &[7, 5], &w1t),
+            float_tensor("c1", &[1, 7], &c1),
+            float_tensor("w2", &[7, 3], &w2),
+            float_tensor("c2", &[3], &c2),
+        ],
+        "probs",
+        &[None, Some(3)],
+    );
+    // The reference applies transB, alpha and beta itself.
+    let mut w1 = vec![0.0; 5 * 7];
+    for j in 0..7 {
+        for k in 0..5 {
+            w1[k * 7 + j] = w1t[j * 5 + k] * 0.5;
+        }
+    }
+    let layers = [
+        RefLayer {
+            w: w1,
+            b: c1.iter().map(|c| c * 2.0).collect(),
+            n: 7,
+            act: "tanh",
+        },
+        RefLayer {
+            w: w2,
+            b: c2,
+            n: 3,
+            act: "softmax",
+        },
+    ];
+    let inputs = random_inputs(&mut rng, 5, 600, false);
+    for column in 0..3 {
+        let runtime = onnx::read(&path, 5, &output(Some("probs"), Some(column))).unwrap();
+        assert_eq!(
+            runtime.dense_layers().as_deref(),
+            Some("5 → 7 tanh → 3 softmax")
+        );
+        let want: Vec<f64> = (0..inputs.rows)
+            .map(|r| reference(&layers, &inputs.row(r))[column])
+            .collect();
+        assert_scores("gemm_tanh_softmax", &runtime, &inputs, &want);
+    }
+}
+
+#[test]
+fn a_regressor_with_cast_bias_first_and_reshape_runs_on_the_dense_path() {
+    // Cast -> MatMul -> Add(b, ·) -> Sigmoid -> MatMul -> Add -> Reshape [-1], as skl2onnx writes
+    // MLPRegressor; the input's batch is fixed, which the fast path does not need.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix(12);
+    let (w1, b1) = (rng.uniforms(6 * 9, 1.0), rng.uniforms(9, 0.5));
+    let (w2, b2) = (rng.uniforms(9, 1.0), rng.uniforms(1, 0.5));
+    let path = write_graph(
+        tmp.path(),
+        6,
+        Some(1),
+        vec![
+            node("Cast", &["x"], "xf", vec![("to", Attr::I(1))]),
+            node("MatMul", &["xf", "w1"], "m1", vec![]),
+            node("Add", &["b1", "m1"], "a1", vec![]),
+            node("Sigmoid", &["a1"], "h1", vec![]),
+            node("MatMul", &["h1", "w2"], "m2", vec![]),
+            node("Add", &["m2", "b2"], "a2", vec![]),
+            node("Reshape", &["a2", "shape"], "variable", vec![]),
+        ],
+        vec![
+            float_tensor("w1", &[6, 9], &w1),
+            float_tensor("b1", &[9], &b1),
+            float_tensor("w2", &[9, 1], &w2),
+            float_tensor("b2", &[1, 1], &b2),
+            int_tensor("shape", &[-1]),
+        ],
+        "variable",
+        &[Some(1)],
+    );
+    let runtime = onnx::read(&path, 6, &output(None, None)).unwrap();
+    assert_eq!(runtime.dense_layers().as_deref(), Some("6 → 9 sigmoid → 1"));
+    let layers = [
+        RefLayer {
+            w: w1,
+            b: b1,
+            n: 9,
+            act: "sigmoid",
+        },
+        RefLayer {
+            w: w2,
+            b: b2,
+            n: 1,
+            act: "",
+        },
+    ];
+    let inputs = random_inputs(&mut rng, 6, 301, false);
+    let want: Vec<f64> = (0..inputs.rows)
+        .map(|r| reference(&layers, &inputs.row(r))[0])
+        .collect();
+    assert_scores("regressor", &runtime, &inputs, &want);
+}
+
+#[test]
+fn narrow_layers_and_the_binary_head_run_on_the_dense_path() {
+    // Imputer -> [5 -> 3 relu -> 12 relu -> 2 relu -> 1 sigmoid] -> Concat(1 - p, p): layers
+    // narrower than a panel, k not a multiple of 8, and both columns of the binary head.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix(13);
+    let imputed = rng.uniforms(5, 1.0);
+    let dims = [5usize, 3, 12, 2, 1];
+    let mut nodes = vec![node(
+        "Imputer",
+        &["x"],
+        "l0",
+        vec![
+            ("imputed_value_floats", Attr::Fs(imputed.clone())),
+            ("replaced_value_float", Attr::F(f32::NAN)),
+        ],
+    )];
+    let mut inits = Vec::new();
+    let mut layers = Vec::new();
+    for l in 0..4 {
+        let (k, n) = (dims[l], dims[l + 1]);
+        let (w, b) = (rng.uniforms(k * n, 1.0), rng.uniforms(n, 0.3));
+        let act = if l < 3 { "relu" } else { "sigmoid" };
+        nodes.push(node(
+            "MatMul",
+            &[&format!("l{l}"), &format!("w{l}")],
+            &format!("m{l}"),
+            vec![],
+        ));
+        nodes.push(node(
+            "Add",
+            &[&format!("m{l}"), &format!("b{l}")],
+            &format!("a{l}"),
+            vec![],
+        ));
+        let op = if l < 3 { "Relu" } else { "Sigmoid" };
+        nodes.push(node(
+            op,
+            &[&format!("a{l}")],
+            &format!("l{}", l + 1),
+            vec![],
+        ));
+        inits.push(float_tensor(&format!("w{l}"), &[k as i64, n as i64], &w));
+        inits.push(float_tensor(&format!("b{l}"), &[1, n as i64], &b));
+        layers.push(RefLayer { w, b, n, act });
+    }
+    nodes.push(node("Sub", &["unity", "l4"], "neg", vec![]));
+    nodes.push(node(
+        "Concat",
+        &["neg", "l4"],
+        "probabilities",
+        vec![("axis", Attr::I(1))],
+    ));
+    inits.push(float_tensor("unity", &[], &[1.0]));
+    let path = write_graph(
+        tmp.path(),
+        5,
+        None,
+        nodes,
+        inits,
+        "probabilities",
+        &[None, Some(2)],
+    );
+    let inputs = random_inputs(&mut rng, 5, 257, true);
+    for column in 0..2 {
+        let runtime = onnx::read(&path, 5, &output(None, Some(column))).unwrap();
+        assert_eq!(
+            runtime.dense_layers().as_deref(),
+            Some("5 → 3 relu → 12 relu → 2 relu → 1 sigmoid")
+        );
+        let want: Vec<f64> = (0..inputs.rows)
+            .map(|r| {
+                let x: Vec<f32> = inputs
+                    .row(r)
+                    .iter()
+                    .zip(&imputed)
+                    .map(|(&v, &i)| if v.is_nan() { i } else { v })
+                    .collect();
+                let p = reference(&layers, &x)[0];
+                if column == 0 {
+                    1.0 - p
+                } else {
+                    p
+                }
+            })
+            .collect();
+        assert_scores("binary head", &runtime, &inputs, &want);
+    }
+}
+
+#[test]
+fn graphs_the_dense_path_does_not_take_stay_on_tract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix(14);
+    let (w, b) = (rng.uniforms(4 * 3, 1.0), rng.uniforms(3, 0.3));
+    let inits = || vec![float_tensor("w", &[4, 3], &w), float_tensor("b", &[3], &b)];
+    let layer = |act| {
+        [RefLayer {
+            w: w.clone(),
+            b: b.clone(),
+            n: 3,
+            act,
+        }]
+    };
+    let inputs = random_inputs(&mut rng, 4, 40, false);
+    let gemm = || node("Gemm", &["x", "w", "b"], "g", vec![]);
+
+    // An operator the fast path does not know.
+    let path = write_graph(
+        tmp.path(),
+        4,
+        None,
+        vec![
+            gemm(),
+            node("LeakyRelu", &["g"], "leaky", vec![("alpha", Attr::F(0.01))]),
+        ],
+        inits(),
+        "leaky",
+        &[None, Some(3)],
+    );
+    let runtime = onnx::read(&path, 4, &output(None, Some(1))).unwrap();
+    assert_eq!(runtime.dense_layers(), None);
+    let want: Vec<f64> = (0..inputs.rows)
+        .map(|r| reference(&layer("leaky"), &inputs.row(r))[1])
+        .collect();
+    assert_scores("leaky relu", &runtime, &inputs, &want);
+
+    // An activation whose input is also read elsewhere: relu(g) + sigmoid(g), side by side.
+    let path = write_graph(
+        tmp.path(),
+        4,
+        None,
+        vec![
+            gemm(),
+            node("Relu", &["g"], "r", vec![]),
+            node("Sigmoid", &["g"], "s", vec![]),
+            node("Concat", &["r", "s"], "both", vec![("axis", Attr::I(1))]),
+        ],
+        inits(),
+        "both",
+        &[None, Some(6)],
+    );
+    for column in [1, 4] {
+        let runtime = onnx::read(&path, 4, &output(None, Some(column))).unwrap();
+        assert_eq!(runtime.dense_layers(), None);
+        let (act, j) = if column < 3 {
+            ("relu", column)
+        } else {
+            ("sigmoid", column - 3)
+        };
+        let want: Vec<f64> = (0..inputs.rows)
+            .map(|r| reference(&layer(act), &inputs.row(r))[j])
+            .collect();
+        assert_scores("shared pre-activation", &runtime, &inputs, &want);
+    }
+
+    // Softmax along the batch: each row's score depends on the others, so score it whole only.
+    let path = write_graph(
+        tmp.path(),
+        4,
+        None,
+        vec![
+            gemm(),
+            node("Softmax", &["g"], "over_batch", vec![("axis", Attr::I(0))]),
+        ],
+        inits(),
+        "over_batch",
+        &[None, Some(3)],
+    );
+    let runtime = onnx::read(&path, 4, &output(None, Some(2))).unwrap();
+    assert_eq!(runtime.dense_layers(), None);
+    let logits: Vec<f64> = (0..inputs.rows)
+        .map(|r| reference(&layer(""), &inputs.row(r))[2])
+        .collect();
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = logits.iter().map(|v| (v - max).exp()).sum();
+    let got = scores(&runtime, &inputs, 0..inputs.rows);
+    for (r, (&g, &l)) in got.iter().zip(&logits).enumerate() {
+        let w = (l - max).exp() / sum;
+        assert!((f64::from(g) - w).abs() <= TOLERANCE, "row {r}: {g} vs {w}");
+    }
+}
+
+#[test]
+fn the_dense_path_scores_the_same_from_many_threads_at_once() {
+    // One runtime shared by threads scoring different batch sizes at the same time: each thread
+    // has its own scratch, so none sees another's rows.
+    let inputs = Inputs::read("mlp_input.csv");
+    let runtime = onnx::read(&fixture("mlp.onnx"), 64, &output(None, None)).unwrap();
+    assert!(runtime.dense_layers().is_some());
+    let whole = scores(&runtime, &inputs, 0..inputs.rows);
+    std::thread::scope(|s| {
+        for size in [1, 3, 7, 64] {
+            let (runtime, inputs, whole) = (&runtime, &inputs, &whole);
+            s.spawn(move || {
+                for _ in 0..20 {
+                    let mut start = 0;
+                    while start < inputs.rows {
+                        let end = (start + size).min(inputs.rows);
+                        let part = scores(runtime, inputs, start..end);
+                        assert_eq!(part, whole[start..end], "batch {size} at row {start}");
+                        start = end;
+                    }
+                }
+            });
+        }
+    });
+}

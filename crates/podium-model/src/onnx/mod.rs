@@ -8,18 +8,24 @@
 //! and reads one column of the chosen output. A graph with a fixed batch size is run in chunks of
 //! that size, the last one padded with zero rows whose scores are dropped.
 //!
+//! A dense MLP (MatMul/Gemm layers with ReLU, sigmoid, tanh or softmax, as scikit-learn's
+//! exporters write them) does not run through tract's plan: [`dense`] recognises its layers at
+//! load and scores them with Podium's own kernels, after checking on a few rows that it agrees
+//! with tract's plan. Every other graph runs through the plan.
+//!
 //! An ONNX file does not name Podium's features: `model.toml`'s `inputs` give their names and
 //! order, and the graph's input width must equal their number. This module does not support
 //! graphs with several inputs, string or integer inputs, or outputs that are not numeric tensors
 //! (ZipMap's sequence of maps is read as the probability tensor it wraps, see [`ops`]).
 
+pub mod dense;
 pub mod ops;
 
 use crate::error::ModelError;
 use crate::manifest::OutputSpec;
 use crate::{Columns, Runtime};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tract_onnx::pb::{self, type_proto, GraphProto, ModelProto};
 use tract_onnx::tract_hir::internal as tract;
 use tract_onnx::tract_hir::internal::{
@@ -45,6 +51,9 @@ pub fn framework() -> Onnx {
     onnx
 }
 
+/// Most plan states kept per runtime: about one per thread of a compute pool.
+const STATES: usize = 64;
+
 /// How the graph's batch dimension is declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Batch {
@@ -64,6 +73,9 @@ enum InputType {
 /// A loaded ONNX graph, bound to `width` inputs and one output column.
 pub struct OnnxRuntime {
     plan: Arc<tract::TypedSimplePlan>,
+    /// Run states of the plan, kept between runs instead of built afresh by each (up to
+    /// [`STATES`]; a run takes one out while it computes, so threads never share one).
+    states: Mutex<Vec<tract::TypedSimpleState>>,
     source: PathBuf,
     width: usize,
     input_type: InputType,
@@ -71,6 +83,8 @@ pub struct OnnxRuntime {
     output: String,
     output_width: usize,
     column: usize,
+    /// The dense fast path, where the graph is one [`dense`] recognises; otherwise why not.
+    dense: Result<dense::DenseGraph, String>,
 }
 
 impl std::fmt::Debug for OnnxRuntime {
@@ -83,6 +97,7 @@ impl std::fmt::Debug for OnnxRuntime {
             .field("output", &self.output)
             .field("column", &self.column)
             .field("nodes", &self.plan.model().nodes().len())
+            .field("dense", &self.dense.as_ref().map(|d| d.shape()))
             .finish()
     }
 }
@@ -371,7 +386,7 @@ fn build(
     let plan = typed
         .into_runnable()
         .map_err(|e| fail("cannot plan the graph", e))?;
-    Ok(OnnxRuntime {
+    let mut runtime = OnnxRuntime {
         plan,
         source: path.to_path_buf(),
         width: input.width,
@@ -380,7 +395,21 @@ fn build(
         output,
         output_width,
         column,
-    })
+        dense: Err("double-precision input".into()),
+        states: Mutex::new(Vec::new()),
+    };
+    if let (InputType::F32, Some(graph)) = (input.input_type, &proto.graph) {
+        runtime.dense =
+            dense::DenseGraph::recognise(graph, &input.name, input.width, &runtime.output, column)
+                .and_then(|d| {
+                    if runtime.agrees_with_plan(&d) {
+                        Ok(d)
+                    } else {
+                        Err("it disagreed with tract's plan on probe rows".into())
+                    }
+                });
+    }
+    Ok(runtime)
 }
 
 /// Checks the output is `[batch]` or `[batch, K]` of floats; returns K and the column to read.
@@ -446,6 +475,12 @@ impl OnnxRuntime {
         self.column
     }
 
+    /// The layers of the dense fast path (`64 → 256 relu → 128 relu → 1 sigmoid`), if the graph
+    /// runs on it.
+    pub fn dense_layers(&self) -> Option<String> {
+        self.dense.as_ref().ok().map(|d| d.shape())
+    }
+
     /// Runs rows `start..start + rows` of `input`, padded with zero rows to `run_rows`.
     fn run_chunk(
         &self,
@@ -456,30 +491,15 @@ impl OnnxRuntime {
         out: &mut [f32],
     ) -> Result<(), ModelError> {
         let w = self.width;
+        // Gathered straight into the tensor's (zeroed, so padding rows are zero) buffer.
         let tensor = match self.input_type {
-            InputType::F32 => {
-                let mut data = vec![0.0f32; run_rows * w];
-                for c in 0..w {
-                    for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
-                        data[r * w + c] = v;
-                    }
-                }
-                Tensor::from_shape(&[run_rows, w], &data)
-            }
-            InputType::F64 => {
-                let mut data = vec![0.0f64; run_rows * w];
-                for c in 0..w {
-                    for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
-                        data[r * w + c] = f64::from(v);
-                    }
-                }
-                Tensor::from_shape(&[run_rows, w], &data)
-            }
+            InputType::F32 => Self::gathered::<f32>(input, start, rows, run_rows, w, |v| v),
+            InputType::F64 => Self::gathered::<f64>(input, start, rows, run_rows, w, f64::from),
         }
         .map_err(|e| self.run_error(e))?;
         let inputs: TVec<TValue> = std::iter::once(tensor.into_tvalue()).collect();
         let outputs = guarded(&self.source, "running", || {
-            self.plan.run(inputs).map_err(|e| self.run_error(e))
+            self.run_plan_state(inputs).map_err(|e| self.run_error(e))
         })?;
         let result = outputs[0].cast_to::<f32>().map_err(|e| self.run_error(e))?;
         let values = result
@@ -498,6 +518,93 @@ impl OnnxRuntime {
             *o = values[r * self.output_width + self.column];
         }
         Ok(())
+    }
+
+    /// Whether the dense fast path computes what the plan does, to 1e-4 (relative above 1), on
+    /// a few pseudo-random rows: a guard against a graph it misreads, not the parity test.
+    fn agrees_with_plan(&self, dense: &dense::DenseGraph) -> bool {
+        const ROWS: usize = 7;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let columns: Vec<Vec<f32>> = (0..self.width)
+            .map(|_| {
+                (0..ROWS)
+                    .map(|_| {
+                        state = state
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+                    })
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+        let Ok(input) = Columns::new(&slices, ROWS) else {
+            return false;
+        };
+        let (mut want, mut got) = (vec![0.0f32; ROWS], vec![0.0f32; ROWS]);
+        if self.run_plan(&input, &mut want).is_err() {
+            return false;
+        }
+        if dense.predict(&input, &mut got).is_err() {
+            return false;
+        }
+        want.iter()
+            .zip(&got)
+            .all(|(&w, &g)| (w.is_nan() && g.is_nan()) || (w - g).abs() <= 1e-4 * w.abs().max(1.0))
+    }
+
+    /// Scores `input` with tract's plan.
+    fn run_plan(&self, input: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+        let rows = input.rows();
+        match self.batch {
+            Batch::Symbolic => self.run_chunk(input, 0, rows, rows, out),
+            Batch::Fixed(b) => {
+                for (i, chunk) in out.chunks_mut(b).enumerate() {
+                    let n = chunk.len();
+                    self.run_chunk(input, i * b, n, b, chunk)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Rows `start..start + rows` of `input` as a row-major `[run_rows, w]` tensor, zero-padded.
+    fn gathered<T: tract::Datum + Copy + tract::tract_num_traits::Zero>(
+        input: &Columns<'_>,
+        start: usize,
+        rows: usize,
+        run_rows: usize,
+        w: usize,
+        convert: impl Fn(f32) -> T,
+    ) -> tract::TractResult<Tensor> {
+        let mut tensor = Tensor::zero::<T>(&[run_rows, w])?;
+        {
+            let mut view = tensor.try_as_plain_ram_mut()?;
+            let data = view.as_slice_mut::<T>()?;
+            for c in 0..w {
+                for (r, &v) in input.column(c)[start..start + rows].iter().enumerate() {
+                    data[r * w + c] = convert(v);
+                }
+            }
+        }
+        Ok(tensor)
+    }
+
+    /// Runs the plan in a kept state (or a new one when none is free). A state is kept again only
+    /// after a run that succeeded.
+    fn run_plan_state(&self, inputs: TVec<TValue>) -> tract::TractResult<TVec<TValue>> {
+        let kept = self.states.lock().ok().and_then(|mut s| s.pop());
+        let mut state = match kept {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(inputs)?;
+        if let Ok(mut states) = self.states.lock() {
+            if states.len() < STATES {
+                states.push(state);
+            }
+        }
+        Ok(outputs)
     }
 
     fn run_error(&self, e: tract::TractError) -> ModelError {
@@ -521,19 +628,24 @@ impl Runtime for OnnxRuntime {
                 out.len()
             )));
         }
-        let rows = input.rows();
-        if rows == 0 {
+        if input.rows() == 0 {
             return Ok(());
         }
-        match self.batch {
-            Batch::Symbolic => self.run_chunk(input, 0, rows, rows, out),
-            Batch::Fixed(b) => {
-                for (i, chunk) in out.chunks_mut(b).enumerate() {
-                    let n = chunk.len();
-                    self.run_chunk(input, i * b, n, b, chunk)?;
-                }
-                Ok(())
-            }
+        match &self.dense {
+            Ok(dense) => dense
+                .predict(input, out)
+                .map_err(|e| ModelError::Input(format!("{}: {e}", self.source.display()))),
+            Err(_) => self.run_plan(input, out),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.dense {
+            Ok(d) => format!("ONNX dense MLP {} (Podium kernels)", d.shape()),
+            Err(why) => format!(
+                "ONNX graph, {} nodes, run by tract (not on the dense MLP path: {why})",
+                self.plan.model().nodes().len()
+            ),
         }
     }
 }
