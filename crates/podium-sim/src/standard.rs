@@ -591,8 +591,8 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 bid,
                 targeting,
                 creatives,
-                // Large enough that a benchmark never exhausts one: at a $90 CPM a line item
-                // would need over a million impressions to spend $100,000.
+                // Large enough that a benchmark never exhausts one: even at the highest CPM
+                // drawn (about $100), spending the $100,000 floor takes a million impressions.
                 daily_budget: cents(log_normal(r, 250_000.0, 0.6, 100_000.0, 2_000_000.0)),
                 priors,
                 goal,
