@@ -7,6 +7,13 @@ break shapes) to a running `podium serve` and prints the median, P99 and max of 
 
     cargo run --release -- serve --data-dir /tmp/podium-bench &
     python3 scripts/stage_timings.py --url http://127.0.0.1:8080 --requests 5000
+
+    cargo run --release -- serve --workload standard &
+    python3 scripts/stage_timings.py --workload standard --requests 5000
+
+`--workload standard` draws viewers, countries and genres as the standard workload's traffic
+does (`podium_sim::traffic::TrafficConfig::standard`: 1,000,000 viewers, 43 % US and the rest
+spread over its 20 countries, its 16 genres), so that eligibility is the standard ~1,000.
 """
 import argparse
 import http.client
@@ -14,6 +21,12 @@ import json
 import random
 import time
 import urllib.parse
+
+# The standard world's vocabulary (crates/podium-sim/src/standard.rs: COUNTRIES, GENRES).
+STANDARD_COUNTRIES = ["US", "CA", "GB", "DE", "FR", "BR", "MX", "JP", "AU", "IN", "ES", "IT", "NL", "SE", "KR",
+                      "AR", "CO", "PL", "ZA", "NZ"]
+STANDARD_GENRES = ["drama", "comedy", "sports", "news", "kids", "documentary", "reality", "action", "thriller",
+                   "romance", "horror", "animation", "music", "food", "travel", "scifi"]
 
 STAGES = ["admit_us", "hydrate_us", "retrieve_us", "rank_us", "score_us", "value_us", "pod_us", "total_us"]
 
@@ -28,18 +41,29 @@ def main():
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--requests", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workload", choices=["demo", "standard"], default="demo")
     args = ap.parse_args()
+    standard = args.workload == "standard"
     rng = random.Random(args.seed)
     u = urllib.parse.urlparse(args.url)
     conn = http.client.HTTPConnection(u.hostname, u.port)
     stages = {s: [] for s in STAGES}
     rtt, eligible, ads = [], [], []
     for i in range(args.requests):
+        if standard:
+            user = f"u-{rng.randrange(1_000_000)}"
+            country = "US" if rng.random() < 0.4 else rng.choice(STANDARD_COUNTRIES)
+            genre = rng.choice(STANDARD_GENRES)
+        else:
+            user = f"u-{rng.randrange(10000)}"
+            country = rng.choice(["US", "CA", "GB", "DE", "FR"])
+            genre = None
         body = {
             "request_id": f"r-{i}",
-            "user": {"id": f"u-{rng.randrange(10000)}", "country": rng.choice(["US", "CA", "GB", "DE", "FR"]),
+            "user": {"id": user, "country": country,
                      "device": rng.choice(["tv", "tv", "mobile", "tablet", "desktop"])},
-            "content": {"id": f"t-{rng.randrange(500)}", "genre": rng.choice(["drama", "comedy", "sports", "news", "kids"]),
+            "content": {"id": f"t-{rng.randrange(500)}",
+                        "genre": genre or rng.choice(["drama", "comedy", "sports", "news", "kids"]),
                         "live": rng.random() < 0.1},
             "breaks": [{"id": f"b{j}", "max_ads": rng.randint(1, 6), "max_duration_s": rng.choice([15, 30, 60, 90, 120])}
                        for j in range(rng.randint(1, 2))],

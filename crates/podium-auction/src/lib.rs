@@ -9,7 +9,7 @@ pub mod targeting;
 pub mod value;
 
 pub use marketplace::{
-    Bid, Creative, LineItem, LineItemPriors, Marketplace, MarketplaceError, Targeting,
+    Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, MarketplaceError, Targeting,
 };
 pub use pod::{fill_breaks, Placement, ValuedCandidate};
 pub use targeting::TargetingIndex;

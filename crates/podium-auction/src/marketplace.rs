@@ -58,6 +58,30 @@ pub struct LineItemPriors {
     pub completion_rate_7d: f32,
 }
 
+/// What a line item was sold as: a guaranteed delivery commitment or best-effort demand.
+///
+/// Pacing does not act on it yet; it is carried so that generated and imported marketplaces keep
+/// the distinction, and so that guaranteed-delivery allocation has its input when it lands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Goal {
+    /// Best-effort demand: buys what it wins, up to its budget.
+    #[default]
+    NonGuaranteed,
+    /// A contracted number of impressions per day that the publisher must deliver.
+    Guaranteed {
+        /// Impressions to deliver per day.
+        impressions_per_day: u64,
+    },
+}
+
+impl Goal {
+    /// Whether this is best-effort demand (the default, left out of written files).
+    pub fn is_non_guaranteed(&self) -> bool {
+        matches!(self, Goal::NonGuaranteed)
+    }
+}
+
 /// The unit of buying: a bid, targeting, creatives and a daily budget.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LineItem {
@@ -79,6 +103,9 @@ pub struct LineItem {
     /// Historical rates.
     #[serde(default)]
     pub priors: LineItemPriors,
+    /// Guaranteed or best-effort; files written before the field existed read as best-effort.
+    #[serde(default, skip_serializing_if = "Goal::is_non_guaranteed")]
+    pub goal: Goal,
 }
 
 /// A marketplace file that cannot be used.
@@ -139,6 +166,15 @@ impl Marketplace {
             if amount <= Micros::ZERO {
                 return Err(format!("line_items[{i}].bid: must be positive"));
             }
+            if li.goal
+                == (Goal::Guaranteed {
+                    impressions_per_day: 0,
+                })
+            {
+                return Err(format!(
+                    "line_items[{i}].goal: a guaranteed goal needs impressions_per_day > 0"
+                ));
+            }
         }
         Ok(())
     }
@@ -167,5 +203,33 @@ impl Marketplace {
             path: path.display().to_string(),
             source: e,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = r#"{"reserve_cpm": 2000000, "line_items": [{"id": "li-1",
+        "advertiser_id": "adv-1", "category": "auto", "bid": {"type": "cpm", "cpm": 10000000},
+        "creatives": [{"id": "c", "duration_s": 15}], "daily_budget": 1000000000}]}"#;
+
+    #[test]
+    fn files_without_a_goal_read_as_best_effort_and_goals_round_trip() {
+        let mut m: Marketplace = serde_json::from_str(ONE).unwrap();
+        assert_eq!(m.line_items[0].goal, Goal::NonGuaranteed);
+        // Best-effort is the default and is left out, so existing files are written unchanged.
+        assert!(!serde_json::to_string(&m).unwrap().contains("goal"));
+        m.line_items[0].goal = Goal::Guaranteed {
+            impressions_per_day: 50_000,
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(text.contains(r#""goal":{"type":"guaranteed","impressions_per_day":50000}"#));
+        assert_eq!(serde_json::from_str::<Marketplace>(&text).unwrap(), m);
+        m.check().unwrap();
+        m.line_items[0].goal = Goal::Guaranteed {
+            impressions_per_day: 0,
+        };
+        assert!(m.check().unwrap_err().contains("line_items[0].goal"));
     }
 }

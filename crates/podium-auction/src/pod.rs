@@ -124,6 +124,7 @@ mod tests {
                     .collect(),
                 daily_budget: Micros(1),
                 priors: Default::default(),
+                goal: Default::default(),
             })
             .collect()
     }

@@ -119,6 +119,7 @@ mod tests {
             }],
             daily_budget: Micros(1),
             priors: Default::default(),
+            goal: Default::default(),
         }
     }
 

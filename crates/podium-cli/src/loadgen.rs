@@ -51,7 +51,8 @@ pub struct LoadgenArgs {
 pub enum Workload {
     /// Viewers and breaks of the embedded demo world (10,000 viewers).
     Demo,
-    /// The standard workload's viewer population (1,000,000 viewers, breaks of 1–6 slots, 15–120 s).
+    /// The standard workload's traffic: its 1,000,000 viewers, 20 countries and 16 genres, breaks
+    /// of 1–6 slots and 15–120 s (serve it with `podium serve --workload standard`).
     Standard,
 }
 
@@ -124,10 +125,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
 async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Value> {
     let traffic = match args.workload {
         Workload::Demo => TrafficConfig::demo(),
-        Workload::Standard => TrafficConfig {
-            users: 1_000_000,
-            ..TrafficConfig::demo()
-        },
+        Workload::Standard => TrafficConfig::standard(),
     };
     // Bodies are made before the clock starts so that generating them never delays a send.
     let total = (args.rate * args.duration.as_secs_f64()).ceil() as u64;

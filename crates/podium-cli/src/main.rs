@@ -3,6 +3,7 @@
 mod loadgen;
 mod model;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -21,9 +22,14 @@ enum Command {
     ///
     /// With no options it serves a generated demo marketplace with demo models trained at first
     /// start and cached under --data-dir, using only embedded stores (no external service).
+    /// `--workload standard` serves the standard workload of ARCHITECTURE.md §7 instead
+    /// (generated on first start under ./podium-data-standard); a --data-dir that `podium sim
+    /// gen` wrote is recognised by its workload.json.
     ///
     /// Example:
     ///   podium serve --listen 127.0.0.1:8080 --data-dir ./podium-data
+    ///   podium serve --workload standard --seed 1
+    #[command(verbatim_doc_comment)]
     Serve(serve::ServeArgs),
     /// Send open-loop load to a decision server and report latency percentiles.
     ///
@@ -40,6 +46,13 @@ enum Command {
     /// Package, validate, inspect, score and benchmark model bundles.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Generate the standard workload and measure its compute floor.
+    ///
+    /// Example:
+    ///   podium sim gen --seed 1 --out ./podium-data-standard
+    ///   podium sim floor --data-dir ./podium-data-standard
+    #[command(subcommand, verbatim_doc_comment)]
+    Sim(sim::SimCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Sim(cmd) => sim::run(cmd),
     }
 }

@@ -1,15 +1,17 @@
-//! `podium serve`: bind, load (or train) the demo world in the background, then become ready.
+//! `podium serve`: bind, load (or train) the demo world, or load (or generate) the standard
+//! workload, in the background, then become ready.
 
 use anyhow::Context;
-use clap::Args;
-use podium_engine::{build_demo, EngineConfig};
+use clap::{Args, ValueEnum};
+use podium_engine::{build_demo, build_standard, Engine, EngineConfig};
 use podium_log::MemoryLog;
 use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
 use podium_sim::demo::DemoConfig;
+use podium_sim::standard;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,14 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the marketplace file and model bundles; created and filled at first start.
-    #[arg(long, default_value = "./podium-data")]
-    data_dir: PathBuf,
+    /// Which world to serve. Unset: the standard workload if --data-dir holds a workload.json
+    /// (as `podium sim gen` writes), else the demo.
+    #[arg(long, value_enum)]
+    workload: Option<ServeWorkload>,
+    /// Directory for the marketplace file and model bundles; created and filled at first start
+    /// [default: ./podium-data, or ./podium-data-standard with --workload standard].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Default request deadline in milliseconds, for requests that set no `tmax_ms`.
     #[arg(long, default_value_t = 20)]
     tmax_ms: u64,
@@ -31,9 +38,9 @@ pub struct ServeArgs {
     /// Compute threads for model scoring (0 = one per core).
     #[arg(long, default_value_t = 0)]
     compute_threads: usize,
-    /// Seed of the generated demo world.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed of the generated world [default: 1, or the seed in workload.json].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Decisions processed at once; more wait in a bounded queue or are shed (0 = 16 per
     /// compute thread).
     #[arg(long, default_value_t = 0)]
@@ -49,6 +56,92 @@ pub struct ServeArgs {
     /// Decision records kept in memory for `GET /v1/decisions/recent`.
     #[arg(long, default_value_t = 10_000)]
     log_capacity: usize,
+}
+
+/// The worlds `podium serve` can serve.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeWorkload {
+    /// 400 line items, 10,000 viewers, three small models trained at first start.
+    Demo,
+    /// ARCHITECTURE.md §7: 5,000 line items, 1,000,000 viewers, a linear ranker, five 300-tree
+    /// GBDTs and three MLPs, generated from --seed at first start.
+    Standard,
+}
+
+/// The world to serve, with its directory, once the options are resolved.
+enum World {
+    Demo { dir: PathBuf, seed: u64 },
+    Standard { dir: PathBuf, seed: u64 },
+}
+
+impl World {
+    fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
+        let dir = |default: &str| {
+            args.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        Ok(match args.workload {
+            Some(ServeWorkload::Demo) => World::Demo {
+                dir: dir("./podium-data"),
+                seed: args.seed.unwrap_or(1),
+            },
+            Some(ServeWorkload::Standard) => World::Standard {
+                dir: dir("./podium-data-standard"),
+                seed: args.seed.unwrap_or(1),
+            },
+            None => {
+                let dir = dir("./podium-data");
+                match standard::read_spec(&dir)? {
+                    Some(spec) => World::Standard {
+                        seed: args.seed.unwrap_or(spec.seed),
+                        dir,
+                    },
+                    None => World::Demo {
+                        dir,
+                        seed: args.seed.unwrap_or(1),
+                    },
+                }
+            }
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            World::Demo { dir, .. } | World::Standard { dir, .. } => dir,
+        }
+    }
+
+    /// Builds the engine; blocking (reads files, may train or generate, fills the store).
+    fn build(
+        &self,
+        config: EngineConfig,
+        log: MemoryLog,
+        pool: ComputePool,
+    ) -> anyhow::Result<Engine> {
+        match self {
+            World::Demo { dir, seed } => {
+                let demo = DemoConfig {
+                    seed: *seed,
+                    ..DemoConfig::default()
+                };
+                Ok(build_demo(dir, &demo, config, Arc::new(log), pool)?)
+            }
+            World::Standard { dir, seed } => {
+                let started = Instant::now();
+                let (spec, generated) = standard::ensure(dir, *seed)?;
+                if generated {
+                    tracing::info!(
+                        seed = spec.seed,
+                        dir = %dir.display(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "generated the standard workload"
+                    );
+                }
+                Ok(build_standard(dir, None, config, Arc::new(log), pool)?)
+            }
+        }
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -71,6 +164,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let world = World::resolve(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -105,22 +199,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     let loader_state = state.clone();
-    let data_dir = args.data_dir.clone();
+    let data_dir = world.dir().to_path_buf();
     let config = EngineConfig {
         default_tmax: Duration::from_millis(args.tmax_ms),
         ..EngineConfig::default()
     };
-    let demo = DemoConfig {
-        seed: args.seed,
-        ..DemoConfig::default()
-    };
     let loader = tokio::spawn(async move {
         let started = Instant::now();
-        let engine = tokio::task::spawn_blocking(move || {
-            build_demo(&data_dir, &demo, config, Arc::new(log), pool)
-        })
-        .await
-        .context("loading the demo world")??;
+        let engine = tokio::task::spawn_blocking(move || world.build(config, log, pool))
+            .await
+            .context("loading the world")??;
         engine.warm_up(20).await;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -137,7 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             // A failed load stops the process with the reason, rather than serving 503s forever.
             loaded
                 .context("loader task")?
-                .with_context(|| format!("starting on data directory {}", args.data_dir.display()))?;
+                .with_context(|| format!("starting on data directory {}", data_dir.display()))?;
         }
     }
     server.await.context("serving HTTP")

@@ -7,6 +7,8 @@
 
 mod demo;
 mod pipeline;
+mod standard;
 
 pub use demo::{build_demo, DemoError};
 pub use pipeline::{Engine, EngineConfig, MarketSnapshot};
+pub use standard::{build_standard, FloorSample, LoadTimings, StandardWorld, WorkloadError};

@@ -66,6 +66,33 @@ impl MarketSnapshot {
             completion_priors,
         }
     }
+
+    /// The early-rank cut: values every eligible line item roughly (its bid, with the early
+    /// ranker's prediction as pCTR and its completion prior as pCompletion) and keeps the best
+    /// `k`, ties going to the lower index. The order of the result is unspecified.
+    pub fn top_k(&self, eligible: &[u32], predictions: &[f32], k: usize) -> Vec<u32> {
+        let line_items = &self.marketplace.line_items;
+        let mut order: Vec<(Micros, u32)> = eligible
+            .iter()
+            .zip(predictions)
+            .map(|(&i, &p)| {
+                (
+                    ecpm(
+                        line_items[i as usize].bid,
+                        p,
+                        self.completion_priors[i as usize],
+                    ),
+                    i,
+                )
+            })
+            .collect();
+        let k = k.min(order.len());
+        if k < order.len() {
+            order.select_nth_unstable_by(k, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            order.truncate(k);
+        }
+        order.iter().map(|&(_, i)| i).collect()
+    }
 }
 
 struct Inner {
@@ -260,26 +287,7 @@ impl Engine {
             .run(&inner.pool, frame, deadline, reserve)
             .await;
         note(&ranked);
-        let mut order: Vec<(Micros, u32)> = eligible
-            .iter()
-            .zip(&ranked.values)
-            .map(|(&i, &p)| {
-                (
-                    ecpm(
-                        line_items[i as usize].bid,
-                        p,
-                        market.completion_priors[i as usize],
-                    ),
-                    i,
-                )
-            })
-            .collect();
-        let k = models.top_k.min(order.len());
-        if k < order.len() {
-            order.select_nth_unstable_by(k, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            order.truncate(k);
-        }
-        let top: Vec<u32> = order.iter().map(|&(_, i)| i).collect();
+        let top = market.top_k(eligible, &ranked.values, models.top_k);
         let rank_us = us(t.elapsed());
 
         // Full scoring: every model on the top K, in parallel on the pool.

@@ -37,6 +37,14 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// An empty store with room for `capacity` keys, so that a bulk load at start-up does not
+    /// rehash the map again and again as it grows.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            map: DashMap::with_capacity(capacity),
+        }
+    }
+
     /// Number of keys held.
     pub fn len(&self) -> usize {
         self.map.len()

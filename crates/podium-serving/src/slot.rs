@@ -125,6 +125,11 @@ impl ModelSlot {
         }
     }
 
+    /// The first in-process model of the slot, if it has one.
+    pub fn first_local(&self) -> Option<&BoundModel> {
+        self.models().next()
+    }
+
     /// The in-process models of the slot, in tier order.
     pub fn models(&self) -> impl Iterator<Item = &BoundModel> {
         self.tiers.iter().filter_map(|t| match t {

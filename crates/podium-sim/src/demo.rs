@@ -1,6 +1,6 @@
 //! The demo world: a marketplace, an audience, and models trained on simulated impressions.
 
-use podium_auction::{Bid, Creative, LineItem, LineItemPriors, Marketplace, Targeting};
+use podium_auction::{Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, Targeting};
 use podium_core::{Device, Micros};
 use podium_features::{FeatureSpace, FeatureSpec, Source};
 use podium_model::manifest::{OutputSpec, ServingSpec};
@@ -174,6 +174,7 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                     ctr_7d: rng.random_range(0.002f32..0.03),
                     completion_rate_7d: rng.random_range(0.5f32..0.95),
                 },
+                goal: Goal::NonGuaranteed,
             }
         })
         .collect();

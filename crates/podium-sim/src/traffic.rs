@@ -1,7 +1,11 @@
-//! Ad request traffic: a deterministic stream of native decide requests drawn from a viewer
-//! population, as the load generator and replay tests send them.
+//! Ad request traffic: a deterministic stream of decide requests drawn from a viewer population,
+//! as the load generator, the compute-floor measurement and the tests send them.
+//!
+//! The stream is drawn as validated [`AdRequest`]s; [`RequestGen::next_body`] writes the same
+//! request as the JSON body of `POST /v1/decide`, so in-process measurements and HTTP load see
+//! the same traffic.
 
-use crate::demo::{COUNTRIES, GENRES};
+use podium_core::{AdBreak, AdRequest, BreakPosition, Content, Device, User};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -18,6 +22,14 @@ pub struct TrafficConfig {
     pub slots: (u32, u32),
     /// Break length in seconds, inclusive range.
     pub seconds: (u32, u32),
+    /// Countries requests come from, drawn uniformly once the home market's share is drawn.
+    pub countries: &'static [&'static str],
+    /// The largest market, which gets `home_share` of the traffic on top of its uniform share.
+    pub home_country: &'static str,
+    /// Extra share of the home market.
+    pub home_share: f64,
+    /// Genres of the content catalogue, drawn uniformly.
+    pub genres: &'static [&'static str],
 }
 
 impl TrafficConfig {
@@ -29,18 +41,51 @@ impl TrafficConfig {
             max_breaks: 2,
             slots: (1, 6),
             seconds: (15, 120),
+            countries: &crate::demo::COUNTRIES,
+            home_country: "US",
+            home_share: 0.5,
+            genres: &crate::demo::GENRES,
+        }
+    }
+
+    /// Traffic of the standard workload (`ARCHITECTURE.md` §7): its 1,000,000 viewers, its
+    /// countries and genres, breaks of 1–6 slots and 15–120 s.
+    pub fn standard() -> Self {
+        Self {
+            users: crate::standard::VIEWERS,
+            live_share: 0.1,
+            max_breaks: 2,
+            slots: (1, 6),
+            seconds: (15, 120),
+            countries: &crate::standard::COUNTRIES,
+            home_country: "US",
+            home_share: crate::standard::US_EXTRA_SHARE,
+            genres: &crate::standard::GENRES,
         }
     }
 }
 
-/// Generates request bodies from a seed; the same seed gives the same stream.
+/// Generates requests from a seed; the same seed gives the same stream.
 pub struct RequestGen {
     rng: ChaCha8Rng,
     cfg: TrafficConfig,
     next: u64,
 }
 
-const DEVICES: [&str; 6] = ["tv", "tv", "tv", "mobile", "tablet", "desktop"];
+/// Devices in proportion to their traffic: half of CTV viewing happens on the TV.
+const DEVICES: [Device; 6] = [
+    Device::Tv,
+    Device::Tv,
+    Device::Tv,
+    Device::Mobile,
+    Device::Tablet,
+    Device::Desktop,
+];
+const POSITIONS: [BreakPosition; 3] = [
+    BreakPosition::Preroll,
+    BreakPosition::Midroll,
+    BreakPosition::Postroll,
+];
 
 impl RequestGen {
     /// A generator of this traffic from `seed`.
@@ -52,44 +97,87 @@ impl RequestGen {
         }
     }
 
-    /// The next request as a JSON body of `POST /v1/decide`.
-    pub fn next_body(&mut self) -> String {
+    /// The next request.
+    pub fn next_request(&mut self) -> AdRequest {
         let id = self.next;
         self.next += 1;
         let r = &mut self.rng;
-        let breaks: Vec<serde_json::Value> = (0..r.random_range(1..=self.cfg.max_breaks))
-            .map(|b| {
-                let position = ["preroll", "midroll", "postroll"][r.random_range(0..3)];
-                serde_json::json!({
-                    "id": format!("b{b}"),
-                    "position": position,
-                    "max_ads": r.random_range(self.cfg.slots.0..=self.cfg.slots.1),
-                    "max_duration_s": r.random_range(self.cfg.seconds.0..=self.cfg.seconds.1),
-                })
+        let cfg = &self.cfg;
+        let breaks = (0..r.random_range(1..=cfg.max_breaks))
+            .map(|b| AdBreak {
+                id: format!("b{b}").as_str().into(),
+                position: POSITIONS[r.random_range(0..3)],
+                max_ads: r.random_range(cfg.slots.0..=cfg.slots.1),
+                max_duration_s: r.random_range(cfg.seconds.0..=cfg.seconds.1),
             })
             .collect();
-        // Half the traffic from the largest market, the rest spread.
-        let country = if r.random_bool(0.5) {
-            "US"
+        let country = if r.random_bool(cfg.home_share) {
+            cfg.home_country
         } else {
-            COUNTRIES[r.random_range(0..COUNTRIES.len())]
+            cfg.countries[r.random_range(0..cfg.countries.len())]
         };
-        serde_json::json!({
-            "request_id": format!("lg-{id}"),
-            "user": {
-                "id": format!("u-{}", r.random_range(0..self.cfg.users)),
-                "country": country,
-                "device": DEVICES[r.random_range(0..DEVICES.len())],
+        AdRequest {
+            request_id: format!("lg-{id}").as_str().into(),
+            user: User {
+                id: format!("u-{}", r.random_range(0..cfg.users))
+                    .as_str()
+                    .into(),
+                country: country.to_string(),
+                device: DEVICES[r.random_range(0..DEVICES.len())],
             },
-            "content": {
-                "id": format!("t-{}", r.random_range(0..5_000)),
-                "genre": GENRES[r.random_range(0..GENRES.len())],
-                "live": r.random_bool(self.cfg.live_share),
+            content: Content {
+                id: format!("t-{}", r.random_range(0..5_000)).as_str().into(),
+                genre: cfg.genres[r.random_range(0..cfg.genres.len())].to_string(),
+                live: r.random_bool(cfg.live_share),
             },
-            "breaks": breaks,
-        })
-        .to_string()
+            breaks,
+            tmax: None,
+        }
     }
+
+    /// The next request as a JSON body of `POST /v1/decide`.
+    pub fn next_body(&mut self) -> String {
+        body(&self.next_request())
+    }
+}
+
+/// The JSON body of `POST /v1/decide` for a request.
+pub fn body(req: &AdRequest) -> String {
+    let breaks: Vec<serde_json::Value> = req
+        .breaks
+        .iter()
+        .map(|b| {
+            let position = match b.position {
+                BreakPosition::Preroll => "preroll",
+                BreakPosition::Midroll => "midroll",
+                BreakPosition::Postroll => "postroll",
+            };
+            serde_json::json!({
+                "id": b.id.as_str(),
+                "position": position,
+                "max_ads": b.max_ads,
+                "max_duration_s": b.max_duration_s,
+            })
+        })
+        .collect();
+    let mut v = serde_json::json!({
+        "request_id": req.request_id.as_str(),
+        "user": {
+            "id": req.user.id.as_str(),
+            "country": req.user.country,
+            "device": req.user.device.as_str(),
+        },
+        "content": {
+            "id": req.content.id.as_str(),
+            "genre": req.content.genre,
+            "live": req.content.live,
+        },
+        "breaks": breaks,
+    });
+    if let Some(t) = req.tmax {
+        v["tmax_ms"] = serde_json::json!(t.as_millis() as u64);
+    }
+    v.to_string()
 }
 
 #[cfg(test)]
@@ -109,6 +197,20 @@ mod tests {
             for br in breaks {
                 assert!((1..=6).contains(&br["max_ads"].as_u64().unwrap()));
             }
+        }
+    }
+
+    #[test]
+    fn requests_are_valid_and_use_the_worlds_vocabulary() {
+        let cfg = TrafficConfig::standard();
+        let mut g = RequestGen::new(cfg.clone(), 1);
+        for _ in 0..200 {
+            let req = g.next_request();
+            assert_eq!(req.clone().validate().unwrap(), req);
+            assert!(cfg.countries.contains(&req.user.country.as_str()));
+            assert!(cfg.genres.contains(&req.content.genre.as_str()));
+            let u: usize = req.user.id.as_str()[2..].parse().unwrap();
+            assert!(u < cfg.users);
         }
     }
 }
