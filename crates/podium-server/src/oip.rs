@@ -12,11 +12,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use podium_model::Model;
+use podium_serving::tensor::{TensorData, MAX_TENSOR_VALUES};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Most values (rows × features) one infer request may carry.
-pub const MAX_INFER_VALUES: usize = 1 << 20;
+pub const MAX_INFER_VALUES: usize = MAX_TENSOR_VALUES;
 
 /// One input tensor of an infer request.
 #[derive(Debug, Deserialize)]
@@ -34,73 +35,6 @@ pub struct InferInput {
     /// Tensor parameters; `binary_data_size` marks a binary tensor.
     #[serde(default)]
     pub parameters: serde_json::Map<String, Value>,
-}
-
-/// Tensor values flattened to f32 as they are parsed (no intermediate JSON tree): nested or flat
-/// arrays of numbers and booleans; `null` is a missing value.
-#[derive(Debug, Default)]
-pub struct TensorData(pub Vec<f32>);
-
-impl<'de> Deserialize<'de> for TensorData {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut out = Vec::new();
-        d.deserialize_any(Flatten(&mut out))?;
-        Ok(TensorData(out))
-    }
-}
-
-/// Appends every number of a (possibly nested) JSON array to the vector.
-struct Flatten<'a>(&'a mut Vec<f32>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("numbers, booleans or null, in (nested) arrays")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {
-            if self.0.len() > MAX_INFER_VALUES {
-                return Err(serde::de::Error::custom(format!(
-                    "more than {MAX_INFER_VALUES} values in one request"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.0.push(if v { 1.0 } else { 0.0 });
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.0.push(f32::NAN);
-        Ok(())
-    }
 }
 
 /// A requested output.
@@ -247,7 +181,7 @@ fn model_of(
 }
 
 /// Lays the request's tensors out as the model's input columns.
-fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+fn columns(model: &Model, req: &mut InferRequest) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
     let names: Vec<&str> = model
         .manifest()
         .inputs
@@ -258,7 +192,7 @@ fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), 
         return Err(ApiError::field("inputs", "must hold at least one tensor"));
     }
     let mut tensors = Vec::with_capacity(req.inputs.len());
-    for (i, t) in req.inputs.iter().enumerate() {
+    for (i, t) in req.inputs.iter_mut().enumerate() {
         let field = format!("inputs[{i}].data");
         if !matches!(
             t.datatype.as_str(),
@@ -286,7 +220,7 @@ fn columns(model: &Model, req: &InferRequest) -> Result<(Vec<Vec<f32>>, usize), 
                 "dimensions must be non-negative",
             ));
         }
-        let values = t.data.0.clone();
+        let values = std::mem::take(&mut t.data.0);
         let expected: i64 = t.shape.iter().product();
         if expected as usize != values.len() {
             return Err(ApiError::field(
@@ -405,7 +339,7 @@ pub async fn infer(
         )
     })?;
     decode_binary(&mut req, &body[json_len..])?;
-    let (cols, rows) = columns(&model, &req)?;
+    let (cols, rows) = columns(&model, &mut req)?;
     let batching = state
         .engine()
         .and_then(|e| e.models().micro_batching.get(model.name()).copied());

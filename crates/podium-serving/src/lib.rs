@@ -11,6 +11,7 @@ pub mod pool;
 pub mod remote;
 pub mod set;
 pub mod slot;
+pub mod tensor;
 
 pub use batcher::{BatchConfig, MicroBatcher};
 pub use bound::{BindError, BoundModel};

@@ -2,9 +2,9 @@
 //! MLServer, KServe, or another Podium. It takes a tier in a slot like a local model, under the
 //! same deadline and fallbacks, but its batch travels over HTTP instead of running on the pool.
 
+use crate::tensor::TensorData;
 use podium_core::{FeatureFrame, FrameSchema};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -177,7 +177,7 @@ impl RemoteModel {
         struct Output {
             name: String,
             shape: Vec<usize>,
-            data: Value,
+            data: TensorData,
         }
         #[derive(Deserialize)]
         struct Answer {
@@ -193,8 +193,7 @@ impl RemoteModel {
                 .ok_or_else(|| format!("answer has no output {name:?}"))?,
             None => answer.outputs.first().ok_or("answer has no outputs")?,
         };
-        let mut flat = Vec::with_capacity(rows * 2);
-        flatten(&output.data, &mut flat)?;
+        let flat = &output.data.0;
         let width = if output.shape.len() >= 2 {
             output.shape[1..].iter().product::<usize>().max(1)
         } else {
@@ -215,25 +214,10 @@ impl RemoteModel {
                 output.name
             ));
         }
-        let values: Vec<f32> = (0..rows).map(|r| flat[r * width + column] as f32).collect();
+        let values: Vec<f32> = (0..rows).map(|r| flat[r * width + column]).collect();
         match values.iter().position(|v| !v.is_finite()) {
             Some(r) => Err(format!("non-finite prediction at row {r}")),
             None => Ok(values),
         }
-    }
-}
-
-fn flatten(v: &Value, out: &mut Vec<f64>) -> Result<(), String> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| flatten(i, out)),
-        Value::Number(n) => {
-            out.push(n.as_f64().unwrap_or(f64::NAN));
-            Ok(())
-        }
-        Value::Null => {
-            out.push(f64::NAN);
-            Ok(())
-        }
-        other => Err(format!("output holds a non-number: {other}")),
     }
 }
