@@ -79,6 +79,13 @@ impl TargetingIndex {
 
     /// Positions of the line items whose targeting admits the request, in ascending order.
     pub fn eligible(&self, req: &AdRequest) -> Vec<u32> {
+        self.eligible_where(req, |_| u64::MAX)
+    }
+
+    /// As [`eligible`](Self::eligible), keeping only the line items whose bit is set in
+    /// `open(w)`, the `w`-th 64-bit word of a caller's bitmap (line items that may still serve,
+    /// say), so that excluding them costs one AND per 64 line items rather than a lookup each.
+    pub fn eligible_where(&self, req: &AdRequest, open: impl Fn(usize) -> u64) -> Vec<u32> {
         let dims = [
             self.country.matching(&req.user.country),
             self.device.matching(req.user.device.as_str()),
@@ -86,7 +93,7 @@ impl TargetingIndex {
         ];
         let mut out = Vec::with_capacity(self.len / 4);
         for w in 0..self.words {
-            let mut word = u64::MAX;
+            let mut word = open(w);
             for (any, exact) in &dims {
                 word &= any[w] | exact.map_or(0, |e| e[w]);
             }

@@ -40,6 +40,11 @@ pub struct LoadgenArgs {
     /// Most requests in flight; a send beyond it counts as an error rather than queueing.
     #[arg(long, default_value_t = 20_000)]
     max_in_flight: u64,
+    /// Process id of the server under load (Linux): the summary then reports the CPU time the
+    /// server used during the run and per answered request, the figure the serving overhead
+    /// (CPU per decision ÷ compute floor) is computed from.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Async worker threads of the generator (pin the process with taskset to keep it off the
     /// server's cores).
     #[arg(long, default_value_t = 1)]
@@ -156,6 +161,10 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
         window: histogram(),
     }));
 
+    let cpu_before = match args.server_pid {
+        Some(pid) => Some(process_cpu(pid)?),
+        None => None,
+    };
     let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let progress = tokio::spawn(report_progress(counters.clone(), latencies.clone(), start));
@@ -235,7 +244,7 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
     let l = latencies.lock().expect("latency lock");
     let ms = |q: f64| l.all.value_at_quantile(q) as f64 / 1000.0;
     let ok = counters.ok.load(Ordering::Relaxed);
-    Ok(serde_json::json!({
+    let mut summary = serde_json::json!({
         "sent": counters.sent.load(Ordering::Relaxed),
         "ok": ok,
         "shed": counters.shed.load(Ordering::Relaxed),
@@ -248,7 +257,32 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
         "p99_ms": ms(0.99),
         "p999_ms": ms(0.999),
         "max_ms": l.all.max() as f64 / 1000.0,
-    }))
+    });
+    if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
+        let used = process_cpu(pid)?.saturating_sub(before);
+        summary["server_cpu_s"] = serde_json::json!(used.as_secs_f64());
+        summary["server_cpu_us_per_ok"] =
+            serde_json::json!((used.as_secs_f64() * 1e6 / ok.max(1) as f64).round());
+    }
+    Ok(summary)
+}
+
+/// User plus system CPU time a process has used, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .with_context(|| format!("--server-pid {pid}: reading {path} (Linux only)"))?;
+    parse_cpu(&stat).with_context(|| format!("--server-pid {pid}: unexpected {path}: {stat:?}"))
+}
+
+/// utime and stime are fields 14 and 15, counted in USER_HZ ticks (100 per second on every
+/// Linux architecture); the command name before them may hold spaces, so count from its `)`.
+fn parse_cpu(stat: &str) -> anyhow::Result<Duration> {
+    let rest = &stat[stat.rfind(')').context("no command name")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks =
+        |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("too few fields")?.parse()?) };
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 async fn report_progress(
@@ -318,5 +352,15 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn reads_cpu_time_from_proc_stat() {
+        let stat =
+            "4242 (podium serve) S 1 4242 4242 0 -1 4194560 900 0 0 0 1234 56 0 0 20 0 9 0 7 0 0";
+        assert_eq!(parse_cpu(stat).unwrap(), Duration::from_millis(12_900));
+        assert!(parse_cpu("garbage").is_err());
+        let own = process_cpu(std::process::id()).unwrap();
+        assert!(own < Duration::from_secs(3600));
     }
 }

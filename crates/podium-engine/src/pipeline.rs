@@ -1,7 +1,6 @@
 //! The pipeline itself.
 
 use arc_swap::ArcSwap;
-use futures::future::join_all;
 use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
 use podium_core::{
     AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
@@ -9,7 +8,8 @@ use podium_core::{
 use podium_features::Hydrator;
 use podium_log::{DecisionRecord, DecisionSink};
 use podium_pacing::{has_budget, Day, SpendStore};
-use podium_serving::{ComputePool, ModelSet, Scored};
+use podium_serving::{run_stage, ComputePool, ModelSet, Scored};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -95,9 +95,61 @@ impl MarketSnapshot {
     }
 }
 
+/// Which line items of one market snapshot may still serve today: a bit per line item, cleared
+/// when a booking takes it to its daily budget and rebuilt from the spend store when the day
+/// changes, so retrieval excludes spent line items with one AND per 64 instead of a spend-store
+/// lookup per eligible line item.
+struct OpenSet {
+    market: Arc<MarketSnapshot>,
+    day: AtomicU32,
+    words: Vec<AtomicU64>,
+}
+
+impl OpenSet {
+    const UNSET: u32 = u32::MAX;
+
+    fn new(market: Arc<MarketSnapshot>) -> Self {
+        let words = (0..market.marketplace.line_items.len().div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Self {
+            market,
+            day: AtomicU32::new(Self::UNSET),
+            words,
+        }
+    }
+
+    /// Brings the bitmap to `day`. Racing rebuilders write the same bits, so no lock is needed.
+    fn refresh(&self, day: Day, spend: &dyn SpendStore) {
+        if self.day.load(Ordering::Acquire) == day.0 {
+            return;
+        }
+        let line_items = &self.market.marketplace.line_items;
+        for (w, word) in self.words.iter().enumerate() {
+            let mut bits = 0u64;
+            for (b, li) in line_items.iter().skip(w * 64).take(64).enumerate() {
+                if has_budget(spend.spent(day, &li.id), li.daily_budget) {
+                    bits |= 1 << b;
+                }
+            }
+            word.store(bits, Ordering::Relaxed);
+        }
+        self.day.store(day.0, Ordering::Release);
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.words[w].load(Ordering::Relaxed)
+    }
+
+    fn close(&self, line_item: u32) {
+        self.words[line_item as usize / 64].fetch_and(!(1 << (line_item % 64)), Ordering::Relaxed);
+    }
+}
+
 struct Inner {
     config: EngineConfig,
     market: ArcSwap<MarketSnapshot>,
+    open: ArcSwap<OpenSet>,
     models: ArcSwap<ModelSet>,
     hydrator: Hydrator,
     spend: Arc<dyn SpendStore>,
@@ -138,10 +190,12 @@ impl Engine {
         sink: Arc<dyn DecisionSink>,
         pool: ComputePool,
     ) -> Self {
+        let market = Arc::new(market);
         Self {
             inner: Arc::new(Inner {
                 config,
-                market: ArcSwap::from_pointee(market),
+                open: ArcSwap::from_pointee(OpenSet::new(market.clone())),
+                market: ArcSwap::new(market),
                 models: ArcSwap::from_pointee(models),
                 hydrator,
                 spend,
@@ -149,6 +203,17 @@ impl Engine {
                 pool,
             }),
         }
+    }
+
+    /// The budget bitmap of `market`, made anew when the marketplace has been swapped.
+    fn open_set(&self, market: &Arc<MarketSnapshot>) -> Arc<OpenSet> {
+        let open = self.inner.open.load_full();
+        if Arc::ptr_eq(&open.market, market) {
+            return open;
+        }
+        let fresh = Arc::new(OpenSet::new(market.clone()));
+        self.inner.open.store(fresh.clone());
+        fresh
     }
 
     /// The model set requests admitted now will use.
@@ -198,11 +263,9 @@ impl Engine {
 
         let t = Instant::now();
         let day = Day::today();
-        let mut eligible = market.index.eligible(&req);
-        eligible.retain(|&i| {
-            let li = &market.marketplace.line_items[i as usize];
-            has_budget(inner.spend.spent(day, &li.id), li.daily_budget)
-        });
+        let open = self.open_set(&market);
+        open.refresh(day, inner.spend.as_ref());
+        let eligible = market.index.eligible_where(&req, |w| open.word(w));
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
 
@@ -212,8 +275,13 @@ impl Engine {
         degraded.extend(computed.degraded);
 
         for &(li, price_cpm) in &computed.bookings {
-            let id = &market.marketplace.line_items[li as usize].id;
-            inner.spend.add(day, id, price_cpm.cpm_to_impression_cost());
+            let item = &market.marketplace.line_items[li as usize];
+            let total = inner
+                .spend
+                .add(day, &item.id, price_cpm.cpm_to_impression_cost());
+            if !has_budget(total, item.daily_budget) {
+                open.close(li);
+            }
         }
 
         let timings = StageTimings {
@@ -281,7 +349,7 @@ impl Engine {
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = Arc::new(hydrator.frame(hydrated, &rows));
+        let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.ranker_columns()));
         let ranked = models
             .ranker
             .run(&inner.pool, frame, deadline, reserve)
@@ -296,14 +364,9 @@ impl Engine {
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = Arc::new(hydrator.frame(hydrated, &rows));
-        let scores: Vec<Scored> = join_all(
-            models
-                .scorers
-                .iter()
-                .map(|slot| slot.run(&inner.pool, frame.clone(), deadline, reserve)),
-        )
-        .await;
+        let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.scorer_columns()));
+        let scores: Vec<Scored> =
+            run_stage(&models.scorers, &inner.pool, frame, deadline, reserve).await;
         for s in &scores {
             note(s);
         }

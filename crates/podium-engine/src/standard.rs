@@ -139,7 +139,9 @@ impl StandardWorld {
             .iter()
             .map(|&i| self.market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = self.hydrator.frame(&hydrated, &rows);
+        let frame = self
+            .hydrator
+            .frame_of(&hydrated, &rows, &self.models.ranker_columns());
         let mut frame_us = us(t.elapsed());
         let t = Instant::now();
         let ranked = local(&self.models.ranker).and_then(|m| m.try_score(&frame));
@@ -154,7 +156,9 @@ impl StandardWorld {
             .iter()
             .map(|&i| self.market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = self.hydrator.frame(&hydrated, &rows);
+        let frame = self
+            .hydrator
+            .frame_of(&hydrated, &rows, &self.models.scorer_columns());
         frame_us += us(t.elapsed());
         let mut failures = 0;
         let scorer_us = self

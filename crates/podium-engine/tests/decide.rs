@@ -132,3 +132,31 @@ async fn an_expired_deadline_still_answers_with_a_well_formed_decision() {
         d.degraded
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_item_that_reaches_its_daily_budget_stops_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(engine(tmp.path()).await);
+    // Every line item can afford exactly one impression: whatever serves once must not serve again.
+    let path = tmp.path().join("marketplace.json");
+    let mut market = podium_auction::Marketplace::read(&path).unwrap();
+    for li in &mut market.line_items {
+        li.daily_budget = podium_core::Micros(1);
+    }
+    market.write(&path).unwrap();
+    let (engine, _) = engine(tmp.path()).await;
+    let mut served = HashSet::new();
+    for i in 0..5 {
+        let d = engine
+            .decide(request(&format!("r-{i}"), &[(4, 90)]), Instant::now())
+            .await;
+        assert!(!d.breaks[0].ads.is_empty(), "decision {i} has no fill");
+        for a in &d.breaks[0].ads {
+            assert!(
+                served.insert(a.line_item_id.clone()),
+                "{} served again after spending its budget",
+                a.line_item_id
+            );
+        }
+    }
+}

@@ -153,12 +153,29 @@ impl Hydrator {
     /// Builds the frame: request-level values broadcast to every row, then each candidate's own
     /// values (in [`FeatureSpace::candidate_names`] order) in its row.
     pub fn frame(&self, hydrated: &Hydrated, candidates: &[&[f32]]) -> FeatureFrame {
+        let all: Vec<usize> = (0..self.space.schema().len()).collect();
+        self.frame_of(hydrated, candidates, &all)
+    }
+
+    /// As [`frame`](Self::frame), building only the columns `present` (those a stage's models
+    /// read); the others read as missing.
+    pub fn frame_of(
+        &self,
+        hydrated: &Hydrated,
+        candidates: &[&[f32]],
+        present: &[usize],
+    ) -> FeatureFrame {
         let rows = candidates.len();
-        let mut frame = FeatureFrame::new(self.space.schema().clone(), rows);
+        let mut frame = FeatureFrame::with_columns(self.space.schema().clone(), rows, present);
         for (col, &v) in hydrated.request_values.iter().enumerate() {
-            frame.fill_column(col, v);
+            if frame.has_column(col) {
+                frame.fill_column(col, v);
+            }
         }
         for (j, &col) in self.candidate_columns.iter().enumerate() {
+            if !frame.has_column(col) {
+                continue;
+            }
             let column = frame.column_mut(col);
             for (cell, cand) in column.iter_mut().zip(candidates) {
                 *cell = cand.get(j).copied().unwrap_or(f32::NAN);

@@ -46,6 +46,11 @@ impl BoundModel {
         })
     }
 
+    /// The frame columns the model reads, in input order.
+    pub fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
     /// The model.
     pub fn model(&self) -> &Model {
         &self.model

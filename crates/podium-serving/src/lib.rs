@@ -19,4 +19,4 @@ pub use config::{ConfigError, ModelSetConfig, SlotConfig};
 pub use pool::ComputePool;
 pub use remote::{RemoteConfig, RemoteModel};
 pub use set::ModelSet;
-pub use slot::{ModelSlot, Scored, Tier};
+pub use slot::{run_stage, ModelSlot, Scored, Tier};

@@ -36,6 +36,11 @@ impl ComputePool {
         rx.await.expect("compute task panicked")
     }
 
+    /// Starts `f` on the pool and returns at once; `f` reports its own result.
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        self.pool.spawn(f);
+    }
+
     /// Runs `f` on the pool from synchronous code (replay, benchmarks), blocking until it ends.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

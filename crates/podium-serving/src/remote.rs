@@ -106,6 +106,11 @@ impl RemoteModel {
         })
     }
 
+    /// The frame columns sent, in the input tensor's column order.
+    pub fn columns(&self) -> &[usize] {
+        &self.columns
+    }
+
     /// The configuration.
     pub fn config(&self) -> &RemoteConfig {
         &self.config

@@ -25,6 +25,19 @@ impl ModelSet {
         self.scorers.iter().position(|s| s.task() == task)
     }
 
+    /// The frame columns the early-rank stage reads (every tier of the ranker).
+    pub fn ranker_columns(&self) -> Vec<usize> {
+        self.ranker.columns()
+    }
+
+    /// The frame columns the full-scoring stage reads (every tier of every scorer).
+    pub fn scorer_columns(&self) -> Vec<usize> {
+        let mut cols: Vec<usize> = self.scorers.iter().flat_map(|s| s.columns()).collect();
+        cols.sort_unstable();
+        cols.dedup();
+        cols
+    }
+
     /// Every model of the set (fallbacks included), the ranker's first.
     pub fn all(&self) -> impl Iterator<Item = &BoundModel> {
         std::iter::once(&self.ranker)

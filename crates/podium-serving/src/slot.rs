@@ -125,6 +125,22 @@ impl ModelSlot {
         }
     }
 
+    /// The frame columns any tier of the slot reads, sorted, without repeats.
+    pub fn columns(&self) -> Vec<usize> {
+        let mut cols: Vec<usize> = self
+            .tiers
+            .iter()
+            .flat_map(|t| match t {
+                Tier::Local(m) => m.columns(),
+                Tier::Remote(r) => r.columns(),
+            })
+            .copied()
+            .collect();
+        cols.sort_unstable();
+        cols.dedup();
+        cols
+    }
+
     /// The first in-process model of the slot, if it has one.
     pub fn first_local(&self) -> Option<&BoundModel> {
         self.models().next()
@@ -213,9 +229,31 @@ impl ModelSlot {
         deadline: Deadline,
         reserve: Duration,
     ) -> Scored {
-        let started = Instant::now();
-        let mut reasons = Vec::new();
-        for (tier, model) in self.tiers.iter().enumerate() {
+        self.run_from(
+            0,
+            Vec::new(),
+            Instant::now(),
+            pool,
+            frame,
+            deadline,
+            reserve,
+        )
+        .await
+    }
+
+    /// As [`run`](Self::run), starting at `first` with the reasons earlier tiers gave.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_from(
+        &self,
+        first: usize,
+        mut reasons: Vec<String>,
+        started: Instant,
+        pool: &ComputePool,
+        frame: Arc<FeatureFrame>,
+        deadline: Deadline,
+        reserve: Duration,
+    ) -> Scored {
+        for (tier, model) in self.tiers.iter().enumerate().skip(first) {
             let budget = deadline.remaining().saturating_sub(reserve + TIMER_SLACK);
             if budget.is_zero() {
                 reasons.push(format!(
@@ -232,20 +270,205 @@ impl ModelSlot {
                 Tier::Remote(remote) => remote.score(&frame, budget).await,
             };
             match answer {
-                Ok(values) => {
-                    return Scored {
-                        values,
-                        tier: tier as u8,
-                        model: (model.name(), model.version()),
-                        fallback_reasons: reasons,
-                        micros: started.elapsed().as_micros() as u64,
-                    }
-                }
+                Ok(values) => return self.served(tier, values, reasons, started),
                 Err(e) => reasons.push(format!("{}: {e}", model.name())),
             }
         }
         self.prior(frame.rows(), reasons, started)
     }
+
+    fn served(
+        &self,
+        tier: usize,
+        values: Vec<f32>,
+        reasons: Vec<String>,
+        started: Instant,
+    ) -> Scored {
+        let model = &self.tiers[tier];
+        Scored {
+            values,
+            tier: tier as u8,
+            model: (model.name(), model.version()),
+            fallback_reasons: reasons,
+            micros: started.elapsed().as_micros() as u64,
+        }
+    }
+}
+
+/// A tier's predictions, or why it gave none.
+type Answer = Result<Vec<f32>, String>;
+
+/// The primary jobs of one stage, started together. Each stores its answer; the last to end,
+/// and any that fails (so that its fallback starts at once), wakes the stage, instead of every
+/// model waking the async side on its own.
+struct StageJobs {
+    answers: Vec<std::sync::Mutex<Option<Answer>>>,
+    states: Vec<AtomicU8>,
+    remaining: std::sync::atomic::AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+impl StageJobs {
+    fn take(&self, job: usize) -> Option<Answer> {
+        self.answers[job].lock().expect("stage answer lock").take()
+    }
+
+    fn failed(&self, job: usize) -> bool {
+        matches!(
+            *self.answers[job].lock().expect("stage answer lock"),
+            Some(Err(_))
+        )
+    }
+}
+
+/// How a slot of a stage gets its answer.
+enum Route {
+    /// From its primary's job in the batch.
+    Batched(usize),
+    /// Tier by tier from the start (remote primary, quarantined primary, fault drill).
+    Alone,
+}
+
+/// Scores `frame` with every slot of a stage, in parallel on `pool`, each falling through its
+/// tiers as [`ModelSlot::run`] does, under one deadline. On the healthy path the stage costs
+/// one wake-up however many models it has: the slots' primary models start as one batch of
+/// pool jobs and the stage waits for the last of them; a primary that fails starts its
+/// fallback at once, one still running at the deadline is abandoned (and its slot quarantined
+/// until it ends) for the constant prior.
+pub async fn run_stage(
+    slots: &[ModelSlot],
+    pool: &ComputePool,
+    frame: Arc<FeatureFrame>,
+    deadline: Deadline,
+    reserve: Duration,
+) -> Vec<Scored> {
+    let started = Instant::now();
+    let budget = deadline.remaining().saturating_sub(reserve + TIMER_SLACK);
+    let mut count = 0;
+    let routes: Vec<Route> = slots
+        .iter()
+        .map(|slot| {
+            let local = matches!(slot.tiers[0], Tier::Local(_));
+            let quarantined = slot.stalled[0].load(Ordering::Acquire) > 0;
+            let drill = slot.inject_delay.is_some();
+            if local && !quarantined && !drill && !budget.is_zero() {
+                count += 1;
+                Route::Batched(count - 1)
+            } else {
+                Route::Alone
+            }
+        })
+        .collect();
+    let jobs = Arc::new(StageJobs {
+        answers: (0..count).map(|_| std::sync::Mutex::new(None)).collect(),
+        states: (0..count).map(|_| AtomicU8::new(RUNNING)).collect(),
+        remaining: std::sync::atomic::AtomicUsize::new(count),
+        wake: tokio::sync::Notify::new(),
+    });
+    for (slot, route) in slots.iter().zip(&routes) {
+        let (Route::Batched(job), Tier::Local(model)) = (route, &slot.tiers[0]) else {
+            continue;
+        };
+        let (job, jobs, model, frame, stalled) = (
+            *job,
+            jobs.clone(),
+            model.clone(),
+            frame.clone(),
+            slot.stalled[0].clone(),
+        );
+        pool.spawn(move || {
+            // A job that starts after its deadline is not worth running: its caller has gone.
+            let answer = if deadline.remaining().is_zero() {
+                Err("started after the deadline".to_string())
+            } else {
+                model.try_score(&frame)
+            };
+            let failed = answer.is_err();
+            *jobs.answers[job].lock().expect("stage answer lock") = Some(answer);
+            if jobs.states[job]
+                .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                stalled.fetch_sub(1, Ordering::AcqRel);
+            }
+            if jobs.remaining.fetch_sub(1, Ordering::AcqRel) == 1 || failed {
+                jobs.wake.notify_one();
+            }
+        });
+    }
+
+    // Fallbacks run as tasks of their own so that they start while the batch still runs.
+    let spawn_fallback = |slot: &ModelSlot, first: usize, reasons: Vec<String>| {
+        let (slot, pool, frame) = (slot.clone(), pool.clone(), frame.clone());
+        tokio::spawn(async move {
+            slot.run_from(first, reasons, started, &pool, frame, deadline, reserve)
+                .await
+        })
+    };
+    let mut fallbacks: Vec<Option<tokio::task::JoinHandle<Scored>>> =
+        slots.iter().map(|_| None).collect();
+    let end = tokio::time::Instant::now() + budget;
+    loop {
+        for (i, (slot, route)) in slots.iter().zip(&routes).enumerate() {
+            if let Route::Batched(job) = *route {
+                if fallbacks[i].is_none() && jobs.failed(job) {
+                    if let Some(Err(e)) = jobs.take(job) {
+                        let reasons = vec![format!("{}: {e}", slot.tiers[0].name())];
+                        fallbacks[i] = Some(spawn_fallback(slot, 1, reasons));
+                    }
+                }
+            }
+        }
+        if count == 0
+            || jobs.remaining.load(Ordering::Acquire) == 0
+            || tokio::time::timeout_at(end, jobs.wake.notified())
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+
+    let jobs = &jobs;
+    let finals = slots
+        .iter()
+        .zip(&routes)
+        .zip(fallbacks)
+        .map(|((slot, route), fallback)| {
+            let frame = frame.clone();
+            async move {
+                if let Some(handle) = fallback {
+                    return match handle.await {
+                        Ok(scored) => scored,
+                        Err(e) => {
+                            slot.prior(frame.rows(), vec![format!("fallback task: {e}")], started)
+                        }
+                    };
+                }
+                let Route::Batched(job) = *route else {
+                    return slot
+                        .run_from(0, Vec::new(), started, pool, frame, deadline, reserve)
+                        .await;
+                };
+                let name = slot.tiers[0].name();
+                // Not answered at the deadline: abandon it and count it as stalled, unless it
+                // finished in between (then its answer is there).
+                if jobs.states[job]
+                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    slot.stalled[0].fetch_add(1, Ordering::AcqRel);
+                }
+                let reason = match jobs.take(job) {
+                    Some(Ok(values)) => return slot.served(0, values, Vec::new(), started),
+                    Some(Err(e)) => format!("{name}: {e}"),
+                    None => format!("{name}: no answer within {} µs", budget.as_micros()),
+                };
+                slot.run_from(1, vec![reason], started, pool, frame, deadline, reserve)
+                    .await
+            }
+        });
+    futures::future::join_all(finals).await
 }
 
 #[cfg(test)]
@@ -274,7 +497,26 @@ mod tests {
         }
     }
 
+    /// Scores a constant after sleeping: a model that stalls.
+    #[derive(Debug)]
+    struct Slow(f32, Duration);
+
+    impl Runtime for Slow {
+        fn num_inputs(&self) -> usize {
+            1
+        }
+        fn predict_raw(&self, _: &Columns<'_>, out: &mut [f32]) -> Result<(), ModelError> {
+            std::thread::sleep(self.1);
+            out.fill(self.0);
+            Ok(())
+        }
+    }
+
     fn model(name: &str, value: Option<f32>, schema: &FrameSchema) -> BoundModel {
+        model_of(name, Arc::new(Constant(value)), schema)
+    }
+
+    fn model_of(name: &str, runtime: Arc<dyn Runtime>, schema: &FrameSchema) -> BoundModel {
         let manifest = Manifest {
             name: name.into(),
             version: "1".into(),
@@ -296,11 +538,7 @@ mod tests {
             },
             calibration: None,
         };
-        BoundModel::bind(
-            Model::new(manifest, Arc::new(Constant(value))).unwrap(),
-            schema,
-        )
-        .unwrap()
+        BoundModel::bind(Model::new(manifest, runtime).unwrap(), schema).unwrap()
     }
 
     fn frame(schema: &Arc<FrameSchema>) -> Arc<FeatureFrame> {
@@ -403,5 +641,63 @@ mod tests {
         // Once it ends, the primary is tried again.
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(slot.stalled[0].load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stage_serves_each_slot_from_its_own_best_tier() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let pool = ComputePool::new(2);
+        let slots = vec![
+            ModelSlot::new(model("healthy", Some(0.5), &schema), vec![]),
+            ModelSlot::new(
+                model("broken", None, &schema),
+                vec![model("broken_light", Some(0.25), &schema)],
+            ),
+            ModelSlot::new(
+                model_of(
+                    "stuck",
+                    Arc::new(Slow(0.9, Duration::from_millis(400))),
+                    &schema,
+                ),
+                vec![model("stuck_light", Some(0.75), &schema)],
+            ),
+        ];
+        let started = Instant::now();
+        let deadline = Deadline::after(Duration::from_millis(60));
+        let s = run_stage(
+            &slots,
+            &pool,
+            frame(&schema),
+            deadline,
+            Duration::from_millis(5),
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!((s[0].tier, s[0].values[0]), (0, 0.5));
+        assert_eq!((s[1].tier, s[1].values[0]), (1, 0.25));
+        assert!(s[1].fallback_reasons[0].contains("broken on purpose"));
+        // The stall used the stage's budget, so its slot serves the prior and says why.
+        assert_eq!(s[2].tier, 2);
+        assert!(
+            s[2].fallback_reasons[0].contains("no answer within"),
+            "{:?}",
+            s[2].fallback_reasons
+        );
+
+        // While the stalled batch runs, its primary is skipped at once for the lighter model.
+        let s = run_stage(
+            &slots,
+            &pool,
+            frame(&schema),
+            Deadline::after(Duration::from_millis(60)),
+            Duration::from_millis(5),
+        )
+        .await;
+        assert_eq!((s[0].tier, s[2].tier, s[2].values[0]), (0, 1, 0.75));
+        assert!(s[2].fallback_reasons[0].contains("still running"));
     }
 }
