@@ -468,7 +468,7 @@ async fn overload_is_shed_with_a_fast_well_formed_no_ads_answer() {
     );
     assert!(took < Duration::from_millis(50), "shedding took {took:?}");
 
-    // A model call is shed with 503 while the slot is busy.
+    // Model calls have limits of their own: a busy decision slot does not shed them.
     let infer = json!({"inputs": [{"name": "user_ctr_7d", "shape": [1], "datatype": "FP32", "data": [0.01]}]}).to_string();
     let r = client
         .post(server.url("/v2/models/ctr/infer"))
@@ -476,7 +476,7 @@ async fn overload_is_shed_with_a_fast_well_formed_no_ads_answer() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(r.status(), 200);
 
     assert_eq!(busy.await.unwrap(), 200);
     // Capacity is back once the slow request ends.

@@ -49,6 +49,19 @@ impl AdmissionConfig {
     }
 }
 
+impl AdmissionConfig {
+    /// Limits for model calls beside these decision limits: four times the calls in flight and
+    /// in the queue (a call is one small batch; micro-batching needs many waiting together).
+    pub fn for_model_calls(&self) -> Self {
+        Self {
+            max_in_flight: self.max_in_flight * 4,
+            reserved_for_priority: 0,
+            max_queue: self.max_queue * 4,
+            max_wait: self.max_wait,
+        }
+    }
+}
+
 /// Whether a request may use the reserved capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {

@@ -32,6 +32,9 @@ pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     log: Arc<OnceLock<MemoryLog>>,
     admission: Admission,
+    /// Model calls (Open Inference Protocol) have their own limits: a call is a small batch,
+    /// often many rows of many callers micro-batched together, so more of them may be in flight.
+    model_admission: Admission,
     default_tmax: Duration,
     batchers: Arc<dashmap::DashMap<(String, String), podium_serving::MicroBatcher>>,
 }
@@ -52,6 +55,7 @@ impl AppState {
         Self {
             engine: Arc::default(),
             log: Arc::default(),
+            model_admission: Admission::new(admission.for_model_calls()),
             admission: Admission::new(admission),
             default_tmax,
             batchers: Arc::default(),
@@ -116,7 +120,7 @@ pub fn router(state: AppState) -> Router {
             post(oip::infer),
         )
         .route_layer(middleware::from_fn_with_state(
-            limits,
+            (state.model_admission.clone(), state.default_tmax),
             admission::admit_or_503,
         ))
         .route_layer(DefaultBodyLimit::max(MAX_INFER_BODY_BYTES));
