@@ -41,7 +41,7 @@ pub struct ServeArgs {
     /// Seed of the generated world [default: 1, or the seed in workload.json].
     #[arg(long)]
     seed: Option<u64>,
-    /// Decisions processed at once; more wait in a bounded queue or are shed (0 = 16 per
+    /// Decisions processed at once; more wait in a bounded queue or are shed (0 = 4 per
     /// compute thread).
     #[arg(long, default_value_t = 0)]
     max_in_flight: usize,
@@ -56,6 +56,26 @@ pub struct ServeArgs {
     /// Decision records kept in memory for `GET /v1/decisions/recent`.
     #[arg(long, default_value_t = 10_000)]
     log_capacity: usize,
+    /// Model registry to serve from (`file:///path`, a path, or `s3://bucket/prefix`): every
+    /// model with a production version serves it, with its canary and shadow beside it; new
+    /// versions load in the background and swap in without a pause.
+    #[arg(long, env = "PODIUM_REGISTRY")]
+    registry: Option<String>,
+    /// How often the registry is read, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    registry_poll_ms: u64,
+    /// Bearer token of the admin API (`/v1/admin/...`); without one the admin API is off.
+    #[arg(long, env = "PODIUM_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Canary guardrail: batches a canary scores before it is judged.
+    #[arg(long, default_value_t = 200)]
+    guardrail_min_batches: u64,
+    /// Canary guardrail: largest prediction shift (PSI) against production before rollback.
+    #[arg(long, default_value_t = 0.25)]
+    guardrail_max_psi: f64,
+    /// Promote a canary after this many seconds without a breach (0 = never automatically).
+    #[arg(long, default_value_t = 0)]
+    canary_promote_after_s: u64,
 }
 
 /// The worlds `podium serve` can serve.
@@ -204,6 +224,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_tmax: Duration::from_millis(args.tmax_ms),
         ..EngineConfig::default()
     };
+    let registry = args.registry.clone();
+    let watch = podium_lifecycle::WatchConfig {
+        poll: Duration::from_millis(args.registry_poll_ms.max(10)),
+        cache_dir: data_dir.join("registry-cache"),
+        guardrails: podium_lifecycle::Guardrails {
+            min_batches: args.guardrail_min_batches,
+            max_psi: args.guardrail_max_psi,
+            promote_after: (args.canary_promote_after_s > 0)
+                .then(|| Duration::from_secs(args.canary_promote_after_s)),
+            ..podium_lifecycle::Guardrails::default()
+        },
+    };
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         let engine = tokio::task::spawn_blocking(move || world.build(config, log, pool))
@@ -214,6 +246,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "models loaded and warm; ready"
         );
+        if let Some(url) = registry {
+            let registry = podium_registry::Registry::open(&url)
+                .with_context(|| format!("--registry {url}"))?;
+            let lifecycle = podium_lifecycle::spawn(
+                engine.clone(),
+                registry,
+                (*engine.models()).clone(),
+                watch,
+            )
+            .context("starting the registry watcher")?;
+            // Ready once the registry's versions serve (or it proved unreachable: then the
+            // world's own models serve and /readyz says why).
+            let waiting = Instant::now();
+            while lifecycle.status().swaps == 0
+                && lifecycle.status().last_error.is_none()
+                && waiting.elapsed() < Duration::from_secs(60)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            loader_state.set_lifecycle(lifecycle);
+        }
         loader_state.set_engine(engine);
         anyhow::Ok(())
     });

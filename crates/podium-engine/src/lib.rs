@@ -10,5 +10,5 @@ mod pipeline;
 mod standard;
 
 pub use demo::{build_demo, DemoError};
-pub use pipeline::{Engine, EngineConfig, MarketSnapshot};
+pub use pipeline::{Engine, EngineConfig, MarketSnapshot, ShadowRecord};
 pub use standard::{build_standard, FloorSample, LoadTimings, StandardWorld, WorkloadError};

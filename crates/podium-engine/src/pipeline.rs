@@ -2,6 +2,7 @@
 
 use arc_swap::ArcSwap;
 use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
+use podium_core::FeatureFrame;
 use podium_core::{
     AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
 };
@@ -146,7 +147,51 @@ impl OpenSet {
     }
 }
 
+/// A shadow model's scores beside those production served, for one request and one slot.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ShadowRecord {
+    /// The request.
+    pub request_id: String,
+    /// The model (slot) name.
+    pub model: String,
+    /// The version that served (tier 0 or a fallback's name and version).
+    pub production_version: String,
+    /// The shadow's version.
+    pub shadow_version: String,
+    /// What served, one per candidate.
+    pub production: Vec<f32>,
+    /// What the shadow predicted, one per candidate.
+    pub shadow: Vec<f32>,
+}
+
+/// A bounded ring of the latest shadow records.
+#[derive(Default)]
+struct ShadowLog {
+    records: std::sync::Mutex<std::collections::VecDeque<ShadowRecord>>,
+}
+
+impl ShadowLog {
+    const CAPACITY: usize = 1_000;
+
+    fn push(&self, r: ShadowRecord) {
+        if let Ok(mut q) = self.records.lock() {
+            if q.len() == Self::CAPACITY {
+                q.pop_front();
+            }
+            q.push_back(r);
+        }
+    }
+
+    fn recent(&self, n: usize) -> Vec<ShadowRecord> {
+        self.records
+            .lock()
+            .map(|q| q.iter().skip(q.len().saturating_sub(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 struct Inner {
+    shadow_log: Arc<ShadowLog>,
     config: EngineConfig,
     market: ArcSwap<MarketSnapshot>,
     open: ArcSwap<OpenSet>,
@@ -193,6 +238,7 @@ impl Engine {
         let market = Arc::new(market);
         Self {
             inner: Arc::new(Inner {
+                shadow_log: Arc::default(),
                 config,
                 open: ArcSwap::from_pointee(OpenSet::new(market.clone())),
                 market: ArcSwap::new(market),
@@ -203,6 +249,71 @@ impl Engine {
                 pool,
             }),
         }
+    }
+
+    /// Scores the shadows whose share `req`'s user falls in, on the pool after the request's own
+    /// work, never delaying it: their figures go to the live statistics and their scores, beside
+    /// production's, to the shadow log.
+    fn shadow(
+        &self,
+        req: &AdRequest,
+        models: &ModelSet,
+        frame: &Arc<FeatureFrame>,
+        scores: &[Scored],
+    ) {
+        for (slot, served) in models.scorers.iter().zip(scores) {
+            let Some(shadow) = slot.shadow() else {
+                continue;
+            };
+            if !shadow.selects(req.user.id.as_str(), &slot.name(), "shadow") {
+                continue;
+            }
+            let (model, frame, stats) = (
+                shadow.model.clone(),
+                frame.clone(),
+                models
+                    .stats
+                    .of(shadow.model.model().name(), shadow.model.model().version()),
+            );
+            let log = self.inner.shadow_log.clone();
+            let record = ShadowRecord {
+                request_id: req.request_id.to_string(),
+                model: served.model.0.clone(),
+                production_version: served.model.1.clone(),
+                shadow_version: model.model().version().to_string(),
+                production: served.values.clone(),
+                shadow: Vec::new(),
+            };
+            self.inner.pool.spawn(move || {
+                let t = Instant::now();
+                let answer = model.try_score(&frame);
+                stats.record(t.elapsed(), answer.as_deref().ok());
+                if let Ok(values) = answer {
+                    log.push(ShadowRecord {
+                        shadow: values,
+                        ..record
+                    });
+                }
+            });
+        }
+    }
+
+    /// The frame schema models bind to.
+    pub fn schema(&self) -> &Arc<podium_core::FrameSchema> {
+        self.inner.hydrator.space().schema()
+    }
+
+    /// The most recent shadow scores, newest last.
+    pub fn shadow_recent(&self, n: usize) -> Vec<ShadowRecord> {
+        self.inner.shadow_log.recent(n)
+    }
+
+    /// Publishes a new model set: requests admitted from now on use it; requests in flight
+    /// finish on the set they pinned, whose memory goes when the last of them ends. The live
+    /// statistics carry over.
+    pub fn set_models(&self, mut models: ModelSet) {
+        models.stats = self.inner.models.load().stats.clone();
+        self.inner.models.store(Arc::new(models));
     }
 
     /// The budget bitmap of `market`, made anew when the marketplace has been swapped.
@@ -350,10 +461,19 @@ impl Engine {
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
         let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.ranker_columns()));
-        let ranked = models
-            .ranker
-            .run(&inner.pool, frame, deadline, reserve)
-            .await;
+        let unit = req.user.id.as_str();
+        let ranker = ModelSet::assign(std::slice::from_ref(&models.ranker), unit);
+        let ranked = run_stage(
+            &ranker,
+            &inner.pool,
+            frame,
+            deadline,
+            reserve,
+            &models.stats,
+        )
+        .await
+        .pop()
+        .expect("one slot, one answer");
         note(&ranked);
         let top = market.top_k(eligible, &ranked.values, models.top_k);
         let rank_us = us(t.elapsed());
@@ -365,11 +485,20 @@ impl Engine {
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
         let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.scorer_columns()));
-        let scores: Vec<Scored> =
-            run_stage(&models.scorers, &inner.pool, frame, deadline, reserve).await;
+        let scorers = ModelSet::assign(&models.scorers, unit);
+        let scores: Vec<Scored> = run_stage(
+            &scorers,
+            &inner.pool,
+            frame.clone(),
+            deadline,
+            reserve,
+            &models.stats,
+        )
+        .await;
         for s in &scores {
             note(s);
         }
+        self.shadow(req, &models, &frame, &scores);
         let score_us = us(t.elapsed());
 
         // Value: eCPM from bid type and the calibrated predictions.

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use podium_engine::Engine;
 use podium_log::MemoryLog;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -37,6 +37,7 @@ pub struct AppState {
     model_admission: Admission,
     default_tmax: Duration,
     batchers: Arc<dashmap::DashMap<(String, String), podium_serving::MicroBatcher>>,
+    lifecycle: Arc<OnceLock<podium_lifecycle::Lifecycle>>,
 }
 
 impl Default for AppState {
@@ -59,6 +60,7 @@ impl AppState {
             admission: Admission::new(admission),
             default_tmax,
             batchers: Arc::default(),
+            lifecycle: Arc::default(),
         }
     }
 
@@ -72,6 +74,17 @@ impl AppState {
         let key = (model.name().to_string(), model.version().to_string());
         if let Some(b) = self.batchers.get(&key) {
             return b.clone();
+        }
+        // A new version is being batched: drop the batchers of versions no longer served, so a
+        // swapped-out model's memory is not held by its idle batcher.
+        if let Some(engine) = self.engine.get() {
+            let models = engine.models();
+            self.batchers.retain(|(name, version), _| {
+                models
+                    .versions_of(name)
+                    .iter()
+                    .any(|m| m.version() == version)
+            });
         }
         self.batchers
             .entry(key)
@@ -89,6 +102,11 @@ impl AppState {
     /// Publishes the engine, making the server ready. Later calls are ignored.
     pub fn set_engine(&self, engine: Engine) {
         let _ = self.engine.set(engine);
+    }
+
+    /// Attaches the registry watcher, whose status `/v1/lifecycle` and `/readyz` report.
+    pub fn set_lifecycle(&self, lifecycle: podium_lifecycle::Lifecycle) {
+        let _ = self.lifecycle.set(lifecycle);
     }
 
     /// Gives the admin API read access to the in-memory decision log.
@@ -129,6 +147,8 @@ pub fn router(state: AppState) -> Router {
         .merge(inference)
         .route("/v1/decisions/recent", get(recent_decisions))
         .route("/healthz", get(healthz))
+        .route("/v1/lifecycle", get(lifecycle))
+        .route("/v1/lifecycle/shadow", get(shadow_recent))
         .route("/readyz", get(readyz))
         .route("/v2", get(oip::server_metadata))
         .route("/v2/health/live", get(oip::live))
@@ -175,6 +195,43 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /v1/lifecycle`: what the registry watcher serves, its guardrail alerts, and the live
+/// figures of every model version.
+async fn lifecycle(State(state): State<AppState>) -> Response {
+    let status = state.lifecycle.get().map(|l| l.status());
+    let stats: Vec<Value> = state
+        .engine
+        .get()
+        .map(|e| {
+            e.models()
+                .stats
+                .all()
+                .into_iter()
+                .map(|(name, version, s)| json!({"model": name, "version": version, "stats": s}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({"registry": status, "versions": stats})).into_response()
+}
+
+/// `GET /v1/lifecycle/shadow?n=N`: the latest shadow scores beside production's.
+async fn shadow_recent(
+    State(state): State<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let n = q
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20usize)
+        .min(1000);
+    let records = state
+        .engine
+        .get()
+        .map(|e| e.shadow_recent(n))
+        .unwrap_or_default();
+    Json(json!({"records": records})).into_response()
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.engine.get() {
         Some(engine) => {
@@ -186,7 +243,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .map(|m| json!({"name": m.name(), "version": m.version()}))
                 .collect();
             let market = engine.market();
-            Json(json!({"ready": true, "models": list, "line_items": market.marketplace.line_items.len()})).into_response()
+            let mut body = json!({"ready": true, "models": list, "line_items": market.marketplace.line_items.len()});
+            // Serving goes on when the registry cannot be read; readiness says so.
+            if let Some(lifecycle) = state.lifecycle.get() {
+                let s = lifecycle.status();
+                body["registry"] = json!({
+                    "url": s.registry,
+                    "reachable": s.reachable,
+                    "last_error": s.last_error,
+                    "last_sync_ms": s.last_sync_ms,
+                });
+            }
+            Json(body).into_response()
         }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

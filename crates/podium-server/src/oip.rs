@@ -162,8 +162,9 @@ fn half_to_f64(h: u16) -> f64 {
 
 fn model_of(
     state: &AppState,
-    name: &str,
-) -> Result<(Model, podium_serving::ComputePool), ApiError> {
+    params: &[(String, String)],
+) -> Result<(Model, podium_serving::ComputePool, Vec<String>), ApiError> {
+    let name = param(params, "name");
     let engine = state.engine().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -171,13 +172,24 @@ fn model_of(
         )
     })?;
     let models = engine.models();
-    let model = models.by_name(name).cloned().ok_or_else(|| {
-        ApiError::new(
+    let versions = models.versions_of(&name);
+    let names: Vec<String> = versions.iter().map(|m| m.version().to_string()).collect();
+    let wanted = params.iter().find(|(k, _)| k == "version").map(|(_, v)| v);
+    let model = match wanted {
+        None => versions.first(),
+        Some(v) => versions.iter().find(|m| m.version() == v),
+    };
+    let model = model.map(|m| (*m).clone()).ok_or_else(|| match wanted {
+        Some(v) if !names.is_empty() => ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("model {name:?} serves version(s) {names:?}, not {v:?}"),
+        ),
+        _ => ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no model named {name:?} is loaded"),
-        )
+        ),
     })?;
-    Ok((model, engine.pool().clone()))
+    Ok((model, engine.pool().clone(), names))
 }
 
 /// Lays the request's tensors out as the model's input columns.
@@ -298,9 +310,7 @@ pub async fn infer(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let name = param(&params, "name");
-    let (model, pool) = model_of(&state, &name)?;
-    check_version(&model, &params)?;
+    let (model, pool, _) = model_of(&state, &params)?;
     let json_len = match headers.get(HEADER_LENGTH) {
         Some(v) => {
             let n: usize = v
@@ -405,27 +415,12 @@ fn param(params: &[(String, String)], key: &str) -> String {
         .unwrap_or_default()
 }
 
-fn check_version(model: &Model, params: &[(String, String)]) -> Result<(), ApiError> {
-    match params.iter().find(|(k, _)| k == "version") {
-        Some((_, v)) if v != model.version() => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model {:?} serves version {:?}, not {v:?}",
-                model.name(),
-                model.version()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// `GET /v2/models/{name}` (and the versioned path): model metadata.
 pub async fn metadata(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (model, _) = model_of(&state, &param(&params, "name"))?;
-    check_version(&model, &params)?;
+    let (model, _, versions) = model_of(&state, &params)?;
     let m = model.manifest();
     let inputs: Vec<Value> = m
         .inputs
@@ -434,7 +429,7 @@ pub async fn metadata(
         .collect();
     Ok(Json(json!({
         "name": m.name,
-        "versions": [m.version],
+        "versions": versions,
         "platform": format!("podium-{}", serde_json::to_value(m.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
         "inputs": inputs,
         "outputs": [{"name": "predict", "datatype": "FP32", "shape": [-1]}],
@@ -448,8 +443,7 @@ pub async fn model_ready(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let (model, _) = model_of(&state, &param(&params, "name"))?;
-    check_version(&model, &params)?;
+    let (model, _, _) = model_of(&state, &params)?;
     Ok(Json(json!({"name": model.name(), "ready": true})).into_response())
 }
 

@@ -177,6 +177,7 @@ impl ModelSetConfig {
             scorers: self.scorers.iter().map(slot).collect::<Result<_, _>>()?,
             top_k: self.top_k,
             micro_batching: self.micro_batching.clone(),
+            stats: Arc::default(),
             serve_only: self
                 .serve_only
                 .iter()

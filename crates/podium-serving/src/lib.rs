@@ -11,6 +11,7 @@ pub mod pool;
 pub mod remote;
 pub mod set;
 pub mod slot;
+pub mod stats;
 pub mod tensor;
 
 pub use batcher::{BatchConfig, MicroBatcher};
@@ -19,4 +20,5 @@ pub use config::{ConfigError, ModelSetConfig, SlotConfig};
 pub use pool::ComputePool;
 pub use remote::{RemoteConfig, RemoteModel};
 pub use set::ModelSet;
-pub use slot::{run_stage, ModelSlot, Scored, Tier};
+pub use slot::{run_stage, ModelSlot, Scored, Tier, Variant};
+pub use stats::{bucket, psi, ModelStats, StatsSnapshot, VersionStats};

@@ -17,6 +17,8 @@ pub struct ModelSet {
     pub serve_only: Vec<Model>,
     /// Micro-batching of Open Inference Protocol calls, by model name.
     pub micro_batching: std::collections::BTreeMap<String, crate::batcher::BatchConfig>,
+    /// Live figures per model version; shared by the sets that replace this one.
+    pub stats: std::sync::Arc<crate::stats::ModelStats>,
 }
 
 impl ModelSet {
@@ -45,11 +47,46 @@ impl ModelSet {
             .flat_map(|s| s.models())
     }
 
-    /// The model of a name, if the set has it (decision models and serve-only ones).
+    /// The model of a name, if the set has it (decision models and serve-only ones): the
+    /// version serving most traffic (the primary, not its canary or shadow).
     pub fn by_name(&self, name: &str) -> Option<&Model> {
         self.all()
             .map(BoundModel::model)
             .chain(&self.serve_only)
             .find(|m| m.name() == name)
+    }
+
+    /// Every loaded version of a model: the one [`by_name`](Self::by_name) gives first, then
+    /// canaries and shadows.
+    pub fn versions_of(&self, name: &str) -> Vec<&Model> {
+        let slots = std::iter::once(&self.ranker).chain(&self.scorers);
+        let mut out: Vec<&Model> = Vec::new();
+        let candidates = self
+            .all()
+            .map(BoundModel::model)
+            .chain(&self.serve_only)
+            .chain(slots.flat_map(|s| s.variants().map(|v| v.model.model())));
+        for m in candidates {
+            if m.name() == name && !out.iter().any(|o| o.version() == m.version()) {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// The slots of a stage as `unit` (a user id) is assigned: canaries in their primaries'
+    /// places where the user falls in their share. Borrows when no canary applies.
+    pub fn assign<'a>(slots: &'a [ModelSlot], unit: &str) -> std::borrow::Cow<'a, [ModelSlot]> {
+        let assigned: Vec<Option<ModelSlot>> = slots.iter().map(|s| s.assigned(unit)).collect();
+        if assigned.iter().all(Option::is_none) {
+            return std::borrow::Cow::Borrowed(slots);
+        }
+        std::borrow::Cow::Owned(
+            slots
+                .iter()
+                .zip(assigned)
+                .map(|(s, a)| a.unwrap_or_else(|| s.clone()))
+                .collect(),
+        )
     }
 }

@@ -9,6 +9,7 @@
 use crate::bound::BoundModel;
 use crate::pool::ComputePool;
 use crate::remote::RemoteModel;
+use crate::stats::ModelStats;
 use podium_core::{Deadline, FeatureFrame};
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,36 @@ pub struct ModelSlot {
     /// Fault injection: the first tier, when local, sleeps this long before scoring (tests and
     /// drills of the fallback path; never set in production configs).
     inject_delay: Option<Duration>,
+    /// A canary version: takes the primary's place for a sticky share of users.
+    canary: Option<Variant>,
+    /// A shadow version: scored beside the primary for a share of users, off the critical path.
+    shadow: Option<Variant>,
+}
+
+/// Another version of a slot's primary model, served to a share of users.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// The model.
+    pub model: Arc<BoundModel>,
+    /// Share of users, 0–100.
+    pub percent: f64,
+    stalled: Arc<AtomicI64>,
+}
+
+impl Variant {
+    /// A version for `percent` of users.
+    pub fn new(model: BoundModel, percent: f64) -> Self {
+        Self {
+            model: Arc::new(model),
+            percent: percent.clamp(0.0, 100.0),
+            stalled: Arc::default(),
+        }
+    }
+
+    /// Whether `unit` (a user id) falls in this variant's share of the slot named `slot`.
+    pub fn selects(&self, unit: &str, slot: &str, role: &str) -> bool {
+        self.percent > 0.0 && crate::stats::bucket(unit, &format!("{role}:{slot}")) < self.percent
+    }
 }
 
 impl ModelSlot {
@@ -100,7 +131,61 @@ impl ModelSlot {
             stalled: tiers.iter().map(|_| Arc::new(AtomicI64::new(0))).collect(),
             tiers,
             inject_delay: None,
+            canary: None,
+            shadow: None,
         }
+    }
+
+    /// The slot with `model` as its primary in place of the local one it had (a new production
+    /// version); a remote primary is kept.
+    pub fn with_primary(mut self, model: BoundModel) -> Self {
+        if matches!(self.tiers[0], Tier::Local(_)) {
+            self.tiers[0] = Tier::Local(Arc::new(model));
+            self.stalled[0] = Arc::default();
+        }
+        self
+    }
+
+    /// Serves `canary` instead of the primary to its share of users.
+    pub fn with_canary(mut self, canary: Option<Variant>) -> Self {
+        self.canary = canary;
+        self
+    }
+
+    /// Scores `shadow` beside the primary for its share of users.
+    pub fn with_shadow(mut self, shadow: Option<Variant>) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The canary, if the slot has one.
+    pub fn canary(&self) -> Option<&Variant> {
+        self.canary.as_ref()
+    }
+
+    /// The shadow, if the slot has one.
+    pub fn shadow(&self) -> Option<&Variant> {
+        self.shadow.as_ref()
+    }
+
+    /// The name of the slot's primary model (the name canary and shadow shares are salted by).
+    pub fn name(&self) -> String {
+        self.tiers[0].name()
+    }
+
+    /// The slot as `unit` (a user id) sees it: with the canary in the primary's place when the
+    /// user falls in the canary's share, else `None` (the slot as it is).
+    pub fn assigned(&self, unit: &str) -> Option<ModelSlot> {
+        let canary = self.canary.as_ref()?;
+        if !matches!(self.tiers[0], Tier::Local(_)) || !canary.selects(unit, &self.name(), "canary")
+        {
+            return None;
+        }
+        let mut slot = self.clone();
+        slot.tiers[0] = Tier::Local(canary.model.clone());
+        slot.stalled[0] = canary.stalled.clone();
+        slot.canary = None;
+        Some(slot)
     }
 
     /// Makes the primary model stall for `delay` before every batch (fault injection).
@@ -125,7 +210,7 @@ impl ModelSlot {
         }
     }
 
-    /// The frame columns any tier of the slot reads, sorted, without repeats.
+    /// The frame columns any tier, canary or shadow of the slot reads, sorted, without repeats.
     pub fn columns(&self) -> Vec<usize> {
         let mut cols: Vec<usize> = self
             .tiers
@@ -134,6 +219,7 @@ impl ModelSlot {
                 Tier::Local(m) => m.columns(),
                 Tier::Remote(r) => r.columns(),
             })
+            .chain(self.variants().flat_map(|v| v.model.columns()))
             .copied()
             .collect();
         cols.sort_unstable();
@@ -144,6 +230,11 @@ impl ModelSlot {
     /// The first in-process model of the slot, if it has one.
     pub fn first_local(&self) -> Option<&BoundModel> {
         self.models().next()
+    }
+
+    /// The canary and the shadow, those the slot has.
+    pub fn variants(&self) -> impl Iterator<Item = &Variant> {
+        self.canary.iter().chain(&self.shadow)
     }
 
     /// The in-process models of the slot, in tier order.
@@ -341,6 +432,7 @@ pub async fn run_stage(
     frame: Arc<FeatureFrame>,
     deadline: Deadline,
     reserve: Duration,
+    stats: &ModelStats,
 ) -> Vec<Scored> {
     let started = Instant::now();
     let budget = deadline.remaining().saturating_sub(reserve + TIMER_SLACK);
@@ -376,12 +468,16 @@ pub async fn run_stage(
             frame.clone(),
             slot.stalled[0].clone(),
         );
+        let version_stats = stats.of(model.model().name(), model.model().version());
         pool.spawn(move || {
             // A job that starts after its deadline is not worth running: its caller has gone.
             let answer = if deadline.remaining().is_zero() {
                 Err("started after the deadline".to_string())
             } else {
-                model.try_score(&frame)
+                let t = Instant::now();
+                let answer = model.try_score(&frame);
+                version_stats.record(t.elapsed(), answer.as_deref().ok());
+                answer
             };
             let failed = answer.is_err();
             *jobs.answers[job].lock().expect("stage answer lock") = Some(answer);
@@ -458,6 +554,11 @@ pub async fn run_stage(
                     .is_ok()
                 {
                     slot.stalled[0].fetch_add(1, Ordering::AcqRel);
+                    if let Tier::Local(m) = &slot.tiers[0] {
+                        stats
+                            .of(m.model().name(), m.model().version())
+                            .record(budget, None);
+                    }
                 }
                 let reason = match jobs.take(job) {
                     Some(Ok(values)) => return slot.served(0, values, Vec::new(), started),
@@ -695,6 +796,7 @@ mod tests {
             frame(&schema),
             Deadline::after(Duration::from_millis(60)),
             Duration::from_millis(5),
+            &ModelStats::default(),
         )
         .await;
         assert_eq!((s[0].tier, s[2].tier, s[2].values[0]), (0, 1, 0.75));

@@ -1,0 +1,387 @@
+//! Model rollout end to end: a registry on disk, the real `podium serve --registry`, versions
+//! promoted and swapped under load, a bad canary rolled back by the guardrails.
+
+use podium_model::bundle::read_golden;
+use podium_model::linear::LinearWeights;
+use podium_model::{BundleWriter, Manifest};
+use podium_registry::{Registry, Stage};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podium starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let base = line
+            .trim()
+            .strip_prefix("podium listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let server = Server { child, base };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(server.url("/readyz")).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+/// A data directory with the demo world's models trained (a first start of the server).
+async fn demo_data() -> tempfile::TempDir {
+    let data = tempfile::tempdir().unwrap();
+    drop(Server::start(data.path(), &[]).await);
+    data
+}
+
+/// A copy of a linear bundle as another version, its intercept moved by `shift` (golden rows
+/// re-scored so that the bundle stays valid).
+fn variant(src: &Path, out: &Path, version: &str, shift: f64) -> PathBuf {
+    let mut manifest = Manifest::read(&src.join("model.toml")).unwrap();
+    manifest.version = version.to_string();
+    let mut weights = LinearWeights::read(&src.join(&manifest.weights)).unwrap();
+    weights.intercept += shift;
+    let names: Vec<String> = manifest.inputs.iter().map(|i| i.name.clone()).collect();
+    let golden = read_golden(&src.join("golden.csv"), &names).unwrap();
+    let dir = out.join(format!("{}-{version}", manifest.name));
+    let model = podium_model::Model::new(
+        manifest.clone(),
+        std::sync::Arc::new(weights.clone().into_runtime(&names).unwrap()),
+    )
+    .unwrap();
+    let golden: Vec<_> = golden
+        .into_iter()
+        .map(|mut g| {
+            let cols: Vec<Vec<f32>> = g.inputs.iter().map(|&v| vec![v]).collect();
+            let slices: Vec<&[f32]> = cols.iter().map(Vec::as_slice).collect();
+            let mut out = [0.0f32];
+            model
+                .predict(&podium_model::Columns::new(&slices, 1).unwrap(), &mut out)
+                .unwrap();
+            g.expected = out[0] as f64;
+            g
+        })
+        .collect();
+    let mut writer = BundleWriter::new(&dir, manifest)
+        .weights(serde_json::to_vec(&weights).unwrap())
+        .golden(&golden);
+    for extra in ["reference.json"] {
+        if let Ok(bytes) = std::fs::read(src.join(extra)) {
+            writer = writer.file(extra, bytes);
+        }
+    }
+    writer.write().unwrap()
+}
+
+fn decide_body(i: usize) -> String {
+    json!({"request_id": format!("r-{i}"),
+           "user": {"id": format!("u-{}", i % 5000), "country": "US", "device": "tv"},
+           "content": {"id": "title-42", "genre": "drama", "live": false},
+           "breaks": [{"id": "b1", "position": "midroll", "max_ads": 4, "max_duration_s": 90}],
+           "tmax_ms": 200})
+    .to_string()
+}
+
+/// Sends `rate` decisions per second for `duration` and returns every answer's status and body.
+async fn load(server: &Server, rate: u64, duration: Duration) -> Vec<(u16, Value)> {
+    let client = reqwest::Client::new();
+    let total = (rate as f64 * duration.as_secs_f64()) as usize;
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (client, url, body) = (client.clone(), server.url("/v1/decide"), decide_body(i));
+        handles.push(tokio::spawn(async move {
+            match client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+            {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    (status, r.json().await.unwrap_or(Value::Null))
+                }
+                Err(e) => (0, json!({"error": e.to_string()})),
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn version_of(decision: &Value, model: &str) -> Option<String> {
+    decision["model_versions"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == model)
+        .map(|m| m["version"].as_str().unwrap_or_default().to_string())
+}
+
+async fn wait_for(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = server.get("/v1/lifecycle").await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} never happened: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn serving(v: &Value, model: &str) -> Value {
+    v["registry"]["serving"][model].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_rolls_back() {
+    let data = demo_data().await;
+    let bundles = tempfile::tempdir().unwrap();
+    let reg_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", reg_dir.path().display());
+    let registry = Registry::open(&url).unwrap();
+    let ctr = data.path().join("models/ctr");
+    for (version, shift) in [("10", 0.0), ("11", 0.01), ("12", 4.0)] {
+        let dir = variant(&ctr, bundles.path(), version, shift);
+        registry.publish(&dir, "test").await.unwrap();
+    }
+    registry
+        .promote("ctr", "10", Stage::Production, None, "test", "first")
+        .await
+        .unwrap();
+
+    let server = Server::start(
+        data.path(),
+        &[
+            "--registry",
+            &url,
+            "--registry-poll-ms",
+            "20",
+            "--guardrail-min-batches",
+            "40",
+        ],
+    )
+    .await;
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready["registry"]["reachable"], true, "{ready}");
+    let meta = server.get("/v2/models/ctr").await;
+    assert_eq!(meta["versions"], json!(["10"]), "{meta}");
+
+    // Twenty swaps between 10 and 11 while decisions flow: none fails, each names one of them.
+    let swapper = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                let v = if i % 2 == 0 { "11" } else { "10" };
+                registry
+                    .promote("ctr", v, Stage::Production, None, "test", "swap drill")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let answers = load(&server, 100, Duration::from_secs(4)).await;
+    swapper.await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (status, d) in &answers {
+        assert_eq!(*status, 200, "{d}");
+        assert!(d.get("degraded").is_some(), "{d}");
+        let v = version_of(d, "ctr").unwrap_or_else(|| panic!("no ctr model: {d}"));
+        assert!(v == "10" || v == "11", "served ctr {v}: {d}");
+        assert!(
+            d["degraded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|x| !x.as_str().unwrap().starts_with("shed")),
+            "{d}"
+        );
+        seen.insert(v);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "both versions served during the swaps: {seen:?}"
+    );
+    let v = wait_for(&server, "the last swap", |v| {
+        serving(v, "ctr")["production"] == "10"
+    })
+    .await;
+    assert!(v["registry"]["swaps"].as_u64().unwrap() >= 2, "{v}");
+
+    // A canary that predicts far higher than production: the guardrails roll it back.
+    registry
+        .promote(
+            "ctr",
+            "12",
+            Stage::Canary,
+            Some(50.0),
+            "test",
+            "bad on purpose",
+        )
+        .await
+        .unwrap();
+    wait_for(&server, "the canary", |v| {
+        serving(v, "ctr")["canary"]["version"] == "12"
+    })
+    .await;
+    let meta = server.get("/v2/models/ctr").await;
+    assert_eq!(meta["versions"], json!(["10", "12"]), "{meta}");
+    let answers = load(&server, 100, Duration::from_secs(2)).await;
+    assert!(answers
+        .iter()
+        .any(|(_, d)| version_of(d, "ctr").as_deref() == Some("12")));
+    let v = wait_for(&server, "the rollback", |v| {
+        serving(v, "ctr").get("canary").is_none_or(Value::is_null)
+    })
+    .await;
+    let alert = &v["registry"]["alerts"][0];
+    assert_eq!(alert["rule"], "psi", "{v}");
+    assert_eq!(alert["action"], "rollback", "{v}");
+    let history = registry.history("ctr").await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.by, "guardrail");
+    assert!(last.why.contains("PSI"), "{last:?}");
+    assert_eq!(serving(&v, "ctr")["production"], "10");
+
+    // The registry goes away: the server keeps serving what it has and says so.
+    std::fs::remove_dir_all(reg_dir.path()).unwrap();
+    std::fs::write(reg_dir.path(), b"not a directory").unwrap();
+    let started = Instant::now();
+    loop {
+        let r = server.get("/readyz").await;
+        if r["registry"]["reachable"] == false {
+            assert!(r["registry"]["last_error"].is_string(), "{r}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{r}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let answers = load(&server, 50, Duration::from_secs(1)).await;
+    assert!(answers
+        .iter()
+        .all(|(s, d)| *s == 200 && version_of(d, "ctr").as_deref() == Some("10")));
+    let _ = std::fs::remove_file(reg_dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_returns_after_fifty_swaps_of_a_large_model() {
+    let data = demo_data().await;
+    let bundles = tempfile::tempdir().unwrap();
+    let reg_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", reg_dir.path().display());
+    let registry = Registry::open(&url).unwrap();
+    // A serve-only model with a 2M-entry hashed weight table (16 MB of f64).
+    let ctr = data.path().join("models/ctr");
+    for version in ["1", "2"] {
+        let mut manifest = Manifest::read(&ctr.join("model.toml")).unwrap();
+        manifest.name = "big".into();
+        manifest.version = version.into();
+        let mut weights = LinearWeights::read(&ctr.join(&manifest.weights)).unwrap();
+        let buckets = 1u32 << 21;
+        weights.hashed = Some(podium_model::linear::HashedWeights {
+            buckets,
+            seed: 0,
+            table: vec![0.0; buckets as usize],
+        });
+        let dir = bundles.path().join(format!("big-{version}"));
+        BundleWriter::new(&dir, manifest)
+            .weights(serde_json::to_vec(&weights).unwrap())
+            .write()
+            .unwrap();
+        registry.publish(&dir, "test").await.unwrap();
+    }
+    registry
+        .promote("big", "1", Stage::Production, None, "test", "first")
+        .await
+        .unwrap();
+    let server = Server::start(
+        data.path(),
+        &["--registry", &url, "--registry-poll-ms", "20"],
+    )
+    .await;
+    let swaps = |v: &Value| v["registry"]["swaps"].as_u64().unwrap_or(0);
+    let mut count = swaps(&server.get("/v1/lifecycle").await);
+    let mut after_first = 0;
+    for i in 0..50 {
+        let version = if i % 2 == 0 { "2" } else { "1" };
+        registry
+            .promote("big", version, Stage::Production, None, "test", "swap")
+            .await
+            .unwrap();
+        wait_for(&server, "a swap", |v| swaps(v) > count).await;
+        count += 1;
+        let meta = server.get("/v2/models/big").await;
+        assert_eq!(meta["versions"], json!([version]), "{meta}");
+        if i == 0 {
+            after_first = server.rss_kb();
+        }
+    }
+    let after_fifty = server.rss_kb();
+    assert!(
+        (after_fifty as f64) < after_first as f64 * 1.10,
+        "RSS {after_first} kB after the first swap, {after_fifty} kB after fifty"
+    );
+}

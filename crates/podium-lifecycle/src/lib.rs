@@ -1,0 +1,691 @@
+//! Model rollout on a running server: serve what the registry says, swap without a pause, and
+//! roll a bad canary back before it costs revenue.
+//!
+//! A watcher thread polls the registry's stages. When they change it fetches and loads the new
+//! versions (checksums and golden rows, as `load_bundle` does), warms each one up until its
+//! latency is steady, builds the new model set from the served world's own set — each slot's
+//! primary replaced by its production version, with its canary and shadow beside it; registry
+//! models no slot uses are served over the Open Inference Protocol only — and publishes it
+//! atomically. Requests in flight finish on the set they pinned; the old versions' memory goes
+//! with the last of them.
+//!
+//! The watcher runs on its own thread, at a lower scheduling priority, one load at a time, so
+//! loading does not take the serving cores from requests.
+//!
+//! Guardrails compare each canary with its production version over the canary's window: the
+//! prediction distribution (PSI), the error rate and the P99 latency. A breach rolls the canary
+//! back through the registry, with the reason in its history; a clean window promotes it when
+//! configured.
+
+use podium_core::FrameSchema;
+use podium_engine::Engine;
+use podium_model::bundle::read_golden;
+use podium_model::{load_bundle, Columns, Model};
+use podium_registry::{Registry, Stage, Stages};
+use podium_serving::{psi, BoundModel, ModelSet, StatsSnapshot, Variant};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Canary guardrails: when a canary is worse than production, and when it has earned promotion.
+#[derive(Clone, Debug, Serialize)]
+pub struct Guardrails {
+    /// Batches a canary must have scored before it is judged.
+    pub min_batches: u64,
+    /// Largest population stability index between the canary's predictions and production's
+    /// over the same window (0.25 is the usual "major shift" band).
+    pub max_psi: f64,
+    /// Largest rise of the canary's error rate over production's, as a share of batches.
+    pub max_error_rate_increase: f64,
+    /// Largest ratio of the canary's P99 batch latency to production's.
+    pub max_p99_ratio: f64,
+    /// Promote a canary to production after this long without a breach (never when `None`).
+    pub promote_after: Option<Duration>,
+}
+
+impl Default for Guardrails {
+    fn default() -> Self {
+        Self {
+            min_batches: 200,
+            max_psi: 0.25,
+            max_error_rate_increase: 0.02,
+            max_p99_ratio: 3.0,
+            promote_after: None,
+        }
+    }
+}
+
+/// How the watcher runs.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// How often the registry is read.
+    pub poll: Duration,
+    /// Where fetched bundles are kept (`<dir>/<name>/<version>/`).
+    pub cache_dir: PathBuf,
+    /// Canary guardrails.
+    pub guardrails: Guardrails,
+}
+
+/// Something the guardrails did or saw.
+#[derive(Clone, Debug, Serialize)]
+pub struct Alert {
+    /// Unix time, milliseconds.
+    pub at_ms: u64,
+    /// Model name.
+    pub model: String,
+    /// The canary version judged.
+    pub version: String,
+    /// Which rule: `psi`, `error_rate`, `latency`, or `clean` for a promotion.
+    pub rule: String,
+    /// The figures behind it.
+    pub detail: String,
+    /// What was done: `rollback`, `promote`, or why nothing could be.
+    pub action: String,
+}
+
+/// What the watcher knows, for `/v1/lifecycle` and `/readyz`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// The registry's URL.
+    pub registry: String,
+    /// Whether the last read of the registry succeeded.
+    pub reachable: bool,
+    /// The last error reading the registry or loading a version.
+    pub last_error: Option<String>,
+    /// Unix time of the last successful read, milliseconds.
+    pub last_sync_ms: Option<u64>,
+    /// The stages now served, by model.
+    pub serving: BTreeMap<String, Stages>,
+    /// Model sets published since start.
+    pub swaps: u64,
+    /// Guardrail decisions, newest last (bounded).
+    pub alerts: Vec<Alert>,
+}
+
+/// A running watcher's shared status.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    status: Arc<RwLock<Status>>,
+}
+
+impl Lifecycle {
+    /// The status now.
+    pub fn status(&self) -> Status {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.status.write() {
+            f(&mut s);
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Starts the watcher on its own thread. `base` is the world's own model set: the template
+/// whose slots registry versions replace. Returns at once; the first sync happens on the thread.
+pub fn spawn(
+    engine: Engine,
+    registry: Registry,
+    base: ModelSet,
+    config: WatchConfig,
+) -> std::io::Result<Lifecycle> {
+    let lifecycle = Lifecycle::default();
+    lifecycle.update(|s| s.registry = registry.url().to_string());
+    map_large_allocations();
+    let handle = lifecycle.clone();
+    std::thread::Builder::new()
+        .name("podium-lifecycle".into())
+        .spawn(move || {
+            lower_priority();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    handle.update(|s| s.last_error = Some(format!("starting the watcher: {e}")));
+                    return;
+                }
+            };
+            let mut watcher = Watcher {
+                schema: engine.schema().clone(),
+                engine,
+                registry,
+                base,
+                config,
+                loaded: HashMap::new(),
+                applied: None,
+                canaries: HashMap::new(),
+                lifecycle: handle,
+            };
+            runtime.block_on(watcher.run());
+        })?;
+    Ok(lifecycle)
+}
+
+/// Loading runs below the serving threads' priority (Linux nice +10 for this thread only).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: no pointers; on Linux PRIO_PROCESS with who = 0 names the calling thread. A
+    // failure leaves the priority as it was, which is harmless.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
+/// Hands freed heap pages back to the operating system. glibc keeps freed memory in its arenas
+/// (a swapped-out model's tables among it) and reuses it rather than returning it, so without
+/// this the resident size of a server that swaps large models only grows.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Makes every allocation of 1 MiB or more a mapping of its own, returned to the operating
+/// system when freed. glibc otherwise raises its mapping threshold each time such a block is
+/// freed (up to 32 MiB), after which model tables come from arenas, where the tables of
+/// swapped-out versions fragment and stay resident. Requests allocate far smaller blocks.
+fn map_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers; a refused setting leaves the default behaviour.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// A canary being watched: when it started and production's figures then.
+struct CanaryWindow {
+    version: String,
+    started: Instant,
+    production_version: String,
+    production_at_start: Option<StatsSnapshot>,
+}
+
+struct Watcher {
+    engine: Engine,
+    registry: Registry,
+    base: ModelSet,
+    schema: Arc<FrameSchema>,
+    config: WatchConfig,
+    loaded: HashMap<(String, String), Model>,
+    applied: Option<BTreeMap<String, Stages>>,
+    canaries: HashMap<String, CanaryWindow>,
+    lifecycle: Lifecycle,
+}
+
+impl Watcher {
+    async fn run(&mut self) {
+        let mut trim = false;
+        loop {
+            if std::mem::take(&mut trim) {
+                release_free_memory();
+            }
+            match self.registry.stages().await {
+                Ok(stages) if self.vanished(&stages).is_some() => {
+                    // Stages only ever grow: a model that disappears means the registry's
+                    // content went away, not a rollout. Keep serving what is loaded.
+                    let name = self.vanished(&stages).unwrap_or_default();
+                    self.lifecycle.update(|s| {
+                        s.reachable = false;
+                        s.last_error = Some(format!(
+                            "registry {} no longer lists model {name:?}; serving the versions loaded",
+                            self.registry.url()
+                        ));
+                    });
+                }
+                Ok(stages) => {
+                    self.lifecycle.update(|s| {
+                        s.reachable = true;
+                        s.last_sync_ms = Some(now_ms());
+                    });
+                    if self.applied.as_ref() != Some(&stages) {
+                        self.apply(stages).await;
+                        // The old versions are freed as their last requests end; give the
+                        // pages back once they have.
+                        trim = true;
+                    }
+                    self.guard().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry unreachable; serving the models loaded");
+                    self.lifecycle.update(|s| {
+                        s.reachable = false;
+                        s.last_error = Some(e.to_string());
+                    });
+                }
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
+    }
+
+    /// A model served now that `stages` no longer has, if any.
+    fn vanished(&self, stages: &BTreeMap<String, Stages>) -> Option<String> {
+        self.applied
+            .as_ref()?
+            .keys()
+            .find(|name| !stages.contains_key(*name))
+            .cloned()
+    }
+
+    /// Loads what `stages` needs and publishes the model set it describes.
+    async fn apply(&mut self, stages: BTreeMap<String, Stages>) {
+        let mut errors = Vec::new();
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for (name, st) in &stages {
+            let versions = st
+                .production
+                .iter()
+                .chain(st.canary.iter().map(|c| &c.version))
+                .chain(st.shadow.iter().map(|c| &c.version));
+            for v in versions {
+                wanted.push((name.clone(), v.clone()));
+            }
+        }
+        for key in &wanted {
+            if self.loaded.contains_key(key) {
+                continue;
+            }
+            match self.load(&key.0, &key.1).await {
+                Ok(model) => {
+                    self.loaded.insert(key.clone(), model);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %key.0, version = %key.1, error = %e, "version not loaded; keeping what serves");
+                    errors.push(e);
+                }
+            }
+        }
+        let set = self.build(&stages);
+        // Versions no longer wanted are dropped here; their memory goes when the requests that
+        // pinned the old set end.
+        self.loaded.retain(|k, _| wanted.contains(k));
+        self.track_canaries(&stages);
+        self.engine.set_models(set);
+        tracing::info!(models = stages.len(), "published a new model set");
+        self.lifecycle.update(|s| {
+            s.serving = stages.clone();
+            s.swaps += 1;
+            if !errors.is_empty() {
+                s.last_error = Some(errors.join("; "));
+            }
+        });
+        // A version that failed to load is retried at the next change of stages, not every poll.
+        self.applied = Some(stages);
+    }
+
+    /// Fetches, loads (checksums and golden rows) and warms up one version.
+    async fn load(&self, name: &str, version: &str) -> Result<Model, String> {
+        let dir = self
+            .registry
+            .fetch(name, version, &self.config.cache_dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        let model =
+            load_bundle(&dir).map_err(|e| format!("{name} {version} ({}): {e}", dir.display()))?;
+        warm_up(&model, &dir);
+        Ok(model)
+    }
+
+    /// The world's model set with the registry's versions in place.
+    fn build(&self, stages: &BTreeMap<String, Stages>) -> ModelSet {
+        let loaded = |name: &str, version: &str| {
+            self.loaded
+                .get(&(name.to_string(), version.to_string()))
+                .cloned()
+        };
+        let bind = |m: Model| BoundModel::bind(m, &self.schema).ok();
+        let mut set = self.base.clone();
+        let mut used = Vec::new();
+        for slot in std::iter::once(&mut set.ranker).chain(set.scorers.iter_mut()) {
+            let name = slot.name();
+            let Some(st) = stages.get(&name) else {
+                continue;
+            };
+            used.push(name.clone());
+            let mut next = slot.clone();
+            if let Some(m) = st
+                .production
+                .as_deref()
+                .and_then(|v| loaded(&name, v))
+                .and_then(bind)
+            {
+                next = next.with_primary(m);
+            }
+            let variant = |share: &Option<podium_registry::Share>| {
+                share.as_ref().and_then(|c| {
+                    loaded(&name, &c.version)
+                        .and_then(bind)
+                        .map(|m| Variant::new(m, c.percent))
+                })
+            };
+            *slot = next
+                .with_canary(variant(&st.canary))
+                .with_shadow(variant(&st.shadow));
+        }
+        // Registry models no slot uses are served over the Open Inference Protocol.
+        for (name, st) in stages {
+            if used.contains(name) {
+                continue;
+            }
+            let versions = st
+                .production
+                .iter()
+                .chain(st.canary.iter().map(|c| &c.version))
+                .chain(st.shadow.iter().map(|c| &c.version));
+            for v in versions {
+                if let Some(m) = loaded(name, v) {
+                    set.serve_only
+                        .retain(|o| !(o.name() == name && o.version() == v));
+                    set.serve_only.push(m);
+                }
+            }
+        }
+        set
+    }
+
+    fn track_canaries(&mut self, stages: &BTreeMap<String, Stages>) {
+        let stats = self.engine.models().stats.clone();
+        self.canaries.retain(|name, w| {
+            stages
+                .get(name)
+                .and_then(|s| s.canary.as_ref())
+                .is_some_and(|c| c.version == w.version)
+        });
+        for (name, st) in stages {
+            let (Some(canary), Some(production)) = (&st.canary, &st.production) else {
+                continue;
+            };
+            if self.canaries.contains_key(name) {
+                continue;
+            }
+            stats.reset(name, &canary.version);
+            self.canaries.insert(
+                name.clone(),
+                CanaryWindow {
+                    version: canary.version.clone(),
+                    started: Instant::now(),
+                    production_version: production.clone(),
+                    production_at_start: stats.get(name, production),
+                },
+            );
+        }
+    }
+
+    /// Judges every canary against production over its window.
+    async fn guard(&mut self) {
+        let stats = self.engine.models().stats.clone();
+        let rules = self.config.guardrails.clone();
+        let mut verdicts = Vec::new();
+        for (name, w) in &self.canaries {
+            let Some(canary) = stats.get(name, &w.version) else {
+                continue;
+            };
+            if canary.batches < rules.min_batches {
+                continue;
+            }
+            let production = stats
+                .get(name, &w.production_version)
+                .map(|now| window(&now, w.production_at_start.as_ref()));
+            if let Some(verdict) = judge(&rules, &canary, production.as_ref(), w.started.elapsed())
+            {
+                verdicts.push((name.clone(), w.version.clone(), verdict));
+            }
+        }
+        for (name, version, (rule, detail)) in verdicts {
+            let promote = rule == "clean";
+            let outcome = if promote {
+                self.registry
+                    .promote(
+                        &name,
+                        &version,
+                        Stage::Production,
+                        None,
+                        "guardrail",
+                        &detail,
+                    )
+                    .await
+                    .map(|_| "promote".to_string())
+            } else {
+                self.registry
+                    .rollback(&name, "guardrail", &format!("{rule}: {detail}"))
+                    .await
+                    .map(|_| "rollback".to_string())
+            };
+            let action = outcome.unwrap_or_else(|e| format!("failed: {e}"));
+            tracing::warn!(model = %name, version = %version, rule = %rule, detail = %detail, action = %action, "canary guardrail");
+            self.canaries.remove(&name);
+            self.lifecycle.update(|s| {
+                s.alerts.push(Alert {
+                    at_ms: now_ms(),
+                    model: name.clone(),
+                    version: version.clone(),
+                    rule: rule.to_string(),
+                    detail: detail.clone(),
+                    action,
+                });
+                let excess = s.alerts.len().saturating_sub(200);
+                s.alerts.drain(..excess);
+            });
+        }
+    }
+}
+
+/// Production's figures over a canary's window: now minus what they were when it started.
+fn window(now: &StatsSnapshot, start: Option<&StatsSnapshot>) -> StatsSnapshot {
+    let Some(start) = start else {
+        return now.clone();
+    };
+    let batches = now.batches.saturating_sub(start.batches);
+    let failures = now.failures.saturating_sub(start.failures);
+    StatsSnapshot {
+        batches,
+        failures,
+        rows: now.rows.saturating_sub(start.rows),
+        error_rate: if batches == 0 {
+            0.0
+        } else {
+            failures as f64 / batches as f64
+        },
+        p50_us: now.p50_us,
+        p99_us: now.p99_us,
+        bins: now
+            .bins
+            .iter()
+            .zip(&start.bins)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect(),
+    }
+}
+
+/// A breach as `(rule, detail)`, a clean window as `("clean", detail)` when promotion is due,
+/// or nothing to do yet.
+fn judge(
+    rules: &Guardrails,
+    canary: &StatsSnapshot,
+    production: Option<&StatsSnapshot>,
+    age: Duration,
+) -> Option<(&'static str, String)> {
+    let production = production.filter(|p| p.batches >= rules.min_batches)?;
+    let shift = psi(&production.bins, &canary.bins);
+    if shift > rules.max_psi {
+        return Some((
+            "psi",
+            format!(
+                "prediction shift PSI {shift:.3} > {} over {} canary batches",
+                rules.max_psi, canary.batches
+            ),
+        ));
+    }
+    let rise = canary.error_rate - production.error_rate;
+    if rise > rules.max_error_rate_increase && significant(canary, production) {
+        return Some((
+            "error_rate",
+            format!(
+                "error rate {:.2} % vs production {:.2} %",
+                canary.error_rate * 100.0,
+                production.error_rate * 100.0
+            ),
+        ));
+    }
+    // Sub-millisecond P99s differ by scheduling noise; only a slower canary above 1 ms counts.
+    if canary.p99_us > 1_000
+        && canary.p99_us as f64 > rules.max_p99_ratio * production.p99_us.max(1) as f64
+    {
+        return Some((
+            "latency",
+            format!(
+                "P99 {} µs vs production {} µs (limit {}×)",
+                canary.p99_us, production.p99_us, rules.max_p99_ratio
+            ),
+        ));
+    }
+    match rules.promote_after {
+        Some(after) if age >= after => Some((
+            "clean",
+            format!(
+                "no breach in {} s over {} batches (PSI {shift:.3})",
+                age.as_secs(),
+                canary.batches
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Two-proportion z-test of the canary's error rate above production's, one-sided at 99 %.
+fn significant(canary: &StatsSnapshot, production: &StatsSnapshot) -> bool {
+    let (n1, n2) = (canary.batches as f64, production.batches as f64);
+    let pooled = (canary.failures + production.failures) as f64 / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    if se == 0.0 {
+        return canary.error_rate > production.error_rate;
+    }
+    (canary.error_rate - production.error_rate) / se > 2.326
+}
+
+/// Runs the bundle's golden rows, tiled to a batch of 100, until the batch time is steady: the
+/// median of the last five within 10 % of the one before (at most 50 rounds), so that the first
+/// requests do not pay for cold caches.
+fn warm_up(model: &Model, dir: &std::path::Path) {
+    let names: Vec<String> = model
+        .manifest()
+        .inputs
+        .iter()
+        .map(|i| i.name.clone())
+        .collect();
+    let golden = read_golden(&dir.join("golden.csv"), &names).unwrap_or_default();
+    if golden.is_empty() {
+        return;
+    }
+    let rows = 100;
+    let columns: Vec<Vec<f32>> = (0..names.len())
+        .map(|c| {
+            (0..rows)
+                .map(|r| golden[r % golden.len()].inputs[c])
+                .collect()
+        })
+        .collect();
+    let slices: Vec<&[f32]> = columns.iter().map(Vec::as_slice).collect();
+    let Ok(cols) = Columns::new(&slices, rows) else {
+        return;
+    };
+    let mut out = vec![0.0f32; rows];
+    let mut times: Vec<Duration> = Vec::new();
+    let mut last_median: Option<f64> = None;
+    for _ in 0..50 {
+        let t = Instant::now();
+        if model.predict(&cols, &mut out).is_err() {
+            return;
+        }
+        times.push(t.elapsed());
+        if times.len() >= 5 {
+            let mut recent = times[times.len() - 5..].to_vec();
+            recent.sort();
+            let median = recent[2].as_secs_f64();
+            if let Some(prev) = last_median {
+                if ((median - prev) / prev).abs() < 0.1 {
+                    return;
+                }
+            }
+            last_median = Some(median);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(batches: u64, failures: u64, p99_us: u64, bins: Vec<u64>) -> StatsSnapshot {
+        StatsSnapshot {
+            batches,
+            failures,
+            rows: bins.iter().sum(),
+            error_rate: failures as f64 / batches as f64,
+            p50_us: p99_us / 2,
+            p99_us,
+            bins,
+        }
+    }
+
+    #[test]
+    fn a_shifted_canary_breaches_and_a_healthy_one_waits_or_is_promoted() {
+        let rules = Guardrails {
+            promote_after: Some(Duration::from_secs(60)),
+            ..Guardrails::default()
+        };
+        let prod = snap(1000, 0, 500, vec![700, 200, 80, 20]);
+        let same = snap(300, 0, 520, vec![210, 60, 24, 6]);
+        let shifted = snap(300, 0, 520, vec![6, 24, 60, 210]);
+        assert_eq!(
+            judge(&rules, &shifted, Some(&prod), Duration::ZERO)
+                .unwrap()
+                .0,
+            "psi"
+        );
+        assert!(judge(&rules, &same, Some(&prod), Duration::from_secs(10)).is_none());
+        assert_eq!(
+            judge(&rules, &same, Some(&prod), Duration::from_secs(61))
+                .unwrap()
+                .0,
+            "clean"
+        );
+        let failing = snap(300, 30, 520, vec![210, 60, 24, 6]);
+        assert_eq!(
+            judge(&rules, &failing, Some(&prod), Duration::ZERO)
+                .unwrap()
+                .0,
+            "error_rate"
+        );
+        let slow = snap(300, 0, 5_000, vec![210, 60, 24, 6]);
+        assert_eq!(
+            judge(&rules, &slow, Some(&prod), Duration::ZERO).unwrap().0,
+            "latency"
+        );
+        // Too little production traffic in the window: no verdict either way.
+        let thin = snap(10, 0, 500, vec![7, 2, 1, 0]);
+        assert!(judge(&rules, &shifted, Some(&thin), Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn production_is_judged_over_the_canary_window_only() {
+        let start = snap(1000, 10, 500, vec![100, 0]);
+        let now = snap(1500, 10, 500, vec![100, 500]);
+        let w = window(&now, Some(&start));
+        assert_eq!(
+            (w.batches, w.failures, w.bins.clone()),
+            (500, 0, vec![0, 500])
+        );
+    }
+}
