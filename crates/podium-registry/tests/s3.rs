@@ -103,6 +103,24 @@ async fn publishes_promotes_and_fetches_on_moto() {
         Registry::open("s3://models/podium/prod").unwrap()
     };
     assert_eq!(reg.url(), "s3://models/podium/prod");
+    // The registry's guarantees rest on S3 honouring If-None-Match: check the server does.
+    {
+        use object_store::{ObjectStore, PutMode};
+        let raw = {
+            let _env = ENV.lock().unwrap();
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name("models")
+                .build()
+                .unwrap()
+        };
+        let key = object_store::path::Path::from("probe/once.json");
+        raw.put_opts(&key, "1".into(), PutMode::Create.into()).await.unwrap();
+        let second = raw.put_opts(&key, "2".into(), PutMode::Create.into()).await;
+        assert!(
+            matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+            "{second:?}"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     reg.publish(&bundle(tmp.path(), "ctr", "1"), "ci").await.unwrap();
     reg.publish(&bundle(tmp.path(), "ctr", "2"), "ci").await.unwrap();
@@ -121,15 +139,18 @@ async fn publishes_promotes_and_fetches_on_moto() {
     assert_eq!(list[0].stages.canary.as_ref().unwrap().version, "2");
 
     // Concurrent writers race for the same history slot; create-only puts keep both.
-    let other = reg.clone();
-    let (a, b) = tokio::join!(
-        reg.promote("ctr", "2", Stage::Shadow, Some(1.0), "a", "a"),
-        other.promote("ctr", "2", Stage::Shadow, Some(2.0), "b", "b"),
-    );
-    a.unwrap();
-    b.unwrap();
+    let writers = (1..=4).map(|i| {
+        let r = reg.clone();
+        async move {
+            r.promote("ctr", "2", Stage::Shadow, Some(i as f64), "w", &i.to_string())
+                .await
+        }
+    });
+    for r in futures::future::join_all(writers).await {
+        r.unwrap();
+    }
     let h = reg.history("ctr").await.unwrap();
-    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
 
     let dir = reg.fetch("ctr", "2", &tmp.path().join("cache")).await.unwrap();
     let model = podium_model::load_bundle(&dir).unwrap();

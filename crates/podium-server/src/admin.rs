@@ -94,7 +94,11 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
+        let malformed = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        if malformed || path == "." || path.is_empty() {
             error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {inner}"))
         } else {
             error(StatusCode::BAD_REQUEST, format!("{path}: {inner}"))
