@@ -339,7 +339,10 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
                 &why,
             ))??;
             match e.percent {
-                Some(p) => println!("{name} {version} is now {} at {p}% (history #{})", e.stage, e.seq),
+                Some(p) => println!(
+                    "{name} {version} is now {} at {p}% (history #{})",
+                    e.stage, e.seq
+                ),
                 None => println!("{name} {version} is now {} (history #{})", e.stage, e.seq),
             }
             Ok(())
@@ -383,8 +386,9 @@ fn run_list(reg: &Registry, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let share = |s: &Option<podium_registry::Share>| {
-        s.as_ref()
-            .map_or("-".to_string(), |s| format!("{} ({}%)", s.version, s.percent))
+        s.as_ref().map_or("-".to_string(), |s| {
+            format!("{} ({}%)", s.version, s.percent)
+        })
     };
     println!(
         "{:<24} {:<12} {:<16} {:<16} VERSIONS",

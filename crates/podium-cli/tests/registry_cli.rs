@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 fn podium(args: &[&str], cwd: &Path, registry_env: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_podium"));
-    cmd.args(args).current_dir(cwd).env_remove("PODIUM_REGISTRY");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("PODIUM_REGISTRY");
     if let Some(r) = registry_env {
         cmd.env("PODIUM_REGISTRY", r);
     }
@@ -75,7 +77,11 @@ fn publish_list_promote_rollback_and_history() {
     for v in ["1", "2"] {
         let b = package_linear(dir, v);
         let out = ok(podium(
-            &[&["model", "publish", b.to_str().unwrap(), "--by", "alice"], &r[..]].concat(),
+            &[
+                &["model", "publish", b.to_str().unwrap(), "--by", "alice"],
+                &r[..],
+            ]
+            .concat(),
             dir,
             None,
         ));
@@ -83,26 +89,72 @@ fn publish_list_promote_rollback_and_history() {
     }
     // Republishing is refused, naming model and version.
     fails(
-        podium(&[&["model", "publish", "bundle-2"], &r[..]].concat(), dir, None),
+        podium(
+            &[&["model", "publish", "bundle-2"], &r[..]].concat(),
+            dir,
+            None,
+        ),
         &["ctr", "version 2", "already published"],
     );
 
     ok(podium(
-        &[&["model", "promote", "ctr", "1", "--stage", "production", "--why", "launch"], &r[..]].concat(),
+        &[
+            &[
+                "model",
+                "promote",
+                "ctr",
+                "1",
+                "--stage",
+                "production",
+                "--why",
+                "launch",
+            ],
+            &r[..],
+        ]
+        .concat(),
         dir,
         None,
     ));
     fails(
-        podium(&[&["model", "promote", "ctr", "9", "--stage", "production"], &r[..]].concat(), dir, None),
+        podium(
+            &[
+                &["model", "promote", "ctr", "9", "--stage", "production"],
+                &r[..],
+            ]
+            .concat(),
+            dir,
+            None,
+        ),
         &["ctr", "version 9"],
     );
     fails(
-        podium(&[&["model", "promote", "ctr", "2", "--stage", "canary"], &r[..]].concat(), dir, None),
+        podium(
+            &[
+                &["model", "promote", "ctr", "2", "--stage", "canary"],
+                &r[..],
+            ]
+            .concat(),
+            dir,
+            None,
+        ),
         &["percent"],
     );
     fails(
         podium(
-            &[&["model", "promote", "ctr", "2", "--stage", "shadow", "--percent", "150"], &r[..]].concat(),
+            &[
+                &[
+                    "model",
+                    "promote",
+                    "ctr",
+                    "2",
+                    "--stage",
+                    "shadow",
+                    "--percent",
+                    "150",
+                ],
+                &r[..],
+            ]
+            .concat(),
             dir,
             None,
         ),
@@ -110,7 +162,18 @@ fn publish_list_promote_rollback_and_history() {
     );
     // The env variable stands in for --registry.
     let out = ok(podium(
-        &["model", "promote", "ctr", "2", "--stage", "canary", "--percent", "5", "--by", "bob"],
+        &[
+            "model",
+            "promote",
+            "ctr",
+            "2",
+            "--stage",
+            "canary",
+            "--percent",
+            "5",
+            "--by",
+            "bob",
+        ],
         dir,
         Some(&url),
     ));
@@ -120,32 +183,55 @@ fn publish_list_promote_rollback_and_history() {
     let row = table.lines().find(|l| l.starts_with("ctr")).unwrap();
     assert!(row.contains("2 (5%)") && row.contains("1, 2"), "{table}");
     let json: serde_json::Value = serde_json::from_str(
-        &String::from_utf8(podium(&[&["model", "list", "--json"], &r[..]].concat(), dir, None).stdout).unwrap(),
+        &String::from_utf8(
+            podium(&[&["model", "list", "--json"], &r[..]].concat(), dir, None).stdout,
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(json[0]["stages"]["production"], "1");
     assert_eq!(json[0]["stages"]["canary"]["percent"], 5.0);
 
-    let out = ok(podium(&[&["model", "rollback", "ctr", "--why", "errors"], &r[..]].concat(), dir, None));
+    let out = ok(podium(
+        &[&["model", "rollback", "ctr", "--why", "errors"], &r[..]].concat(),
+        dir,
+        None,
+    ));
     assert!(out.contains("canary of 2 stopped"), "{out}");
     fails(
         podium(&[&["model", "rollback", "ctr"], &r[..]].concat(), dir, None),
         &["ctr", "no production version before 1"],
     );
 
-    let history = ok(podium(&[&["model", "history", "ctr"], &r[..]].concat(), dir, None));
+    let history = ok(podium(
+        &[&["model", "history", "ctr"], &r[..]].concat(),
+        dir,
+        None,
+    ));
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 4, "{history}");
-    assert!(lines[1].contains("promote") && lines[1].contains("launch"), "{history}");
-    assert!(lines[2].contains("bob") && lines[2].contains("canary"), "{history}");
-    assert!(lines[3].contains("rollback") && lines[3].contains("errors"), "{history}");
+    assert!(
+        lines[1].contains("promote") && lines[1].contains("launch"),
+        "{history}"
+    );
+    assert!(
+        lines[2].contains("bob") && lines[2].contains("canary"),
+        "{history}"
+    );
+    assert!(
+        lines[3].contains("rollback") && lines[3].contains("errors"),
+        "{history}"
+    );
 }
 
 #[test]
 fn errors_name_the_problem_and_exit_non_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    fails(podium(&["model", "list"], dir, None), &["no registry", "PODIUM_REGISTRY"]);
+    fails(
+        podium(&["model", "list"], dir, None),
+        &["no registry", "PODIUM_REGISTRY"],
+    );
     let url = format!("file://{}", dir.join("registry").display());
     let r = ["--registry", url.as_str()];
     fails(
@@ -159,7 +245,11 @@ fn errors_name_the_problem_and_exit_non_zero() {
     bytes[3] ^= 0x20;
     std::fs::write(&w, bytes).unwrap();
     fails(
-        podium(&[&["model", "publish", b.to_str().unwrap()], &r[..]].concat(), dir, None),
+        podium(
+            &[&["model", "publish", b.to_str().unwrap()], &r[..]].concat(),
+            dir,
+            None,
+        ),
         &["w1.json", "checksum"],
     );
     // A registry path blocked by a file is unreachable, and says which.

@@ -117,10 +117,18 @@ pub(crate) fn fold(entries: &[HistoryEntry]) -> Folded {
             (Action::Promote, Stage::Production) => {
                 f.production_stack.push(e.version.clone());
                 // A canary or shadow of the version now in production has nothing left to compare.
-                if f.stages.canary.as_ref().is_some_and(|c| c.version == e.version) {
+                if f.stages
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.version == e.version)
+                {
                     f.stages.canary = None;
                 }
-                if f.stages.shadow.as_ref().is_some_and(|s| s.version == e.version) {
+                if f.stages
+                    .shadow
+                    .as_ref()
+                    .is_some_and(|s| s.version == e.version)
+                {
                     f.stages.shadow = None;
                 }
             }
@@ -191,7 +199,10 @@ pub(crate) fn check_promote(
 }
 
 /// Decides what a rollback of `name` does, as (stage, version) of the rollback entry.
-pub(crate) fn plan_rollback(name: &str, current: &Folded) -> Result<(Stage, String), RegistryError> {
+pub(crate) fn plan_rollback(
+    name: &str,
+    current: &Folded,
+) -> Result<(Stage, String), RegistryError> {
     if let Some(canary) = &current.stages.canary {
         return Ok((Stage::Canary, canary.version.clone()));
     }
@@ -212,7 +223,13 @@ pub(crate) fn plan_rollback(name: &str, current: &Folded) -> Result<(Stage, Stri
 mod tests {
     use super::*;
 
-    fn entry(seq: u64, action: Action, stage: Stage, version: &str, percent: Option<f64>) -> HistoryEntry {
+    fn entry(
+        seq: u64,
+        action: Action,
+        stage: Stage,
+        version: &str,
+        percent: Option<f64>,
+    ) -> HistoryEntry {
         HistoryEntry {
             seq,
             at: "2024-01-01T00:00:00Z".into(),
@@ -236,20 +253,41 @@ mod tests {
         ];
         let f = fold(&h);
         assert_eq!(f.stages.production.as_deref(), Some("2"));
-        assert_eq!(f.stages.canary, Some(Share { version: "3".into(), percent: 5.0 }));
-        assert_eq!(f.stages.shadow, Some(Share { version: "4".into(), percent: 50.0 }));
+        assert_eq!(
+            f.stages.canary,
+            Some(Share {
+                version: "3".into(),
+                percent: 5.0
+            })
+        );
+        assert_eq!(
+            f.stages.shadow,
+            Some(Share {
+                version: "4".into(),
+                percent: 50.0
+            })
+        );
         // With a canary running, a rollback stops the canary and leaves production alone.
         assert_eq!(plan_rollback("m", &f).unwrap(), (Stage::Canary, "3".into()));
         h.push(entry(5, Rollback, Stage::Canary, "3", None));
         let f = fold(&h);
         assert_eq!(f.stages.canary, None);
         assert_eq!(f.stages.production.as_deref(), Some("2"));
-        assert_eq!(plan_rollback("m", &f).unwrap(), (Stage::Production, "1".into()));
+        assert_eq!(
+            plan_rollback("m", &f).unwrap(),
+            (Stage::Production, "1".into())
+        );
         h.push(entry(6, Rollback, Stage::Production, "1", None));
         let f = fold(&h);
         assert_eq!(f.stages.production.as_deref(), Some("1"));
-        assert!(f.stages.shadow.is_some(), "rollback never touches the shadow");
-        assert!(plan_rollback("m", &f).unwrap_err().to_string().contains("no production version before 1"));
+        assert!(
+            f.stages.shadow.is_some(),
+            "rollback never touches the shadow"
+        );
+        assert!(plan_rollback("m", &f)
+            .unwrap_err()
+            .to_string()
+            .contains("no production version before 1"));
     }
 
     #[test]
@@ -274,7 +312,13 @@ mod tests {
             ));
             assert!(check_promote("m", "1", Stage::Shadow, bad, &f).is_err());
         }
-        assert_eq!(check_promote("m", "1", Stage::Canary, Some(100.0), &f).unwrap(), Some(100.0));
-        assert_eq!(check_promote("m", "1", Stage::Production, Some(3.0), &f).unwrap(), None);
+        assert_eq!(
+            check_promote("m", "1", Stage::Canary, Some(100.0), &f).unwrap(),
+            Some(100.0)
+        );
+        assert_eq!(
+            check_promote("m", "1", Stage::Production, Some(3.0), &f).unwrap(),
+            None
+        );
     }
 }

@@ -160,7 +160,8 @@ impl Registry {
             url: display.clone(),
             message: e.to_string(),
         };
-        std::fs::create_dir_all(&path).map_err(|e| unreachable(&format!("{}: {e}", path.display())))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| unreachable(&format!("{}: {e}", path.display())))?;
         let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| unreachable(&e))?;
         Ok(Self::with_store(display, Arc::new(store), Vec::new()))
     }
@@ -462,8 +463,8 @@ impl Registry {
                     let Some(b) = self.get_opt(&m.location).await? else {
                         continue;
                     };
-                    let e: HistoryEntry = serde_json::from_slice(&b)
-                        .map_err(|e| self.corrupt(&m.location, e))?;
+                    let e: HistoryEntry =
+                        serde_json::from_slice(&b).map_err(|e| self.corrupt(&m.location, e))?;
                     self.inner
                         .entries
                         .lock()
@@ -520,7 +521,12 @@ impl Registry {
     /// Rolls `name` back. With a canary running, stops the canary and nothing else; otherwise
     /// production returns to the version that was production before the current one (an error
     /// if there is none). Shadows are never touched.
-    pub async fn rollback(&self, name: &str, by: &str, why: &str) -> Result<HistoryEntry, RegistryError> {
+    pub async fn rollback(
+        &self,
+        name: &str,
+        by: &str,
+        why: &str,
+    ) -> Result<HistoryEntry, RegistryError> {
         self.require_model(name).await?;
         self.append(name, by, why, |current| {
             let (stage, version) = plan_rollback(name, current)?;
@@ -580,7 +586,12 @@ impl Registry {
     /// Downloads a published version into `cache_dir/<name>/<version>/` (skipped when already
     /// there with matching checksums), verifies every file against `PUBLISHED.json`, and
     /// returns the directory.
-    pub async fn fetch(&self, name: &str, version: &str, cache_dir: &Path) -> Result<PathBuf, RegistryError> {
+    pub async fn fetch(
+        &self,
+        name: &str,
+        version: &str,
+        cache_dir: &Path,
+    ) -> Result<PathBuf, RegistryError> {
         check_segment("model name", name)?;
         check_segment("version", version)?;
         let marker = self.marker(name, version).await?.ok_or_else(|| {
@@ -661,10 +672,12 @@ impl Registry {
             }
             let local = staging.join(&f.path);
             if let Some(p) = local.parent() {
-                tokio::fs::create_dir_all(p).await.map_err(|e| RegistryError::Unreachable {
-                    url: format!("file://{}", p.display()),
-                    message: e.to_string(),
-                })?;
+                tokio::fs::create_dir_all(p)
+                    .await
+                    .map_err(|e| RegistryError::Unreachable {
+                        url: format!("file://{}", p.display()),
+                        message: e.to_string(),
+                    })?;
             }
             tokio::fs::write(&local, &data)
                 .await
@@ -707,10 +720,15 @@ fn bundle_files(dir: &Path) -> Result<Vec<String>, String> {
                 walk(root, &path, out)?;
             } else if meta.is_file() {
                 let rel = path.strip_prefix(root).expect("walked under root");
-                let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-                let parts = parts.ok_or_else(|| format!("{}: file name is not UTF-8", path.display()))?;
+                let parts: Option<Vec<&str>> =
+                    rel.components().map(|c| c.as_os_str().to_str()).collect();
+                let parts =
+                    parts.ok_or_else(|| format!("{}: file name is not UTF-8", path.display()))?;
                 if path.file_name().and_then(|n| n.to_str()) == Some(PUBLISHED_FILE) {
-                    return Err(format!("{}: a bundle may not contain {PUBLISHED_FILE}", path.display()));
+                    return Err(format!(
+                        "{}: a bundle may not contain {PUBLISHED_FILE}",
+                        path.display()
+                    ));
                 }
                 out.push(parts.join("/"));
             }
@@ -753,9 +771,14 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let url = format!("file://{}/sub", file.display());
         match Registry::open(&url) {
-            Err(RegistryError::Unreachable { url: u, .. }) => assert!(u.contains("not-a-dir"), "{u}"),
+            Err(RegistryError::Unreachable { url: u, .. }) => {
+                assert!(u.contains("not-a-dir"), "{u}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(Registry::open("ftp://x/y"), Err(RegistryError::BadRequest(_))));
+        assert!(matches!(
+            Registry::open("ftp://x/y"),
+            Err(RegistryError::BadRequest(_))
+        ));
     }
 }

@@ -16,11 +16,16 @@ async fn publishes_lists_and_refuses_republish() {
     let reg = open(tmp.path());
     assert!(reg.list().await.unwrap().is_empty());
     for v in ["2", "10", "1"] {
-        let p = reg.publish(&bundle(tmp.path(), "ctr", v), "alice").await.unwrap();
+        let p = reg
+            .publish(&bundle(tmp.path(), "ctr", v), "alice")
+            .await
+            .unwrap();
         assert_eq!((p.name.as_str(), p.version.as_str()), ("ctr", v));
         assert!(p.files >= 4 && p.bytes > 0, "{p:?}");
     }
-    reg.publish(&bundle(tmp.path(), "vtr", "1"), "bob").await.unwrap();
+    reg.publish(&bundle(tmp.path(), "vtr", "1"), "bob")
+        .await
+        .unwrap();
     let root = tmp.path().join("registry/models/ctr/versions/10");
     assert!(root.join("PUBLISHED.json").exists() && root.join("model.toml").exists());
 
@@ -64,39 +69,76 @@ async fn promotes_validates_and_rolls_back_with_history() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = open(tmp.path());
     for v in ["1", "2", "3"] {
-        reg.publish(&bundle(tmp.path(), "ctr", v), "alice").await.unwrap();
+        reg.publish(&bundle(tmp.path(), "ctr", v), "alice")
+            .await
+            .unwrap();
     }
     let err = reg
         .promote("ctr", "9", Stage::Production, None, "alice", "")
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::NotFound(_)) && err.to_string().contains("version 9"), "{err}");
+    assert!(
+        matches!(err, RegistryError::NotFound(_)) && err.to_string().contains("version 9"),
+        "{err}"
+    );
     let err = reg
         .promote("nope", "1", Stage::Production, None, "alice", "")
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::NotFound(_)) && err.to_string().contains("nope"), "{err}");
+    assert!(
+        matches!(err, RegistryError::NotFound(_)) && err.to_string().contains("nope"),
+        "{err}"
+    );
     for bad in [None, Some(0.0), Some(101.0)] {
-        let err = reg.promote("ctr", "2", Stage::Canary, bad, "alice", "").await.unwrap_err();
+        let err = reg
+            .promote("ctr", "2", Stage::Canary, bad, "alice", "")
+            .await
+            .unwrap_err();
         assert!(matches!(err, RegistryError::BadRequest(_)), "{err}");
     }
     let err = reg.rollback("ctr", "alice", "").await.unwrap_err();
     assert!(matches!(err, RegistryError::BadRequest(_)), "{err}");
 
-    reg.promote("ctr", "1", Stage::Production, Some(50.0), "alice", "first").await.unwrap();
-    reg.promote("ctr", "2", Stage::Production, None, "alice", "better auc").await.unwrap();
-    reg.promote("ctr", "3", Stage::Canary, Some(5.0), "bob", "try 3").await.unwrap();
-    reg.promote("ctr", "1", Stage::Shadow, Some(100.0), "bob", "compare").await.unwrap();
+    reg.promote("ctr", "1", Stage::Production, Some(50.0), "alice", "first")
+        .await
+        .unwrap();
+    reg.promote("ctr", "2", Stage::Production, None, "alice", "better auc")
+        .await
+        .unwrap();
+    reg.promote("ctr", "3", Stage::Canary, Some(5.0), "bob", "try 3")
+        .await
+        .unwrap();
+    reg.promote("ctr", "1", Stage::Shadow, Some(100.0), "bob", "compare")
+        .await
+        .unwrap();
     let stages = reg.stages().await.unwrap();
     let s = &stages["ctr"];
     assert_eq!(s.production.as_deref(), Some("2"));
-    assert_eq!(s.canary, Some(Share { version: "3".into(), percent: 5.0 }));
-    assert_eq!(s.shadow, Some(Share { version: "1".into(), percent: 100.0 }));
+    assert_eq!(
+        s.canary,
+        Some(Share {
+            version: "3".into(),
+            percent: 5.0
+        })
+    );
+    assert_eq!(
+        s.shadow,
+        Some(Share {
+            version: "1".into(),
+            percent: 100.0
+        })
+    );
 
     // A running canary: rollback stops it, production stays.
     let e = reg.rollback("ctr", "carol", "canary errors").await.unwrap();
-    assert_eq!((e.action, e.stage, e.version.as_str()), (Action::Rollback, Stage::Canary, "3"));
-    assert_eq!(reg.stages().await.unwrap()["ctr"].production.as_deref(), Some("2"));
+    assert_eq!(
+        (e.action, e.stage, e.version.as_str()),
+        (Action::Rollback, Stage::Canary, "3")
+    );
+    assert_eq!(
+        reg.stages().await.unwrap()["ctr"].production.as_deref(),
+        Some("2")
+    );
     assert_eq!(reg.stages().await.unwrap()["ctr"].canary, None);
     // No canary: production goes back to 1.
     let e = reg.rollback("ctr", "carol", "bad").await.unwrap();
@@ -104,17 +146,26 @@ async fn promotes_validates_and_rolls_back_with_history() {
     let s = &reg.stages().await.unwrap()["ctr"];
     assert_eq!(s.production.as_deref(), Some("1"));
     assert!(s.shadow.is_some());
-    assert!(reg.rollback("ctr", "carol", "").await.is_err(), "nothing before 1");
+    assert!(
+        reg.rollback("ctr", "carol", "").await.is_err(),
+        "nothing before 1"
+    );
 
     // A fresh handle (no cache) reads the same history from the store.
     let h = open(tmp.path()).history("ctr").await.unwrap();
     let seqs: Vec<u64> = h.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     assert_eq!(h[0].percent, None, "production ignores percent");
-    assert_eq!((h[1].by.as_str(), h[1].why.as_str()), ("alice", "better auc"));
+    assert_eq!(
+        (h[1].by.as_str(), h[1].why.as_str()),
+        ("alice", "better auc")
+    );
     assert_eq!(h[2].percent, Some(5.0));
     assert!(h[0].at.ends_with('Z'));
-    assert!(tmp.path().join("registry/models/ctr/history/00000006.json").exists());
+    assert!(tmp
+        .path()
+        .join("registry/models/ctr/history/00000006.json")
+        .exists());
     let list = reg.list().await.unwrap();
     assert_eq!(list[0].stages.production.as_deref(), Some("1"));
 }
@@ -123,16 +174,27 @@ async fn promotes_validates_and_rolls_back_with_history() {
 async fn concurrent_promotes_are_all_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = open(tmp.path());
-    reg.publish(&bundle(tmp.path(), "ctr", "1"), "a").await.unwrap();
-    reg.publish(&bundle(tmp.path(), "ctr", "2"), "a").await.unwrap();
+    reg.publish(&bundle(tmp.path(), "ctr", "1"), "a")
+        .await
+        .unwrap();
+    reg.publish(&bundle(tmp.path(), "ctr", "2"), "a")
+        .await
+        .unwrap();
     let n = 12;
     let tasks: Vec<_> = (1..=n)
         .map(|i| {
             // Separate handles, as separate processes would be: no shared cache.
             let r = open(tmp.path());
             tokio::spawn(async move {
-                r.promote("ctr", "2", Stage::Shadow, Some(i as f64), "w", &format!("writer {i}"))
-                    .await
+                r.promote(
+                    "ctr",
+                    "2",
+                    Stage::Shadow,
+                    Some(i as f64),
+                    "w",
+                    &format!("writer {i}"),
+                )
+                .await
             })
         })
         .collect();
@@ -153,7 +215,9 @@ async fn concurrent_promotes_are_all_recorded() {
 async fn fetch_round_trips_and_reuses_a_good_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = open(tmp.path());
-    reg.publish(&bundle(tmp.path(), "ctr", "4"), "a").await.unwrap();
+    reg.publish(&bundle(tmp.path(), "ctr", "4"), "a")
+        .await
+        .unwrap();
     let cache = tmp.path().join("cache");
     let dir = reg.fetch("ctr", "4", &cache).await.unwrap();
     assert_eq!(dir, cache.join("ctr/4"));
@@ -170,11 +234,16 @@ async fn fetch_round_trips_and_reuses_a_good_copy() {
     assert!(matches!(err, RegistryError::NotFound(_)), "{err}");
 
     // A store file altered after publishing is refused, naming it.
-    let stored = tmp.path().join("registry/models/ctr/versions/4/weights/ranker.json");
+    let stored = tmp
+        .path()
+        .join("registry/models/ctr/versions/4/weights/ranker.json");
     std::fs::write(&stored, b"{\"intercept\": 3}").unwrap();
     std::fs::remove_dir_all(cache.join("ctr/4")).unwrap();
     let err = reg.fetch("ctr", "4", &cache).await.unwrap_err();
-    assert!(matches!(err, RegistryError::Corrupt { .. }) && err.to_string().contains("ranker.json"), "{err}");
+    assert!(
+        matches!(err, RegistryError::Corrupt { .. }) && err.to_string().contains("ranker.json"),
+        "{err}"
+    );
     assert!(!cache.join("ctr/4").exists());
 }
 

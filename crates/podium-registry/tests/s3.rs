@@ -58,7 +58,14 @@ fn moto_available() -> bool {
 fn start_moto() -> (Moto, u16) {
     let port = free_port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -66,7 +73,10 @@ fn start_moto() -> (Moto, u16) {
     let moto = Moto(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not listen on {port} within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "moto did not listen on {port} within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     (moto, port)
@@ -83,7 +93,10 @@ fn create_bucket(port: u16, bucket: &str) {
     .unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +127,9 @@ async fn publishes_promotes_and_fetches_on_moto() {
                 .unwrap()
         };
         let key = object_store::path::Path::from("probe/once.json");
-        raw.put_opts(&key, "1".into(), PutMode::Create.into()).await.unwrap();
+        raw.put_opts(&key, "1".into(), PutMode::Create.into())
+            .await
+            .unwrap();
         let second = raw.put_opts(&key, "2".into(), PutMode::Create.into()).await;
         assert!(
             matches!(second, Err(object_store::Error::AlreadyExists { .. })),
@@ -122,17 +137,28 @@ async fn publishes_promotes_and_fetches_on_moto() {
         );
     }
     let tmp = tempfile::tempdir().unwrap();
-    reg.publish(&bundle(tmp.path(), "ctr", "1"), "ci").await.unwrap();
-    reg.publish(&bundle(tmp.path(), "ctr", "2"), "ci").await.unwrap();
+    reg.publish(&bundle(tmp.path(), "ctr", "1"), "ci")
+        .await
+        .unwrap();
+    reg.publish(&bundle(tmp.path(), "ctr", "2"), "ci")
+        .await
+        .unwrap();
     // The create-only marker is what refuses a republish; moto must honour If-None-Match.
     let err = reg
         .publish(&bundle(&tmp.path().join("again"), "ctr", "2"), "ci")
         .await
         .unwrap_err();
-    assert!(matches!(err, RegistryError::AlreadyPublished { .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::AlreadyPublished { .. }),
+        "{err}"
+    );
 
-    reg.promote("ctr", "1", Stage::Production, None, "ci", "").await.unwrap();
-    reg.promote("ctr", "2", Stage::Canary, Some(10.0), "ci", "").await.unwrap();
+    reg.promote("ctr", "1", Stage::Production, None, "ci", "")
+        .await
+        .unwrap();
+    reg.promote("ctr", "2", Stage::Canary, Some(10.0), "ci", "")
+        .await
+        .unwrap();
     let list = reg.list().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].versions, ["1", "2"]);
@@ -142,17 +168,30 @@ async fn publishes_promotes_and_fetches_on_moto() {
     let writers = (1..=4).map(|i| {
         let r = reg.clone();
         async move {
-            r.promote("ctr", "2", Stage::Shadow, Some(i as f64), "w", &i.to_string())
-                .await
+            r.promote(
+                "ctr",
+                "2",
+                Stage::Shadow,
+                Some(i as f64),
+                "w",
+                &i.to_string(),
+            )
+            .await
         }
     });
     for r in futures::future::join_all(writers).await {
         r.unwrap();
     }
     let h = reg.history("ctr").await.unwrap();
-    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        h.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
 
-    let dir = reg.fetch("ctr", "2", &tmp.path().join("cache")).await.unwrap();
+    let dir = reg
+        .fetch("ctr", "2", &tmp.path().join("cache"))
+        .await
+        .unwrap();
     let model = podium_model::load_bundle(&dir).unwrap();
     assert_eq!(model.version(), "2");
 }
@@ -172,5 +211,9 @@ async fn an_unreachable_endpoint_is_reported_quickly_with_the_url() {
         "{err}"
     );
     assert!(err.to_string().contains("s3://models/podium"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
 }

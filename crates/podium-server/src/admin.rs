@@ -68,7 +68,9 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         .and_then(|v| v.strip_prefix("Bearer "));
     let ok = match presented {
         // Constant-time so the token cannot be guessed byte by byte from response times.
-        Some(t) => !state.token.is_empty() && bool::from(t.as_bytes().ct_eq(state.token.as_bytes())),
+        Some(t) => {
+            !state.token.is_empty() && bool::from(t.as_bytes().ct_eq(state.token.as_bytes()))
+        }
         None => false,
     };
     if !ok {
@@ -99,7 +101,10 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof
         );
         if malformed || path == "." || path.is_empty() {
-            error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {inner}"))
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid JSON body: {inner}"),
+            )
         } else {
             error(StatusCode::BAD_REQUEST, format!("{path}: {inner}"))
         }
@@ -108,7 +113,9 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
 
 async fn list_models(State(state): State<AdminState>) -> Response {
     match state.registry.list().await {
-        Ok(models) => Json(json!({"registry": state.registry.url(), "models": models})).into_response(),
+        Ok(models) => {
+            Json(json!({"registry": state.registry.url(), "models": models})).into_response()
+        }
         Err(e) => registry_error(e),
     }
 }
@@ -132,7 +139,11 @@ struct PromoteBody {
     why: Option<String>,
 }
 
-async fn promote(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn promote(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let b: PromoteBody = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -143,7 +154,14 @@ async fn promote(State(state): State<AdminState>, Path(name): Path<String>, body
     };
     match state
         .registry
-        .promote(&name, &b.version, stage, b.percent, ADMIN_BY, b.why.as_deref().unwrap_or(""))
+        .promote(
+            &name,
+            &b.version,
+            stage,
+            b.percent,
+            ADMIN_BY,
+            b.why.as_deref().unwrap_or(""),
+        )
         .await
     {
         Ok(entry) => Json(entry).into_response(),
@@ -159,7 +177,11 @@ struct RollbackBody {
     why: Option<String>,
 }
 
-async fn rollback(State(state): State<AdminState>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn rollback(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let b: RollbackBody = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -228,7 +250,9 @@ mod tests {
             .await
             .unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -258,10 +282,24 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let app = admin_router(registry_with(tmp.path(), &["1", "2"]).await, TOKEN.into());
         let t = Some(TOKEN);
-        let (s, b) = call(&app, "POST", "/v1/admin/models/ctr/promote", t, r#"{"version":"1","stage":"production","why":"launch"}"#).await;
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/v1/admin/models/ctr/promote",
+            t,
+            r#"{"version":"1","stage":"production","why":"launch"}"#,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["by"], "admin-api");
-        let (s, b) = call(&app, "POST", "/v1/admin/models/ctr/promote", t, r#"{"version":"2","stage":"canary","percent":10}"#).await;
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/v1/admin/models/ctr/promote",
+            t,
+            r#"{"version":"2","stage":"canary","percent":10}"#,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
         assert_eq!(b["percent"], 10.0);
 
@@ -270,9 +308,19 @@ mod tests {
         assert_eq!(b["models"][0]["versions"], json!(["1", "2"]));
         assert_eq!(b["models"][0]["stages"]["canary"]["version"], "2");
 
-        let (s, b) = call(&app, "POST", "/v1/admin/models/ctr/rollback", t, r#"{"why":"errors"}"#).await;
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/v1/admin/models/ctr/rollback",
+            t,
+            r#"{"why":"errors"}"#,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{b}");
-        assert_eq!((b["action"].as_str(), b["stage"].as_str()), (Some("rollback"), Some("canary")));
+        assert_eq!(
+            (b["action"].as_str(), b["stage"].as_str()),
+            (Some("rollback"), Some("canary"))
+        );
 
         let (s, b) = call(&app, "GET", "/v1/admin/models/ctr/history", t, "").await;
         assert_eq!(s, StatusCode::OK);
@@ -289,18 +337,56 @@ mod tests {
         let app = admin_router(registry_with(tmp.path(), &["1"]).await, TOKEN.into());
         let t = Some(TOKEN);
         let cases = [
-            ("/v1/admin/models/ctr/promote", r#"{"version":"9","stage":"production"}"#, StatusCode::NOT_FOUND, "version 9"),
-            ("/v1/admin/models/nope/promote", r#"{"version":"1","stage":"production"}"#, StatusCode::NOT_FOUND, "nope"),
-            ("/v1/admin/models/ctr/promote", r#"{"version":"1","stage":"staging"}"#, StatusCode::BAD_REQUEST, "staging"),
-            ("/v1/admin/models/ctr/promote", r#"{"version":"1","stage":"canary","percent":0}"#, StatusCode::BAD_REQUEST, "percent"),
-            ("/v1/admin/models/ctr/promote", r#"{"stage":"canary"}"#, StatusCode::BAD_REQUEST, "version"),
-            ("/v1/admin/models/ctr/promote", "{not json", StatusCode::BAD_REQUEST, "invalid JSON"),
-            ("/v1/admin/models/ctr/rollback", "", StatusCode::BAD_REQUEST, "no production version"),
+            (
+                "/v1/admin/models/ctr/promote",
+                r#"{"version":"9","stage":"production"}"#,
+                StatusCode::NOT_FOUND,
+                "version 9",
+            ),
+            (
+                "/v1/admin/models/nope/promote",
+                r#"{"version":"1","stage":"production"}"#,
+                StatusCode::NOT_FOUND,
+                "nope",
+            ),
+            (
+                "/v1/admin/models/ctr/promote",
+                r#"{"version":"1","stage":"staging"}"#,
+                StatusCode::BAD_REQUEST,
+                "staging",
+            ),
+            (
+                "/v1/admin/models/ctr/promote",
+                r#"{"version":"1","stage":"canary","percent":0}"#,
+                StatusCode::BAD_REQUEST,
+                "percent",
+            ),
+            (
+                "/v1/admin/models/ctr/promote",
+                r#"{"stage":"canary"}"#,
+                StatusCode::BAD_REQUEST,
+                "version",
+            ),
+            (
+                "/v1/admin/models/ctr/promote",
+                "{not json",
+                StatusCode::BAD_REQUEST,
+                "invalid JSON",
+            ),
+            (
+                "/v1/admin/models/ctr/rollback",
+                "",
+                StatusCode::BAD_REQUEST,
+                "no production version",
+            ),
         ];
         for (uri, body, status, needle) in cases {
             let (s, b) = call(&app, "POST", uri, t, body).await;
             assert_eq!(s, status, "{uri} {body}: {b}");
-            assert!(b["error"].as_str().unwrap().contains(needle), "{uri} {body}: {b}");
+            assert!(
+                b["error"].as_str().unwrap().contains(needle),
+                "{uri} {body}: {b}"
+            );
         }
     }
 
