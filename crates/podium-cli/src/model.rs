@@ -1,10 +1,12 @@
-//! `podium model …`: package, validate, inspect, score and benchmark model bundles.
+//! `podium model …`: package, validate, inspect, score and benchmark model bundles, and publish,
+//! list, promote and roll them back in a model registry (`docs/registry.md`).
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use podium_model::manifest::Link;
 use podium_model::package::{package, validate, PackageOptions, VALIDATE_BATCH};
 use podium_model::{load_bundle, Columns, FeatureTable, ModelKind};
+use podium_registry::{Registry, Stage};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -74,6 +76,143 @@ pub enum ModelCommand {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Validate a bundle and upload it to a registry as a new, immutable version.
+    ///
+    /// The name and version come from the bundle's model.toml. Refuses an invalid bundle and a
+    /// version that is already published.
+    ///
+    /// Example:
+    ///   podium model publish bundles/ctr-3 --registry s3://models/podium
+    Publish {
+        /// Bundle directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Who publishes (default: $USER, else "cli").
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List the registry's models, their published versions and current stages.
+    ///
+    /// Example:
+    ///   podium model list --registry file:///srv/podium/registry --json
+    List {
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a published version on a stage: production, or canary / shadow for a percent of traffic.
+    ///
+    /// Example:
+    ///   podium model promote ctr 4 --stage canary --percent 5 --why "offline AUC +0.4%"
+    Promote {
+        /// Model name.
+        name: String,
+        /// Published version.
+        version: String,
+        /// Stage to put it on.
+        #[arg(long, value_enum)]
+        stage: StageArg,
+        /// Percent of traffic for canary or shadow, in (0, 100].
+        #[arg(long)]
+        percent: Option<f64>,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Who promotes (default: $USER, else "cli").
+        #[arg(long)]
+        by: Option<String>,
+        /// Why, recorded in the history.
+        #[arg(long, default_value = "")]
+        why: String,
+    },
+    /// Roll a model back: stops a running canary; without one, production returns to the
+    /// version that was production before.
+    ///
+    /// Example:
+    ///   podium model rollback ctr --why "CTR dropped 8% after 4"
+    Rollback {
+        /// Model name.
+        name: String,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Who rolls back (default: $USER, else "cli").
+        #[arg(long)]
+        by: Option<String>,
+        /// Why, recorded in the history.
+        #[arg(long, default_value = "")]
+        why: String,
+    },
+    /// Print a model's stage changes, oldest first.
+    ///
+    /// Example:
+    ///   podium model history ctr --registry s3://models/podium
+    History {
+        /// Model name.
+        name: String,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the registry is: `--registry`, else `$PODIUM_REGISTRY`; there is no default, so a
+/// command never writes to a registry nobody named.
+#[derive(Args, Debug)]
+pub struct RegistryArg {
+    /// Registry URL: file:///abs/path, a path, or s3://bucket/prefix [env: PODIUM_REGISTRY].
+    #[arg(long = "registry", value_name = "URL")]
+    url: Option<String>,
+}
+
+impl RegistryArg {
+    fn open(&self) -> anyhow::Result<Registry> {
+        let url = match &self.url {
+            Some(u) => u.clone(),
+            None => std::env::var("PODIUM_REGISTRY").map_err(|_| {
+                anyhow::anyhow!("no registry: pass --registry URL or set PODIUM_REGISTRY")
+            })?,
+        };
+        Ok(Registry::open(&url)?)
+    }
+}
+
+/// A registry stage, as `--stage` names it.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum StageArg {
+    /// All traffic not given to a canary.
+    Production,
+    /// A percent of traffic served by this version instead of production.
+    Canary,
+    /// A percent of traffic also scored by this version, logged but never served.
+    Shadow,
+}
+
+impl From<StageArg> for Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Production => Stage::Production,
+            StageArg::Canary => Stage::Canary,
+            StageArg::Shadow => Stage::Shadow,
+        }
+    }
+}
+
+fn by_or_user(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "cli".to_string())
+}
+
+/// Registry calls are a handful of requests: a current-thread runtime per command is enough.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(f))
 }
 
 /// Model file format, as `--kind` names it.
@@ -167,7 +306,139 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<()> {
             batch,
             seconds,
         } => run_bench(&dir, &input, batch, seconds),
+        ModelCommand::Publish { dir, registry, by } => {
+            let reg = registry.open()?;
+            let p = block_on(reg.publish(&dir, &by_or_user(by)))??;
+            println!(
+                "published {} {} to {} ({} files, {} bytes)",
+                p.name,
+                p.version,
+                reg.url(),
+                p.files,
+                p.bytes
+            );
+            Ok(())
+        }
+        ModelCommand::List { registry, json } => run_list(&registry.open()?, json),
+        ModelCommand::Promote {
+            name,
+            version,
+            stage,
+            percent,
+            registry,
+            by,
+            why,
+        } => {
+            let reg = registry.open()?;
+            let e = block_on(reg.promote(
+                &name,
+                &version,
+                stage.into(),
+                percent,
+                &by_or_user(by),
+                &why,
+            ))??;
+            match e.percent {
+                Some(p) => println!(
+                    "{name} {version} is now {} at {p}% (history #{})",
+                    e.stage, e.seq
+                ),
+                None => println!("{name} {version} is now {} (history #{})", e.stage, e.seq),
+            }
+            Ok(())
+        }
+        ModelCommand::Rollback {
+            name,
+            registry,
+            by,
+            why,
+        } => {
+            let reg = registry.open()?;
+            let e = block_on(reg.rollback(&name, &by_or_user(by), &why))??;
+            match e.stage {
+                Stage::Production => println!(
+                    "{name}: production rolled back to {} (history #{})",
+                    e.version, e.seq
+                ),
+                _ => println!(
+                    "{name}: {} of {} stopped (history #{})",
+                    e.stage, e.version, e.seq
+                ),
+            }
+            Ok(())
+        }
+        ModelCommand::History {
+            name,
+            registry,
+            json,
+        } => run_history(&registry.open()?, &name, json),
     }
+}
+
+fn run_list(reg: &Registry, json: bool) -> anyhow::Result<()> {
+    let models = block_on(reg.list())??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&models)?);
+        return Ok(());
+    }
+    if models.is_empty() {
+        println!("no models in {}", reg.url());
+        return Ok(());
+    }
+    let share = |s: &Option<podium_registry::Share>| {
+        s.as_ref().map_or("-".to_string(), |s| {
+            format!("{} ({}%)", s.version, s.percent)
+        })
+    };
+    println!(
+        "{:<24} {:<12} {:<16} {:<16} VERSIONS",
+        "MODEL", "PRODUCTION", "CANARY", "SHADOW"
+    );
+    for m in models {
+        println!(
+            "{:<24} {:<12} {:<16} {:<16} {}",
+            m.name,
+            m.stages.production.as_deref().unwrap_or("-"),
+            share(&m.stages.canary),
+            share(&m.stages.shadow),
+            m.versions.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run_history(reg: &Registry, name: &str, json: bool) -> anyhow::Result<()> {
+    let history = block_on(reg.history(name))??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+        return Ok(());
+    }
+    if history.is_empty() {
+        println!("{name}: no stage changes yet");
+        return Ok(());
+    }
+    println!(
+        "{:>5}  {:<24} {:<9} {:<10} {:<10} {:>7}  {:<12} WHY",
+        "SEQ", "AT", "ACTION", "STAGE", "VERSION", "PERCENT", "BY"
+    );
+    for e in history {
+        let action = match e.action {
+            podium_registry::Action::Promote => "promote",
+            podium_registry::Action::Rollback => "rollback",
+        };
+        println!(
+            "{:>5}  {:<24} {:<9} {:<10} {:<10} {:>7}  {:<12} {}",
+            e.seq,
+            e.at,
+            action,
+            e.stage,
+            e.version,
+            e.percent.map_or("-".to_string(), |p| p.to_string()),
+            e.by,
+            e.why
+        );
+    }
+    Ok(())
 }
 
 fn run_package(a: PackageArgs) -> anyhow::Result<()> {

@@ -1,10 +1,12 @@
 //! HTTP adapters from wire formats to the engine. Handlers parse and validate at the edge, call
 //! [`podium_engine::Engine::decide`], and shape the answer; no decision logic lives here.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 mod app;
 pub mod oip;
 
+pub use admin::admin_router;
 pub use admission::{Admission, AdmissionConfig};
 pub use app::{router, serve, AppState, MAX_BODY_BYTES, MAX_INFER_BODY_BYTES};
