@@ -224,7 +224,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_tmax: Duration::from_millis(args.tmax_ms),
         ..EngineConfig::default()
     };
-    let registry = args.registry.clone();
+    let registry = match &args.registry {
+        Some(url) => Some(
+            podium_registry::Registry::open(url).with_context(|| format!("--registry {url}"))?,
+        ),
+        None => None,
+    };
+    let admin = match (&registry, &args.admin_token) {
+        (Some(r), Some(token)) if !token.is_empty() => {
+            podium_server::admin_router(r.clone(), token.clone())
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("--admin-token needs --registry: the admin API manages the registry")
+        }
+        _ => axum::Router::new(),
+    };
     let watch = podium_lifecycle::WatchConfig {
         poll: Duration::from_millis(args.registry_poll_ms.max(10)),
         cache_dir: data_dir.join("registry-cache"),
@@ -246,9 +260,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "models loaded and warm; ready"
         );
-        if let Some(url) = registry {
-            let registry = podium_registry::Registry::open(&url)
-                .with_context(|| format!("--registry {url}"))?;
+        if let Some(registry) = registry {
             let lifecycle = podium_lifecycle::spawn(
                 engine.clone(),
                 registry,
@@ -271,7 +283,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
-    let mut server = std::pin::pin!(podium_server::serve(listener, state, shutdown_signal()));
+    let mut server = std::pin::pin!(podium_server::serve_with(
+        listener,
+        state,
+        admin,
+        shutdown_signal()
+    ));
     tokio::select! {
         served = &mut server => return served.context("serving HTTP"),
         loaded = loader => {

@@ -220,6 +220,8 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
             "20",
             "--guardrail-min-batches",
             "40",
+            "--admin-token",
+            "s3cret",
         ],
     )
     .await;
@@ -306,6 +308,22 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
     assert!(last.why.contains("PSI"), "{last:?}");
     assert_eq!(serving(&v, "ctr")["production"], "10");
 
+    // The admin API promotes too, with the token and only with it.
+    let client = reqwest::Client::new();
+    let promote = |token: &'static str| {
+        client
+            .post(server.url("/v1/admin/models/ctr/promote"))
+            .bearer_auth(token)
+            .json(&json!({"version": "11", "stage": "production", "why": "over HTTP"}))
+            .send()
+    };
+    assert_eq!(promote("wrong").await.unwrap().status(), 401);
+    assert_eq!(promote("s3cret").await.unwrap().status(), 200);
+    wait_for(&server, "the promotion over HTTP", |v| {
+        serving(v, "ctr")["production"] == "11"
+    })
+    .await;
+
     // The registry goes away: the server keeps serving what it has and says so.
     std::fs::remove_dir_all(reg_dir.path()).unwrap();
     std::fs::write(reg_dir.path(), b"not a directory").unwrap();
@@ -322,7 +340,7 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
     let answers = load(&server, 50, Duration::from_secs(1)).await;
     assert!(answers
         .iter()
-        .all(|(s, d)| *s == 200 && version_of(d, "ctr").as_deref() == Some("10")));
+        .all(|(s, d)| *s == 200 && version_of(d, "ctr").as_deref() == Some("11")));
     let _ = std::fs::remove_file(reg_dir.path());
 }
 

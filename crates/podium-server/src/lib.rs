@@ -9,4 +9,4 @@ pub mod oip;
 
 pub use admin::admin_router;
 pub use admission::{Admission, AdmissionConfig};
-pub use app::{router, serve, AppState, MAX_BODY_BYTES, MAX_INFER_BODY_BYTES};
+pub use app::{router, serve, serve_with, AppState, MAX_BODY_BYTES, MAX_INFER_BODY_BYTES};
