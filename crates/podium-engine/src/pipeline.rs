@@ -498,7 +498,7 @@ impl Engine {
         for s in &scores {
             note(s);
         }
-        self.shadow(req, &models, &frame, &scores);
+        self.shadow(req, models, &frame, &scores);
         let score_us = us(t.elapsed());
 
         // Value: eCPM from bid type and the calibrated predictions.

@@ -765,12 +765,14 @@ mod tests {
         ];
         let started = Instant::now();
         let deadline = Deadline::after(Duration::from_millis(60));
+        let stats = ModelStats::default();
         let s = run_stage(
             &slots,
             &pool,
             frame(&schema),
             deadline,
             Duration::from_millis(5),
+            &stats,
         )
         .await;
         assert!(
@@ -780,6 +782,11 @@ mod tests {
         );
         assert_eq!((s[0].tier, s[0].values[0]), (0, 0.5));
         assert_eq!((s[1].tier, s[1].values[0]), (1, 0.25));
+        // Live figures: one healthy batch, one failure of each primary that did not serve.
+        let healthy = stats.get("healthy", "1").unwrap();
+        assert_eq!((healthy.batches, healthy.failures, healthy.rows), (1, 0, 3));
+        assert_eq!(stats.get("broken", "1").unwrap().failures, 1);
+        assert_eq!(stats.get("stuck", "1").unwrap().failures, 1);
         assert!(s[1].fallback_reasons[0].contains("broken on purpose"));
         // The stall used the stage's budget, so its slot serves the prior and says why.
         assert_eq!(s[2].tier, 2);
@@ -801,5 +808,38 @@ mod tests {
         .await;
         assert_eq!((s[0].tier, s[2].tier, s[2].values[0]), (0, 1, 0.75));
         assert!(s[2].fallback_reasons[0].contains("still running"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_canary_serves_its_sticky_share_of_users() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let pool = ComputePool::new(1);
+        let slot = ModelSlot::new(model("ctr", Some(0.5), &schema), vec![])
+            .with_canary(Some(Variant::new(model("ctr", Some(0.75), &schema), 30.0)));
+        let slots = [slot];
+        let mut canary_users = 0;
+        for u in 0..400 {
+            let unit = format!("u-{u}");
+            let assigned = crate::set::ModelSet::assign(&slots, &unit);
+            let s = run_stage(
+                &assigned,
+                &pool,
+                frame(&schema),
+                Deadline::after(Duration::from_secs(1)),
+                Duration::ZERO,
+                &ModelStats::default(),
+            )
+            .await;
+            let again = crate::set::ModelSet::assign(&slots, &unit);
+            assert_eq!(
+                matches!(again, std::borrow::Cow::Owned(_)),
+                matches!(assigned, std::borrow::Cow::Owned(_)),
+                "assignment is sticky"
+            );
+            if s[0].values[0] == 0.75 {
+                canary_users += 1;
+            }
+        }
+        assert!((90..=150).contains(&canary_users), "{canary_users} of 400");
     }
 }
