@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Promote a canary after this many seconds without a breach (0 = never automatically).
     #[arg(long, default_value_t = 0)]
     canary_promote_after_s: u64,
+    /// A/B experiments and holdouts (TOML: layers of arms that serve other model versions or
+    /// auction parameters; see docs/registry.md).
+    #[arg(long)]
+    experiments: Option<PathBuf>,
 }
 
 /// The worlds `podium serve` can serve.
@@ -239,7 +243,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => axum::Router::new(),
     };
+    let experiments = match &args.experiments {
+        Some(path) => Some(podium_engine::Experiments::read(path)?),
+        None => None,
+    };
     let watch = podium_lifecycle::WatchConfig {
+        experiment_versions: experiments
+            .as_ref()
+            .map(|e| e.model_versions())
+            .unwrap_or_default(),
         poll: Duration::from_millis(args.registry_poll_ms.max(10)),
         cache_dir: data_dir.join("registry-cache"),
         guardrails: podium_lifecycle::Guardrails {
@@ -260,6 +272,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "models loaded and warm; ready"
         );
+        if let Some(e) = experiments {
+            engine.set_experiments(e);
+        }
         if let Some(registry) = registry {
             let lifecycle = podium_lifecycle::spawn(
                 engine.clone(),

@@ -403,3 +403,113 @@ async fn memory_returns_after_fifty_swaps_of_a_large_model() {
         "RSS {after_first} kB after the first swap, {after_fifty} kB after fifty"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment_arms_serve_their_versions_and_prices_to_sticky_shares() {
+    let data = demo_data().await;
+    let bundles = tempfile::tempdir().unwrap();
+    let reg_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", reg_dir.path().display());
+    let registry = Registry::open(&url).unwrap();
+    let ctr = data.path().join("models/ctr");
+    for (version, shift) in [("10", 0.0), ("11", 0.5)] {
+        let dir = variant(&ctr, bundles.path(), version, shift);
+        registry.publish(&dir, "test").await.unwrap();
+    }
+    registry
+        .promote("ctr", "10", Stage::Production, None, "test", "first")
+        .await
+        .unwrap();
+    let experiments = data.path().join("experiments.toml");
+    std::fs::write(
+        &experiments,
+        r#"
+[holdout]
+percent = 10.0
+[[layer]]
+name = "ranking"
+[[layer.arm]]
+name = "ctr_v11"
+percent = 30.0
+models = { ctr = "11" }
+[[layer]]
+name = "pricing"
+[[layer.arm]]
+name = "floor_x3"
+percent = 50.0
+auction = { reserve_multiplier = 3.0 }
+"#,
+    )
+    .unwrap();
+    let market: Value =
+        serde_json::from_slice(&std::fs::read(data.path().join("marketplace.json")).unwrap())
+            .unwrap();
+    let reserve = market["reserve_cpm"].as_f64().unwrap() / 1e6;
+    let server = Server::start(
+        data.path(),
+        &[
+            "--registry",
+            &url,
+            "--experiments",
+            experiments.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let (mut held, mut v11, mut floor) = (0, 0, 0);
+    let users = 300;
+    for u in 0..users {
+        let body = json!({"request_id": format!("x-{u}"),
+            "user": {"id": format!("viewer-{u}"), "country": "US", "device": "tv"},
+            "content": {"id": "t", "genre": "drama", "live": false},
+            "breaks": [{"id": "b1", "max_ads": 4, "max_duration_s": 90}], "tmax_ms": 500});
+        let mut arms_seen = None;
+        for _ in 0..2 {
+            let d: Value = client
+                .post(server.url("/v1/decide"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let arms: Vec<String> = d
+                .get("experiments")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            // Sticky: the same user gets the same arms every time.
+            if let Some(prev) = &arms_seen {
+                assert_eq!(prev, &arms, "{d}");
+            }
+            let ctr_version = version_of(&d, "ctr").unwrap();
+            if arms.contains(&"holdout".to_string()) {
+                assert_eq!(arms.len(), 1);
+                assert_eq!(ctr_version, "10", "{d}");
+            }
+            assert_eq!(
+                ctr_version == "11",
+                arms.contains(&"ranking:ctr_v11".to_string()),
+                "{d}"
+            );
+            if arms.contains(&"pricing:floor_x3".to_string()) {
+                for ad in d["breaks"][0]["ads"].as_array().unwrap() {
+                    assert!(
+                        ad["price_cpm"].as_f64().unwrap() >= 3.0 * reserve - 1e-6,
+                        "{d}"
+                    );
+                }
+            }
+            arms_seen = Some(arms);
+        }
+        let arms = arms_seen.unwrap();
+        held += arms.contains(&"holdout".to_string()) as u32;
+        v11 += arms.contains(&"ranking:ctr_v11".to_string()) as u32;
+        floor += arms.contains(&"pricing:floor_x3".to_string()) as u32;
+    }
+    let share = |n: u32| n as f64 / users as f64;
+    assert!((0.04..0.17).contains(&share(held)), "holdout {held}");
+    assert!((0.18..0.37).contains(&share(v11)), "ctr_v11 {v11}");
+    assert!((0.36..0.55).contains(&share(floor)), "floor_x3 {floor}");
+}

@@ -77,4 +77,7 @@ pub struct Decision {
     pub eligible: usize,
     /// Stages that ran out of time or failed and fell back (`hydrate`, `score:ctr`, …).
     pub degraded: Vec<String>,
+    /// Experiment arms that applied, as `layer:arm`; `holdout` for a held-out user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<String>,
 }

@@ -6,9 +6,11 @@
 //! decision is never computed by two code paths.
 
 mod demo;
+pub mod experiments;
 mod pipeline;
 mod standard;
 
 pub use demo::{build_demo, DemoError};
+pub use experiments::{Assignment, Experiments, ExperimentsError};
 pub use pipeline::{Engine, EngineConfig, MarketSnapshot, ShadowRecord};
 pub use standard::{build_standard, FloorSample, LoadTimings, StandardWorld, WorkloadError};

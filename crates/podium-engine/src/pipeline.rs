@@ -1,5 +1,6 @@
 //! The pipeline itself.
 
+use crate::experiments::{Assignment, Experiments};
 use arc_swap::ArcSwap;
 use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
 use podium_core::FeatureFrame;
@@ -191,6 +192,7 @@ impl ShadowLog {
 }
 
 struct Inner {
+    experiments: ArcSwap<Experiments>,
     shadow_log: Arc<ShadowLog>,
     config: EngineConfig,
     market: ArcSwap<MarketSnapshot>,
@@ -239,6 +241,7 @@ impl Engine {
         Self {
             inner: Arc::new(Inner {
                 shadow_log: Arc::default(),
+                experiments: ArcSwap::default(),
                 config,
                 open: ArcSwap::from_pointee(OpenSet::new(market.clone())),
                 market: ArcSwap::new(market),
@@ -296,6 +299,11 @@ impl Engine {
                 }
             });
         }
+    }
+
+    /// Sets the experiments requests are assigned to from now on.
+    pub fn set_experiments(&self, experiments: Experiments) {
+        self.inner.experiments.store(Arc::new(experiments));
     }
 
     /// The frame schema models bind to.
@@ -358,6 +366,7 @@ impl Engine {
             .map_or(0, |d| d.as_millis() as u64);
         let market = inner.market.load_full();
         let models = inner.models.load_full();
+        let assignment = inner.experiments.load().assign(req.user.id.as_str());
         let admit_us = us(deadline.elapsed());
 
         let t = Instant::now();
@@ -381,7 +390,15 @@ impl Engine {
         let eligible_count = eligible.len();
 
         let computed = self
-            .select(&req, &market, &models, &hydrated, &eligible, deadline)
+            .select(
+                &req,
+                &market,
+                &models,
+                &hydrated,
+                &eligible,
+                deadline,
+                &assignment,
+            )
             .await;
         degraded.extend(computed.degraded);
 
@@ -412,6 +429,11 @@ impl Engine {
             timings,
             eligible: eligible_count,
             degraded,
+            experiments: if assignment.holdout {
+                vec!["holdout".to_string()]
+            } else {
+                assignment.arms
+            },
         };
         let names = inner.hydrator.space().schema().names();
         let features = names
@@ -430,6 +452,7 @@ impl Engine {
 
     /// Rank, score, value and pod. Each model runs on the compute pool under the deadline, with
     /// its fallback tiers; valuation and pod construction are cheap and run inline.
+    #[allow(clippy::too_many_arguments)]
     async fn select(
         &self,
         req: &AdRequest,
@@ -438,6 +461,7 @@ impl Engine {
         hydrated: &podium_features::Hydrated,
         eligible: &[u32],
         deadline: Deadline,
+        assignment: &Assignment,
     ) -> Computed {
         let inner = &self.inner;
         let hydrator = &inner.hydrator;
@@ -462,7 +486,14 @@ impl Engine {
             .collect();
         let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.ranker_columns()));
         let unit = req.user.id.as_str();
-        let ranker = ModelSet::assign(std::slice::from_ref(&models.ranker), unit);
+        let mut missing = Vec::new();
+        let ranker = ModelSet::arrange(
+            std::slice::from_ref(&models.ranker),
+            unit,
+            assignment.holdout,
+            &assignment.models,
+            &mut missing,
+        );
         let ranked = run_stage(
             &ranker,
             &inner.pool,
@@ -475,7 +506,8 @@ impl Engine {
         .pop()
         .expect("one slot, one answer");
         note(&ranked);
-        let top = market.top_k(eligible, &ranked.values, models.top_k);
+        let top_k = assignment.top_k.unwrap_or(models.top_k);
+        let top = market.top_k(eligible, &ranked.values, top_k);
         let rank_us = us(t.elapsed());
 
         // Full scoring: every model on the top K, in parallel on the pool.
@@ -485,7 +517,14 @@ impl Engine {
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
         let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.scorer_columns()));
-        let scorers = ModelSet::assign(&models.scorers, unit);
+        let scorers = ModelSet::arrange(
+            &models.scorers,
+            unit,
+            assignment.holdout,
+            &assignment.models,
+            &mut missing,
+        );
+
         let scores: Vec<Scored> = run_stage(
             &scorers,
             &inner.pool,
@@ -499,6 +538,11 @@ impl Engine {
             note(s);
         }
         self.shadow(req, models, &frame, &scores);
+        degraded.extend(
+            missing
+                .into_iter()
+                .map(|m| format!("experiment: {m} is not loaded; served the usual version")),
+        );
         let score_us = us(t.elapsed());
 
         // Value: eCPM from bid type and the calibrated predictions.
@@ -526,7 +570,10 @@ impl Engine {
             &req.breaks,
             &candidates,
             line_items,
-            market.marketplace.reserve_cpm,
+            Micros(
+                (market.marketplace.reserve_cpm.0 as f64 * assignment.reserve_multiplier).round()
+                    as i64,
+            ),
         );
         let mut bookings = Vec::new();
         let breaks = req
@@ -610,8 +657,16 @@ impl Engine {
                     .hydrate(&req, self.inner.config.hydrate_budget)
                     .await;
                 let eligible = market.index.eligible(&req);
-                self.select(&req, &market, &models, &hydrated, &eligible, deadline)
-                    .await;
+                self.select(
+                    &req,
+                    &market,
+                    &models,
+                    &hydrated,
+                    &eligible,
+                    deadline,
+                    &Assignment::default(),
+                )
+                .await;
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct WatchConfig {
     pub cache_dir: PathBuf,
     /// Canary guardrails.
     pub guardrails: Guardrails,
+    /// Versions experiment arms serve, `(model, version)`: loaded beside the stages' versions.
+    pub experiment_versions: Vec<(String, String)>,
 }
 
 /// Something the guardrails did or saw.
@@ -292,6 +294,11 @@ impl Watcher {
                 wanted.push((name.clone(), v.clone()));
             }
         }
+        for key in &self.config.experiment_versions {
+            if !wanted.contains(key) {
+                wanted.push(key.clone());
+            }
+        }
         for key in &wanted {
             if self.loaded.contains_key(key) {
                 continue;
@@ -369,9 +376,17 @@ impl Watcher {
                         .map(|m| Variant::new(m, c.percent))
                 })
             };
+            let alternates = self
+                .config
+                .experiment_versions
+                .iter()
+                .filter(|(m, _)| *m == name)
+                .filter_map(|(_, v)| loaded(&name, v).and_then(bind))
+                .collect();
             *slot = next
                 .with_canary(variant(&st.canary))
-                .with_shadow(variant(&st.shadow));
+                .with_shadow(variant(&st.shadow))
+                .with_alternates(alternates);
         }
         // Registry models no slot uses are served over the Open Inference Protocol.
         for (name, st) in stages {

@@ -138,6 +138,7 @@ mod tests {
                 timings: StageTimings::default(),
                 eligible: 0,
                 degraded: vec![],
+                experiments: vec![],
             },
             request,
         }

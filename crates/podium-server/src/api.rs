@@ -240,6 +240,9 @@ pub struct DecideResponse {
     pub eligible: usize,
     /// Stages that fell back, and why.
     pub degraded: Vec<String>,
+    /// Experiment arms that applied (`layer:arm`, or `holdout`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<String>,
 }
 
 impl From<Decision> for DecideResponse {
@@ -280,6 +283,7 @@ impl From<Decision> for DecideResponse {
             timings_us: d.timings,
             eligible: d.eligible,
             degraded: d.degraded,
+            experiments: d.experiments,
         }
     }
 }

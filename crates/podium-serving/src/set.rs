@@ -65,13 +65,51 @@ impl ModelSet {
             .all()
             .map(BoundModel::model)
             .chain(&self.serve_only)
-            .chain(slots.flat_map(|s| s.variants().map(|v| v.model.model())));
+            .chain(slots.flat_map(|s| s.variants().chain(s.alternates()).map(|v| v.model.model())));
         for m in candidates {
             if m.name() == name && !out.iter().any(|o| o.version() == m.version()) {
                 out.push(m);
             }
         }
         out
+    }
+
+    /// The slots of a stage as a user is assigned: first the versions experiment arms ask for
+    /// (`versions`, by model name; a version not loaded is named in the `Err` list and the slot
+    /// serves as it would), then, unless `holdout`, canaries in their primaries' places where
+    /// the user falls in their share. Borrows when nothing changes.
+    pub fn arrange<'a>(
+        slots: &'a [ModelSlot],
+        unit: &str,
+        holdout: bool,
+        versions: &std::collections::BTreeMap<String, String>,
+        missing: &mut Vec<String>,
+    ) -> std::borrow::Cow<'a, [ModelSlot]> {
+        let mut changed: Vec<Option<ModelSlot>> = Vec::with_capacity(slots.len());
+        for s in slots {
+            let pinned = versions.get(&s.name()).and_then(|v| {
+                let slot = s.with_version(v);
+                if slot.is_none() {
+                    missing.push(format!("{} version {v}", s.name()));
+                }
+                slot
+            });
+            changed.push(match pinned {
+                Some(p) => Some(p),
+                None if holdout => None,
+                None => s.assigned(unit),
+            });
+        }
+        if changed.iter().all(Option::is_none) {
+            return std::borrow::Cow::Borrowed(slots);
+        }
+        std::borrow::Cow::Owned(
+            slots
+                .iter()
+                .zip(changed)
+                .map(|(s, a)| a.unwrap_or_else(|| s.clone()))
+                .collect(),
+        )
     }
 
     /// The slots of a stage as `unit` (a user id) is assigned: canaries in their primaries'

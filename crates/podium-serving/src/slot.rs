@@ -82,6 +82,8 @@ pub struct ModelSlot {
     canary: Option<Variant>,
     /// A shadow version: scored beside the primary for a share of users, off the critical path.
     shadow: Option<Variant>,
+    /// Other versions loaded for experiment arms that ask for them by version.
+    alternates: Vec<Variant>,
 }
 
 /// Another version of a slot's primary model, served to a share of users.
@@ -133,7 +135,37 @@ impl ModelSlot {
             inject_delay: None,
             canary: None,
             shadow: None,
+            alternates: Vec::new(),
         }
+    }
+
+    /// Other versions experiment arms may ask for.
+    pub fn with_alternates(mut self, alternates: Vec<BoundModel>) -> Self {
+        self.alternates = alternates
+            .into_iter()
+            .map(|m| Variant::new(m, 0.0))
+            .collect();
+        self
+    }
+
+    /// The slot with the version `version` of its primary model as tier 0, if that version is
+    /// loaded (the primary itself, its canary, shadow or an alternate).
+    pub fn with_version(&self, version: &str) -> Option<ModelSlot> {
+        if let Tier::Local(m) = &self.tiers[0] {
+            if m.model().version() == version {
+                return Some(self.clone());
+            }
+        }
+        let found = self
+            .variants()
+            .chain(&self.alternates)
+            .find(|v| v.model.model().version() == version)?
+            .clone();
+        let mut slot = self.clone();
+        slot.tiers[0] = Tier::Local(found.model);
+        slot.stalled[0] = found.stalled;
+        slot.canary = None;
+        Some(slot)
     }
 
     /// The slot with `model` as its primary in place of the local one it had (a new production
@@ -219,7 +251,11 @@ impl ModelSlot {
                 Tier::Local(m) => m.columns(),
                 Tier::Remote(r) => r.columns(),
             })
-            .chain(self.variants().flat_map(|v| v.model.columns()))
+            .chain(
+                self.variants()
+                    .chain(&self.alternates)
+                    .flat_map(|v| v.model.columns()),
+            )
             .copied()
             .collect();
         cols.sort_unstable();
@@ -235,6 +271,11 @@ impl ModelSlot {
     /// The canary and the shadow, those the slot has.
     pub fn variants(&self) -> impl Iterator<Item = &Variant> {
         self.canary.iter().chain(&self.shadow)
+    }
+
+    /// The versions loaded for experiments.
+    pub fn alternates(&self) -> impl Iterator<Item = &Variant> {
+        self.alternates.iter()
     }
 
     /// The in-process models of the slot, in tier order.
