@@ -9,8 +9,8 @@
 //! atomically. Requests in flight finish on the set they pinned; the old versions' memory goes
 //! with the last of them.
 //!
-//! The watcher runs on its own thread, at a lower scheduling priority, one load at a time, so
-//! loading does not take the serving cores from requests.
+//! The watcher runs on its own thread, at idle scheduling priority (SCHED_IDLE), one load at a
+//! time, so loading does not take the serving cores from requests.
 //!
 //! Guardrails compare each canary with its production version over the canary's window: the
 //! prediction distribution (PSI), the error rate and the P99 latency. A breach rolls the canary
@@ -173,13 +173,18 @@ pub fn spawn(
     Ok(lifecycle)
 }
 
-/// Loading runs below the serving threads' priority (Linux nice +10 for this thread only).
+/// Loading runs below the serving threads' priority: SCHED_IDLE, so the watcher gets a core only
+/// when no request wants it (nice +10 would still take scheduler slices of a few milliseconds
+/// from requests on a busy core); nice +19 where SCHED_IDLE is refused.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
-    // SAFETY: no pointers; on Linux PRIO_PROCESS with who = 0 names the calling thread. A
-    // failure leaves the priority as it was, which is harmless.
+    // SAFETY: `param` outlives the call; on Linux these calls with pid/who 0 name the calling
+    // thread only. A failure leaves the priority as it was, which is harmless.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        }
     }
 }
 
