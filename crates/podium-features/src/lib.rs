@@ -5,10 +5,15 @@
 //! fetched once per request; candidate features come from the caller, one row per candidate. This
 //! crate does not know about models or auctions.
 
+pub mod definitions;
 pub mod hydrate;
 pub mod space;
 pub mod store;
+pub mod stream;
+pub mod tiles;
 
+pub use definitions::{Definitions, Entity, FeatureDef};
 pub use hydrate::{Hydrated, Hydrator};
 pub use space::{FeatureSpace, FeatureSpec, Source};
 pub use store::{MemoryStore, OnlineStore, StoreError};
+pub use stream::{Aggregator, NatsConfig, StreamStats};
