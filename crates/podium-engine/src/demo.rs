@@ -83,8 +83,15 @@ pub fn build_demo(
     let models = ModelSetConfig::read(&set_path)?.load(&models_dir, space.schema())?;
 
     let store = Arc::new(MemoryStore::new());
+    let now = podium_features::now_ms();
     for (key, values) in demo::audience(cfg) {
-        store.insert(key, values);
+        store.insert(
+            key,
+            podium_features::StoredValue {
+                values,
+                as_of_ms: now,
+            },
+        );
     }
     let store: Arc<dyn OnlineStore> = store;
     let hydrator = Hydrator::new(space, store).map_err(|e| DemoError::Features(e.to_string()))?;

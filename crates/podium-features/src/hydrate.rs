@@ -128,7 +128,7 @@ impl Hydrator {
         let keys = [Self::user_key(req.user.id.as_str())];
         let fetched = tokio::time::timeout(budget, self.store.get_many(&keys)).await;
         let (row, degraded) = match fetched {
-            Ok(Ok(mut rows)) => (rows.pop().flatten(), None),
+            Ok(Ok(mut rows)) => (rows.pop().flatten().map(|v| v.values), None),
             Ok(Err(e)) => (None, Some(format!("store error: {e}"))),
             Err(_) => (
                 None,
@@ -189,7 +189,7 @@ impl Hydrator {
 mod tests {
     use super::*;
     use crate::space::FeatureSpec;
-    use crate::store::{MemoryStore, StoreError};
+    use crate::store::{MemoryStore, StoreError, StoredValue};
     use async_trait::async_trait;
     use podium_core::{AdBreak, BreakPosition, Content, User};
 
@@ -233,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn lays_out_request_and_candidate_columns() {
         let store = Arc::new(MemoryStore::new());
-        store.insert("user:u1".into(), Arc::from(vec![0.5f32]));
+        store.insert("user:u1".into(), StoredValue::new(vec![0.5f32], 0));
         let h = Hydrator::new(space(), store).unwrap();
         let hy = h.hydrate(&request("u1"), Duration::from_millis(5)).await;
         assert!(hy.user_found && hy.degraded.is_none());
@@ -263,11 +263,11 @@ mod tests {
 
     #[async_trait]
     impl OnlineStore for SlowStore {
-        async fn get_many(&self, _: &[String]) -> Result<Vec<Option<Arc<[f32]>>>, StoreError> {
+        async fn get_many(&self, _: &[String]) -> Result<Vec<Option<StoredValue>>, StoreError> {
             tokio::time::sleep(Duration::from_secs(10)).await;
             Ok(vec![])
         }
-        async fn put(&self, _: String, _: Arc<[f32]>) -> Result<(), StoreError> {
+        async fn put_many(&self, _: Vec<(String, StoredValue)>) -> Result<(), StoreError> {
             Ok(())
         }
     }

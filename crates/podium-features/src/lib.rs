@@ -15,5 +15,5 @@ pub mod tiles;
 pub use definitions::{Definitions, Entity, FeatureDef};
 pub use hydrate::{Hydrated, Hydrator};
 pub use space::{FeatureSpace, FeatureSpec, Source};
-pub use store::{MemoryStore, OnlineStore, StoreError};
+pub use store::{now_ms, MemoryStore, OnlineStore, StoreError, StoredValue};
 pub use stream::{Aggregator, NatsConfig, StreamStats};

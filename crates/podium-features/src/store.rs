@@ -14,21 +14,52 @@ pub struct StoreError {
     pub message: String,
 }
 
-/// A key → feature-vector store read on the hot path. Values are the entity's stored features in
-/// the order the feature space lists them for that entity.
+/// One entity's feature vector as stored, with the time its values are as of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredValue {
+    /// The entity's features, in the order its definitions list them.
+    pub values: Arc<[f32]>,
+    /// Milliseconds since the Unix epoch at which the values were computed (the stream's clock
+    /// for aggregations, the write time for stored values); freshness is judged against it.
+    pub as_of_ms: i64,
+}
+
+impl StoredValue {
+    /// A value as of `as_of_ms`.
+    pub fn new(values: impl Into<Arc<[f32]>>, as_of_ms: i64) -> Self {
+        Self {
+            values: values.into(),
+            as_of_ms,
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, the time axis of [`StoredValue::as_of_ms`].
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A key → feature-vector store read on the hot path. Keys are `"<entity>:<id>"`.
 #[async_trait]
 pub trait OnlineStore: Send + Sync {
     /// Reads many keys in one round trip; `None` for a key the store does not hold.
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Arc<[f32]>>>, StoreError>;
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<StoredValue>>, StoreError>;
+
+    /// Writes many entities' values in one round trip.
+    async fn put_many(&self, entries: Vec<(String, StoredValue)>) -> Result<(), StoreError>;
 
     /// Writes one entity's values.
-    async fn put(&self, key: String, values: Arc<[f32]>) -> Result<(), StoreError>;
+    async fn put(&self, key: String, value: StoredValue) -> Result<(), StoreError> {
+        self.put_many(vec![(key, value)]).await
+    }
 }
 
 /// The embedded store: a sharded concurrent map in process memory.
 #[derive(Default)]
 pub struct MemoryStore {
-    map: DashMap<String, Arc<[f32]>>,
+    map: DashMap<String, StoredValue>,
 }
 
 impl MemoryStore {
@@ -56,22 +87,24 @@ impl MemoryStore {
     }
 
     /// Writes without going through the async trait (bulk loading at start-up).
-    pub fn insert(&self, key: String, values: Arc<[f32]>) {
-        self.map.insert(key, values);
+    pub fn insert(&self, key: String, value: StoredValue) {
+        self.map.insert(key, value);
     }
 }
 
 #[async_trait]
 impl OnlineStore for MemoryStore {
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Arc<[f32]>>>, StoreError> {
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<StoredValue>>, StoreError> {
         Ok(keys
             .iter()
             .map(|k| self.map.get(k).map(|v| v.value().clone()))
             .collect())
     }
 
-    async fn put(&self, key: String, values: Arc<[f32]>) -> Result<(), StoreError> {
-        self.map.insert(key, values);
+    async fn put_many(&self, entries: Vec<(String, StoredValue)>) -> Result<(), StoreError> {
+        for (k, v) in entries {
+            self.map.insert(k, v);
+        }
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 //! empty tiles; rebuilding them by replaying the stream's retained window is not done here.
 
 use crate::definitions::{Definitions, Entity, EventField, EventType, FeatureKind, WindowSpec};
-use crate::store::OnlineStore;
+use crate::store::{OnlineStore, StoredValue};
 use crate::tiles::{stable_hash, Admission, EventGate, Observation, TiledSeries};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -301,21 +301,23 @@ impl Aggregator {
                 return Err(err);
             }
         };
+        let mut writes = Vec::with_capacity(keys.len());
         for (((entity, id), key), old) in pending.iter().zip(keys).zip(existing) {
             let mut v = self.vector(*entity, id, t);
-            if let Some(old) = old.filter(|o| o.len() == v.len()) {
+            if let Some(old) = old.filter(|o| o.values.len() == v.len()) {
                 for (i, f) in self.defs.of(*entity).enumerate() {
                     if f.kind == FeatureKind::Stored {
-                        v[i] = old[i];
+                        v[i] = old.values[i];
                     }
                 }
             }
-            if let Err(err) = store.put(key, v.into()).await {
-                self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(err);
-            }
-            self.dirty.remove(&(*entity, id.clone()));
+            writes.push((key, StoredValue::new(v, t)));
         }
+        if let Err(err) = store.put_many(writes).await {
+            self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(err);
+        }
+        self.dirty.clear();
         Ok(pending.len())
     }
 }

@@ -2,7 +2,9 @@
 //! JetStream consumer stopped and restarted midway.
 
 use podium_features::stream::{run_in_process, run_nats, Rejection};
-use podium_features::{Aggregator, Definitions, MemoryStore, NatsConfig, OnlineStore, StreamStats};
+use podium_features::{
+    Aggregator, Definitions, MemoryStore, NatsConfig, OnlineStore, StoredValue, StreamStats,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,14 +58,14 @@ fn ev(id: &str, kind: &str, ts: i64, extra: &str) -> Vec<u8> {
 async fn get(store: &MemoryStore, key: &str) -> Option<Vec<f32>> {
     store.get_many(&[key.to_owned()]).await.unwrap()[0]
         .as_ref()
-        .map(|v| v.to_vec())
+        .map(|v| v.values.to_vec())
 }
 
 #[tokio::test]
 async fn in_process_bus_into_memory_store() {
     let store = Arc::new(MemoryStore::new());
     // A stored feature already there must survive the aggregator's writes.
-    store.insert("user:u1".into(), vec![7.0, 0.0, 0.5].into());
+    store.insert("user:u1".into(), StoredValue::new(vec![7.0, 0.0, 0.5], 0));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let agg = Aggregator::new(defs(), Duration::from_secs(3600));
     let stats = agg.stats();

@@ -30,7 +30,7 @@ use podium_auction::{
     Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, MarketplaceError, Targeting,
 };
 use podium_core::{AdRequest, Device, Micros};
-use podium_features::{FeatureSpace, FeatureSpec, Hydrator, MemoryStore, Source};
+use podium_features::{FeatureSpace, FeatureSpec, Hydrator, MemoryStore, Source, StoredValue};
 use podium_model::linear::LinearWeights;
 use podium_model::package::{package, PackageOptions};
 use podium_model::{Link, ModelError, ModelKind};
@@ -343,12 +343,13 @@ pub fn fill_audience(store: &MemoryStore, seed: u64, viewers: usize) {
         .map_or(1, |n| n.get())
         .clamp(1, 16);
     let chunk = viewers.div_ceil(threads).max(1);
+    let now = podium_features::now_ms();
     std::thread::scope(|s| {
         for start in (0..viewers).step_by(chunk) {
             s.spawn(move || {
                 for v in start..(start + chunk).min(viewers) {
                     let key = Hydrator::user_key(&format!("u-{v}"));
-                    store.insert(key, Arc::from(viewer_features(seed, v as u64)));
+                    store.insert(key, StoredValue::new(viewer_features(seed, v as u64), now));
                 }
             });
         }
