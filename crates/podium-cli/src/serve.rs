@@ -3,7 +3,8 @@
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use podium_engine::{build_demo, build_standard, Engine, EngineConfig};
+use podium_engine::{build_demo_with, build_standard_with, Engine, EngineConfig, FeatureSetup};
+use podium_features::{Aggregator, Definitions, NatsConfig};
 use podium_log::MemoryLog;
 use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
@@ -80,6 +81,18 @@ pub struct ServeArgs {
     /// auction parameters; see docs/registry.md).
     #[arg(long)]
     experiments: Option<PathBuf>,
+    /// Feature definitions (TOML; docs/features.md) [default: <data-dir>/features.toml, written
+    /// with the world's defaults at first start].
+    #[arg(long)]
+    features: Option<PathBuf>,
+    /// Where feature events come from: `http` (POST /v1/events into the in-process bus) or a
+    /// NATS JetStream server, `nats://host:port` (durable consumer `podium-features` on subject
+    /// `podium.events`).
+    #[arg(long, default_value = "http")]
+    events: String,
+    /// Events more than this many seconds behind the newest are rejected as late.
+    #[arg(long, default_value_t = 3600)]
+    event_lateness_s: u64,
 }
 
 /// The worlds `podium serve` can serve.
@@ -137,19 +150,28 @@ impl World {
     }
 
     /// Builds the engine; blocking (reads files, may train or generate, fills the store).
+    /// Returns it with its feature definitions.
     fn build(
         &self,
         config: EngineConfig,
         log: MemoryLog,
         pool: ComputePool,
-    ) -> anyhow::Result<Engine> {
+        features: &FeatureSetup,
+    ) -> anyhow::Result<(Engine, Arc<Definitions>)> {
         match self {
             World::Demo { dir, seed } => {
                 let demo = DemoConfig {
                     seed: *seed,
                     ..DemoConfig::default()
                 };
-                Ok(build_demo(dir, &demo, config, Arc::new(log), pool)?)
+                Ok(build_demo_with(
+                    dir,
+                    &demo,
+                    config,
+                    Arc::new(log),
+                    pool,
+                    features,
+                )?)
             }
             World::Standard { dir, seed } => {
                 let started = Instant::now();
@@ -162,7 +184,14 @@ impl World {
                         "generated the standard workload"
                     );
                 }
-                Ok(build_standard(dir, None, config, Arc::new(log), pool)?)
+                Ok(build_standard_with(
+                    dir,
+                    None,
+                    config,
+                    Arc::new(log),
+                    pool,
+                    features,
+                )?)
             }
         }
     }
@@ -262,11 +291,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..podium_lifecycle::Guardrails::default()
         },
     };
+    let events = EventSource::parse(&args.events)?;
+    let features = FeatureSetup {
+        definitions: args.features.clone(),
+        store: None,
+    };
+    let lateness = Duration::from_secs(args.event_lateness_s);
     let loader = tokio::spawn(async move {
         let started = Instant::now();
-        let engine = tokio::task::spawn_blocking(move || world.build(config, log, pool))
-            .await
-            .context("loading the world")??;
+        let (engine, definitions) =
+            tokio::task::spawn_blocking(move || world.build(config, log, pool, &features))
+                .await
+                .context("loading the world")??;
+        start_stream(&loader_state, &engine, definitions, lateness, events);
         engine.warm_up(20).await;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -313,7 +350,82 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("starting on data directory {}", data_dir.display()))?;
         }
     }
-    server.await.context("serving HTTP")
+    let served = server.await.context("serving HTTP");
+    stop_stream().await;
+    served
+}
+
+/// Where feature events come from.
+#[derive(Clone, Debug)]
+enum EventSource {
+    /// `POST /v1/events` into the in-process bus.
+    Http,
+    /// A NATS JetStream server.
+    Nats(String),
+}
+
+impl EventSource {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        if s == "http" {
+            return Ok(Self::Http);
+        }
+        if s.starts_with("nats://") {
+            return Ok(Self::Nats(s.to_string()));
+        }
+        anyhow::bail!("--events must be `http` or `nats://host:port`, got {s:?}")
+    }
+}
+
+/// Starts the stream aggregator that folds events into the engine's online store.
+fn start_stream(
+    state: &AppState,
+    engine: &Engine,
+    definitions: Arc<Definitions>,
+    lateness: Duration,
+    source: EventSource,
+) {
+    let aggregator = Aggregator::new(definitions, lateness);
+    let stats = aggregator.stats();
+    let store = engine.hydrator().store().clone();
+    match source {
+        EventSource::Http => {
+            // Bounded: a flood of posted events waits for the aggregator instead of growing.
+            let (sender, rx) = tokio::sync::mpsc::channel(16_384);
+            state.set_event_ingest(podium_server::events::EventIngest { sender, stats });
+            tokio::spawn(podium_features::stream::run_in_process(
+                aggregator, rx, store,
+            ));
+        }
+        EventSource::Nats(url) => {
+            state.set_stream_stats(stats);
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(podium_features::stream::run_nats(
+                aggregator,
+                NatsConfig::new(url),
+                store,
+                stop,
+            ));
+            if let Ok(mut slot) = STREAM_STOP.lock() {
+                *slot = Some((stop_tx, task));
+            }
+        }
+    }
+}
+
+/// The NATS consumer's stop switch and task, so that shutdown ends it between batches (every
+/// applied batch flushed and acked) rather than mid-batch.
+type StreamStop = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Aggregator>,
+);
+static STREAM_STOP: std::sync::Mutex<Option<StreamStop>> = std::sync::Mutex::new(None);
+
+async fn stop_stream() {
+    let stop = STREAM_STOP.lock().ok().and_then(|mut s| s.take());
+    if let Some((tx, task)) = stop {
+        let _ = tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -610,3 +610,81 @@ async fn futures_join(server: &Server, bodies: Vec<String>) -> Vec<Value> {
     }
     out
 }
+
+#[tokio::test]
+async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
+    let server = Server::start().await;
+    let ready: Value = reqwest::get(server.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["features"]["reachable"], true, "{ready}");
+    // The demo writes its definitions beside the marketplace, for operators to edit.
+    let defs = std::fs::read_to_string(server.data.path().join("features.toml")).unwrap();
+    assert!(defs.contains("user_impressions_1h"), "{defs}");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut events: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"id": format!("e{i}"), "type": "impression", "ts_ms": now - 1_000 + i,
+                   "user_id": "u-123", "line_item_id": "li-0", "advertiser_id": "adv-0",
+                   "content_id": "title-42"})
+        })
+        .collect();
+    // A duplicate, an unknown type and a bad timestamp: counted, never fatal.
+    events.push(events[0].clone());
+    events.push(json!({"id": "x1", "type": "teleport", "ts_ms": now, "user_id": "u-123"}));
+    events.push(json!({"id": "x2", "type": "click", "ts_ms": "soon", "user_id": "u-123"}));
+    let (status, body) = server
+        .post("/v1/events", Value::Array(events).to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued"], 6);
+
+    let started = Instant::now();
+    let stats = loop {
+        let s: Value = reqwest::get(server.url("/v1/features/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["stream"]["applied"] == 3 && s["stream"]["duplicate"] == 1 {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stats["stream"]["rejected"]["unknown_type"], 1, "{stats}");
+    assert_eq!(stats["stream"]["rejected"]["bad_timestamp"], 1, "{stats}");
+
+    let (status, _) = server.post("/v1/decide", example().to_string()).await;
+    assert_eq!(status, 200);
+    let recent: Value = reqwest::get(server.url("/v1/decisions/recent?limit=1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served = recent[0]["served"].as_array().unwrap();
+    let user = served
+        .iter()
+        .find(|e| e["entity"] == "user" && e["id"] == "u-123")
+        .unwrap_or_else(|| panic!("{recent}"));
+    // user_impressions_1h follows the four stored viewer features in the default definitions.
+    assert_eq!(user["values"][4], json!([3.0, true]), "{user}");
+    let content = served.iter().find(|e| e["entity"] == "content").unwrap();
+    assert_eq!(content["id"], "title-42");
+    let hydration = &stats["hydration"];
+    assert!(hydration["requests"].as_u64().unwrap() >= 1, "{stats}");
+
+    // A body that is not JSON is refused whole, naming where.
+    let (status, body) = server.post("/v1/events", "{\"id\": 1}\nnot json").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["field"].as_str().unwrap().contains("line 2"), "{body}");
+}

@@ -1,9 +1,10 @@
 //! Assembling an engine on the embedded defaults: the demo marketplace and audience from the
 //! simulator, demo models trained at first start and cached as bundles under the data directory.
 
+use crate::features::{prepare, FeatureSetup};
 use crate::pipeline::{Engine, EngineConfig, MarketSnapshot};
 use podium_auction::{Marketplace, MarketplaceError};
-use podium_features::{Hydrator, MemoryStore, OnlineStore};
+use podium_features::Definitions;
 use podium_log::DecisionSink;
 use podium_model::ModelError;
 use podium_pacing::MemorySpendStore;
@@ -50,6 +51,19 @@ pub fn build_demo(
     sink: Arc<dyn DecisionSink>,
     pool: ComputePool,
 ) -> Result<Engine, DemoError> {
+    build_demo_with(data_dir, cfg, config, sink, pool, &FeatureSetup::default()).map(|b| b.0)
+}
+
+/// As [`build_demo`], with the features set up as `features` says; also returns the feature
+/// definitions (for the stream aggregator).
+pub fn build_demo_with(
+    data_dir: &Path,
+    cfg: &DemoConfig,
+    config: EngineConfig,
+    sink: Arc<dyn DecisionSink>,
+    pool: ComputePool,
+    features: &FeatureSetup,
+) -> Result<(Engine, Arc<Definitions>), DemoError> {
     let mk = |p: &Path| {
         std::fs::create_dir_all(p).map_err(|e| DemoError::DataDir {
             path: p.to_path_buf(),
@@ -63,7 +77,19 @@ pub fn build_demo(
     }
     let marketplace = Marketplace::read(&market_path)?;
 
-    let space = Arc::new(demo::feature_space());
+    let world_space = demo::feature_space();
+    let prepared = prepare(
+        data_dir,
+        features,
+        &world_space,
+        || podium_sim::default_definitions(&world_space),
+        demo::audience(cfg)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_vec())),
+        cfg.users,
+    )
+    .map_err(DemoError::Features)?;
+    let space = prepared.hydrator.space().clone();
     let models_dir = data_dir.join("models");
     mk(&models_dir)?;
     demo::ensure_models(cfg, &marketplace, &models_dir)?;
@@ -82,27 +108,15 @@ pub fn build_demo(
     }
     let models = ModelSetConfig::read(&set_path)?.load(&models_dir, space.schema())?;
 
-    let store = Arc::new(MemoryStore::new());
-    let now = podium_features::now_ms();
-    for (key, values) in demo::audience(cfg) {
-        store.insert(
-            key,
-            podium_features::StoredValue {
-                values,
-                as_of_ms: now,
-            },
-        );
-    }
-    let store: Arc<dyn OnlineStore> = store;
-    let hydrator = Hydrator::new(space, store).map_err(|e| DemoError::Features(e.to_string()))?;
     let market = MarketSnapshot::new(marketplace, demo::candidate_features);
-    Ok(Engine::new(
+    let engine = Engine::new(
         config,
         market,
         models,
-        hydrator,
+        prepared.hydrator,
         Arc::new(MemorySpendStore::new()),
         sink,
         pool,
-    ))
+    );
+    Ok((engine, prepared.definitions))
 }

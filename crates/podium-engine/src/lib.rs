@@ -1,5 +1,6 @@
-//! The decision pipeline of `ARCHITECTURE.md` §1 as one [`Engine::decide`]: admit, hydrate,
-//! retrieve, rank, score, value, pod, respond, log.
+//! The decision pipeline of `ARCHITECTURE.md` §1 as one [`Engine::decide`]: admit, retrieve,
+//! hydrate (the request's and its candidates' stored features in one read), rank, score, value,
+//! pod, respond, log.
 //!
 //! This is the one place where features, serving, auction, pacing and logging meet. The HTTP
 //! server only adapts wire formats to `decide`, and replay will call the very same function, so a
@@ -7,10 +8,14 @@
 
 mod demo;
 pub mod experiments;
+mod features;
 mod pipeline;
 mod standard;
 
-pub use demo::{build_demo, DemoError};
+pub use demo::{build_demo, build_demo_with, DemoError};
 pub use experiments::{Assignment, Experiments, ExperimentsError};
+pub use features::{FeatureSetup, PreparedFeatures};
 pub use pipeline::{Engine, EngineConfig, MarketSnapshot, ShadowRecord};
-pub use standard::{build_standard, FloorSample, LoadTimings, StandardWorld, WorkloadError};
+pub use standard::{
+    build_standard, build_standard_with, FloorSample, LoadTimings, StandardWorld, WorkloadError,
+};

@@ -7,7 +7,7 @@ use podium_core::FeatureFrame;
 use podium_core::{
     AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
 };
-use podium_features::Hydrator;
+use podium_features::{CandidateKeys, Hydrator};
 use podium_log::{DecisionRecord, DecisionSink};
 use podium_pacing::{has_budget, Day, SpendStore};
 use podium_serving::{run_stage, ComputePool, ModelSet, Scored};
@@ -226,6 +226,29 @@ fn us(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
+/// The stored-entity keys of `eligible` candidates, when the feature space stores any per
+/// candidate (else none, and hydration reads the request's own entities only).
+pub(crate) fn candidate_keys<'a>(
+    hydrator: &Hydrator,
+    market: &'a MarketSnapshot,
+    eligible: &[u32],
+) -> Vec<CandidateKeys<'a>> {
+    if !hydrator.wants_candidates() {
+        return Vec::new();
+    }
+    eligible
+        .iter()
+        .map(|&i| {
+            let li = &market.marketplace.line_items[i as usize];
+            CandidateKeys {
+                handle: i,
+                line_item: li.id.as_str(),
+                advertiser: li.advertiser_id.as_str(),
+            }
+        })
+        .collect()
+}
+
 impl Engine {
     /// Assembles an engine from its parts.
     pub fn new(
@@ -340,6 +363,11 @@ impl Engine {
         self.inner.models.load_full()
     }
 
+    /// The hydrator: its feature space, online store and counters.
+    pub fn hydrator(&self) -> &Hydrator {
+        &self.inner.hydrator
+    }
+
     /// The marketplace requests admitted now will use.
     pub fn market(&self) -> Arc<MarketSnapshot> {
         self.inner.market.load_full()
@@ -369,18 +397,8 @@ impl Engine {
         let assignment = inner.experiments.load().assign(req.user.id.as_str());
         let admit_us = us(deadline.elapsed());
 
-        let t = Instant::now();
-        let hydrated = inner
-            .hydrator
-            .hydrate(&req, inner.config.hydrate_budget.min(deadline.remaining()))
-            .await;
-        let hydrate_us = us(t.elapsed());
-        let mut degraded: Vec<String> = hydrated
-            .degraded
-            .iter()
-            .map(|d| format!("hydrate: {d}"))
-            .collect();
-
+        // Retrieval first: it needs no features, and it names the candidates whose stored
+        // features join the viewer's in hydration's one batched read.
         let t = Instant::now();
         let day = Day::today();
         let open = self.open_set(&market);
@@ -388,6 +406,24 @@ impl Engine {
         let eligible = market.index.eligible_where(&req, |w| open.word(w));
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
+
+        let t = Instant::now();
+        let keys = candidate_keys(&inner.hydrator, &market, &eligible);
+        let hydrated = inner
+            .hydrator
+            .hydrate(
+                &req,
+                &keys,
+                inner.config.hydrate_budget.min(deadline.remaining()),
+            )
+            .await;
+        drop(keys);
+        let hydrate_us = us(t.elapsed());
+        let mut degraded: Vec<String> = hydrated
+            .degraded
+            .iter()
+            .map(|d| format!("hydrate: {d}"))
+            .collect();
 
         let computed = self
             .select(
@@ -446,6 +482,7 @@ impl Engine {
             request: req,
             features,
             decision: decision.clone(),
+            served: hydrated.served,
         });
         decision
     }
@@ -484,7 +521,8 @@ impl Engine {
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.ranker_columns()));
+        let frame =
+            Arc::new(hydrator.frame_of(hydrated, &rows, eligible, &models.ranker_columns()));
         let unit = req.user.id.as_str();
         let mut missing = Vec::new();
         let ranker = ModelSet::arrange(
@@ -516,7 +554,7 @@ impl Engine {
             .iter()
             .map(|&i| market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &models.scorer_columns()));
+        let frame = Arc::new(hydrator.frame_of(hydrated, &rows, &top, &models.scorer_columns()));
         let scorers = ModelSet::arrange(
             &models.scorers,
             unit,
@@ -651,12 +689,13 @@ impl Engine {
                 );
                 let market = self.market();
                 let models = self.models();
+                let eligible = market.index.eligible(&req);
+                let keys = candidate_keys(&self.inner.hydrator, &market, &eligible);
                 let hydrated = self
                     .inner
                     .hydrator
-                    .hydrate(&req, self.inner.config.hydrate_budget)
+                    .hydrate(&req, &keys, self.inner.config.hydrate_budget)
                     .await;
-                let eligible = market.index.eligible(&req);
                 self.select(
                     &req,
                     &market,

@@ -6,10 +6,11 @@
 //! `marketplace.json`, `models.toml` and the bundles under `models/`, and regenerates the viewers'
 //! stored features into the in-memory store.
 
+use crate::features::{prepare, FeatureSetup};
 use crate::pipeline::{Engine, EngineConfig, MarketSnapshot};
 use podium_auction::{Marketplace, MarketplaceError};
 use podium_core::AdRequest;
-use podium_features::{Hydrator, MemoryStore, OnlineStore};
+use podium_features::{Definitions, Hydrator};
 use podium_log::DecisionSink;
 use podium_pacing::MemorySpendStore;
 use podium_serving::{ComputePool, ConfigError, ModelSet, ModelSetConfig};
@@ -59,6 +60,8 @@ pub struct StandardWorld {
     pub models: ModelSet,
     /// Hydration over the in-memory store holding the audience.
     pub hydrator: Hydrator,
+    /// The feature definitions (`features.toml` of the directory), for the stream aggregator.
+    pub definitions: Arc<Definitions>,
     /// Viewers in the store.
     pub viewers: usize,
     /// Where the loading time went.
@@ -69,6 +72,15 @@ impl StandardWorld {
     /// Loads a generated directory. `viewers` overrides how many viewers are put in the store
     /// (tests use a few thousand; serving uses all of `workload.json`'s).
     pub fn load(data_dir: &Path, viewers: Option<usize>) -> Result<Self, WorkloadError> {
+        Self::load_with(data_dir, viewers, &FeatureSetup::default())
+    }
+
+    /// As [`load`](Self::load), with the features set up as `features` says.
+    pub fn load_with(
+        data_dir: &Path,
+        viewers: Option<usize>,
+        features: &FeatureSetup,
+    ) -> Result<Self, WorkloadError> {
         let spec = standard::read_spec(data_dir)?
             .ok_or_else(|| WorkloadError::NotGenerated(data_dir.to_path_buf()))?;
         let seed = spec.seed;
@@ -81,24 +93,37 @@ impl StandardWorld {
         let marketplace_time = t.elapsed();
 
         let t = Instant::now();
-        let space = Arc::new(standard::feature_space());
+        let world_space = standard::feature_space();
+        let viewers = viewers.unwrap_or(spec.viewers);
+        let prepared = prepare(
+            data_dir,
+            features,
+            &world_space,
+            || podium_sim::default_definitions(&world_space),
+            (0..viewers).map(|v| {
+                (
+                    Hydrator::user_key(&format!("u-{v}")),
+                    standard::viewer_features(seed, v as u64),
+                )
+            }),
+            viewers,
+        )
+        .map_err(WorkloadError::Features)?;
+        let audience_time = t.elapsed();
+        let space = prepared.hydrator.space().clone();
+        let t = Instant::now();
         let models = ModelSetConfig::read(&data_dir.join("models.toml"))?
             .load(&data_dir.join("models"), space.schema())?;
         let models_time = t.elapsed();
 
-        let t = Instant::now();
-        let viewers = viewers.unwrap_or(spec.viewers);
-        let store = Arc::new(MemoryStore::with_capacity(viewers));
-        standard::fill_audience(&store, seed, viewers);
-        let audience_time = t.elapsed();
-        let store: Arc<dyn OnlineStore> = store;
-        let hydrator =
-            Hydrator::new(space, store).map_err(|e| WorkloadError::Features(e.to_string()))?;
+        let hydrator = prepared.hydrator;
+        let definitions = prepared.definitions;
         Ok(Self {
             spec,
             market,
             models,
             hydrator,
+            definitions,
             viewers,
             timings: LoadTimings {
                 marketplace: marketplace_time,
@@ -131,17 +156,21 @@ impl StandardWorld {
     /// primary models only (no pool, no deadline, no fallbacks). Budgets are not consulted, so
     /// every targeted line item is a candidate, as at the start of a day.
     pub async fn compute_floor(&self, req: &AdRequest) -> FloorSample {
-        let hydrated = self.hydrator.hydrate(req, Duration::from_secs(1)).await;
         let eligible = self.market.index.eligible(req);
+        let keys = crate::pipeline::candidate_keys(&self.hydrator, &self.market, &eligible);
+        let hydrated = self
+            .hydrator
+            .hydrate(req, &keys, Duration::from_secs(1))
+            .await;
 
         let t = Instant::now();
         let rows: Vec<&[f32]> = eligible
             .iter()
             .map(|&i| self.market.candidate_features[i as usize].as_slice())
             .collect();
-        let frame = self
-            .hydrator
-            .frame_of(&hydrated, &rows, &self.models.ranker_columns());
+        let frame =
+            self.hydrator
+                .frame_of(&hydrated, &rows, &eligible, &self.models.ranker_columns());
         let mut frame_us = us(t.elapsed());
         let t = Instant::now();
         let ranked = local(&self.models.ranker).and_then(|m| m.try_score(&frame));
@@ -158,7 +187,7 @@ impl StandardWorld {
             .collect();
         let frame = self
             .hydrator
-            .frame_of(&hydrated, &rows, &self.models.scorer_columns());
+            .frame_of(&hydrated, &rows, &top, &self.models.scorer_columns());
         frame_us += us(t.elapsed());
         let mut failures = 0;
         let scorer_us = self
@@ -221,7 +250,28 @@ pub fn build_standard(
     sink: Arc<dyn DecisionSink>,
     pool: ComputePool,
 ) -> Result<Engine, WorkloadError> {
-    let world = StandardWorld::load(data_dir, viewers)?;
+    build_standard_with(
+        data_dir,
+        viewers,
+        config,
+        sink,
+        pool,
+        &FeatureSetup::default(),
+    )
+    .map(|b| b.0)
+}
+
+/// As [`build_standard`], with the features set up as `features` says; also returns the feature
+/// definitions (for the stream aggregator).
+pub fn build_standard_with(
+    data_dir: &Path,
+    viewers: Option<usize>,
+    config: EngineConfig,
+    sink: Arc<dyn DecisionSink>,
+    pool: ComputePool,
+    features: &FeatureSetup,
+) -> Result<(Engine, Arc<Definitions>), WorkloadError> {
+    let world = StandardWorld::load_with(data_dir, viewers, features)?;
     tracing::info!(
         viewers = world.viewers,
         line_items = world.market.marketplace.line_items.len(),
@@ -230,7 +280,8 @@ pub fn build_standard(
         audience_ms = world.timings.audience.as_millis() as u64,
         "standard workload loaded"
     );
-    Ok(world.into_engine(config, sink, pool))
+    let definitions = world.definitions.clone();
+    Ok((world.into_engine(config, sink, pool), definitions))
 }
 
 /// The first in-process model of a slot: the one the compute floor measures.

@@ -28,7 +28,10 @@ async fn standard_decisions_fill_pods_with_every_model_serving() {
     let mut gen = RequestGen::new(traffic.clone(), 11);
     for _ in 0..5 {
         let req = gen.next_request();
-        let hydrated = world.hydrator.hydrate(&req, Duration::from_secs(1)).await;
+        let hydrated = world
+            .hydrator
+            .hydrate(&req, &[], Duration::from_secs(1))
+            .await;
         assert!(hydrated.user_found);
         let li = 17;
         let cand = &world.market.candidate_features[li];
@@ -39,8 +42,12 @@ async fn standard_decisions_fill_pods_with_every_model_serving() {
             &standard::viewer_features(1, viewer),
             &standard::candidate_features(1, &world.market.marketplace.line_items[li]),
         );
-        let got: Vec<f32> = (0..standard::FEATURES)
-            .map(|c| frame.column(c)[0])
+        // By name: the served space adds the definitions' streamed features between the world's.
+        let got: Vec<f32> = standard::feature_space()
+            .schema()
+            .names()
+            .iter()
+            .map(|n| frame.column(frame.schema().column(n).unwrap())[0])
             .collect();
         assert_eq!(got, expected);
     }

@@ -1,9 +1,10 @@
 //! Feature serving: which features exist, where their values live, and how a request's values are
 //! fetched (hydrated) inside the deadline and laid out as the frame models read.
 //!
-//! Request-level features (the viewer's stored features and the context of the request) are
-//! fetched once per request; candidate features come from the caller, one row per candidate. This
-//! crate does not know about models or auctions.
+//! A request's stored entities (its viewer and content, and its candidates' line items and
+//! advertisers) are fetched in one batched read; context features are derived from the request;
+//! candidates' supplied attributes come from the caller, one row per candidate. This crate does
+//! not know about models or auctions.
 
 pub mod definitions;
 pub mod hydrate;
@@ -13,7 +14,7 @@ pub mod stream;
 pub mod tiles;
 
 pub use definitions::{Definitions, Entity, FeatureDef};
-pub use hydrate::{Hydrated, Hydrator};
+pub use hydrate::{CandidateKeys, Hydrated, HydrationStats, Hydrator, ServedEntity, SpaceError};
 pub use space::{FeatureSpace, FeatureSpec, Source};
 pub use store::{now_ms, MemoryStore, OnlineStore, StoreError, StoredValue};
 pub use stream::{Aggregator, NatsConfig, StreamStats};

@@ -54,6 +54,16 @@ pub trait OnlineStore: Send + Sync {
     async fn put(&self, key: String, value: StoredValue) -> Result<(), StoreError> {
         self.put_many(vec![(key, value)]).await
     }
+
+    /// Checks that the backend answers.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The backend's name, for health reports.
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 /// The embedded store: a sharded concurrent map in process memory.

@@ -5,6 +5,7 @@
 //! sink keeps recent records in memory; the Parquet writer sits behind the same trait.
 
 use podium_core::{AdRequest, Decision};
+use podium_features::ServedEntity;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,10 @@ pub struct DecisionRecord {
     pub features: Vec<(String, f32)>,
     /// The decision, with model versions and timings.
     pub decision: Decision,
+    /// Every stored entity hydrated (viewer, content, candidates' line items and advertisers):
+    /// the values served and the as-of time of the stored vector they came from.
+    #[serde(default)]
+    pub served: Vec<ServedEntity>,
 }
 
 /// A destination for decision records.
@@ -131,6 +136,7 @@ mod tests {
         DecisionRecord {
             ts_ms: i as u64,
             features: vec![],
+            served: vec![],
             decision: Decision {
                 request_id: request.request_id.clone(),
                 breaks: vec![],

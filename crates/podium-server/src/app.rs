@@ -38,6 +38,8 @@ pub struct AppState {
     default_tmax: Duration,
     batchers: Arc<dashmap::DashMap<(String, String), podium_serving::MicroBatcher>>,
     lifecycle: Arc<OnceLock<podium_lifecycle::Lifecycle>>,
+    events: Arc<OnceLock<crate::events::EventIngest>>,
+    stream_stats: Arc<OnceLock<Arc<podium_features::StreamStats>>>,
 }
 
 impl Default for AppState {
@@ -61,6 +63,8 @@ impl AppState {
             default_tmax,
             batchers: Arc::default(),
             lifecycle: Arc::default(),
+            events: Arc::default(),
+            stream_stats: Arc::default(),
         }
     }
 
@@ -114,6 +118,26 @@ impl AppState {
         let _ = self.log.set(log);
     }
 
+    /// Accepts events over `POST /v1/events` into this in-process bus.
+    pub fn set_event_ingest(&self, ingest: crate::events::EventIngest) {
+        let _ = self.events.set(ingest);
+    }
+
+    /// The in-process event bus, when events come over HTTP.
+    pub fn events(&self) -> Option<&crate::events::EventIngest> {
+        self.events.get()
+    }
+
+    /// Reports the counters of a stream consumer fed from elsewhere (NATS JetStream).
+    pub fn set_stream_stats(&self, stats: Arc<podium_features::StreamStats>) {
+        let _ = self.stream_stats.set(stats);
+    }
+
+    /// The counters of the stream consumer fed from elsewhere, if any.
+    pub fn stream_stats(&self) -> Option<&Arc<podium_features::StreamStats>> {
+        self.stream_stats.get()
+    }
+
     /// The engine, once ready.
     pub fn engine(&self) -> Option<&Engine> {
         self.engine.get()
@@ -146,6 +170,12 @@ pub fn router(state: AppState) -> Router {
         .merge(decisions)
         .merge(inference)
         .route("/v1/decisions/recent", get(recent_decisions))
+        .route(
+            "/v1/events",
+            post(crate::events::ingest)
+                .layer(DefaultBodyLimit::max(crate::events::MAX_EVENTS_BODY_BYTES)),
+        )
+        .route("/v1/features/stats", get(crate::events::stats))
         .route("/healthz", get(healthz))
         .route("/v1/lifecycle", get(lifecycle))
         .route("/v1/lifecycle/shadow", get(shadow_recent))
@@ -244,6 +274,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .collect();
             let market = engine.market();
             let mut body = json!({"ready": true, "models": list, "line_items": market.marketplace.line_items.len()});
+            // Decisions go on with defaults when the feature store is down; readiness says so.
+            body["features"] = crate::events::store_health(engine).await;
             // Serving goes on when the registry cannot be read; readiness says so.
             if let Some(lifecycle) = state.lifecycle.get() {
                 let s = lifecycle.status();

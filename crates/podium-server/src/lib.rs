@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod api;
 mod app;
+pub mod events;
 pub mod oip;
 
 pub use admin::admin_router;

@@ -2,7 +2,7 @@
 
 use podium_auction::{Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, Targeting};
 use podium_core::{Device, Micros};
-use podium_features::{FeatureSpace, FeatureSpec, Source};
+use podium_features::{Entity, FeatureSpace, FeatureSpec, Source};
 use podium_model::manifest::{OutputSpec, ServingSpec};
 use podium_model::{
     linear::fit_logistic, linear::LinearWeights, BundleWriter, GoldenRow, InputSpec, Link,
@@ -73,21 +73,21 @@ impl Default for DemoConfig {
 
 /// The feature space of the demo world.
 pub fn feature_space() -> FeatureSpace {
-    let f = |name: &str, source, default| FeatureSpec {
-        name: name.to_string(),
-        source,
-        default,
-    };
+    let f = |name: &str, source, default| FeatureSpec::new(name, source, default);
     FeatureSpace::new(vec![
         f("ctx_device_tv", Source::Context, 0.0),
         f("ctx_device_mobile", Source::Context, 0.0),
         f("ctx_device_tablet", Source::Context, 0.0),
         f("ctx_device_desktop", Source::Context, 0.0),
         f("ctx_live", Source::Context, 0.0),
-        f("user_ctr_7d", Source::User, 0.01),
-        f("user_completion_rate_7d", Source::User, 0.75),
-        f("user_ads_seen_1d", Source::User, 0.0),
-        f("user_tenure_days", Source::User, 30.0),
+        f("user_ctr_7d", Source::Stored(Entity::User), 0.01),
+        f(
+            "user_completion_rate_7d",
+            Source::Stored(Entity::User),
+            0.75,
+        ),
+        f("user_ads_seen_1d", Source::Stored(Entity::User), 0.0),
+        f("user_tenure_days", Source::Stored(Entity::User), 30.0),
         f("li_ctr_7d", Source::Candidate, 0.01),
         f("li_completion_rate_7d", Source::Candidate, 0.75),
         f("li_min_duration_s", Source::Candidate, 15.0),

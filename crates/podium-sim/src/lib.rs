@@ -12,3 +12,76 @@
 pub mod demo;
 pub mod standard;
 pub mod traffic;
+
+/// A feature definitions file (TOML, as `podium_features::Definitions` reads it) declaring a
+/// world's stored viewer features — so the stream aggregator keeps them — followed by the
+/// windowed aggregations every world streams: viewer, line item, advertiser and content counts.
+pub fn default_definitions(space: &podium_features::FeatureSpace) -> String {
+    use podium_features::{Entity, Source};
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# Feature definitions (docs/features.md). Written at first start; edit freely.\n\
+         # Stored features are written by batch jobs (here: the world's audience fill);\n\
+         # aggregations are folded from the event stream (POST /v1/events, or NATS JetStream).\n\n",
+    );
+    for (_, s) in space.of(Source::Stored(Entity::User)) {
+        let _ = writeln!(
+            out,
+            "[[feature]]\nname = \"{}\"\nentity = \"user\"\ndefault = {:?}\nttl = \"30d\"\n",
+            s.name, s.default
+        );
+    }
+    let aggregations = [
+        (
+            "user_impressions_1h",
+            "user",
+            "count",
+            "impression",
+            "1h",
+            "",
+        ),
+        ("user_clicks_1d", "user", "count", "click", "1d", ""),
+        (
+            "li_impressions_1h",
+            "line_item",
+            "count",
+            "impression",
+            "1h",
+            "",
+        ),
+        ("li_clicks_1d", "line_item", "count", "click", "1d", ""),
+        (
+            "li_completions_1d",
+            "line_item",
+            "count",
+            "completion",
+            "1d",
+            "",
+        ),
+        (
+            "adv_impressions_1d",
+            "advertiser",
+            "count",
+            "impression",
+            "1d",
+            "",
+        ),
+        (
+            "adv_reach_1d",
+            "advertiser",
+            "distinct",
+            "impression",
+            "1d",
+            "field = \"user_id\"\n",
+        ),
+        ("content_plays_1h", "content", "count", "play", "1h", ""),
+    ];
+    for (name, entity, agg, event, window, extra) in aggregations {
+        let _ = writeln!(
+            out,
+            "[[feature]]\nname = \"{name}\"\nentity = \"{entity}\"\naggregation = \"{agg}\"\n\
+             event = \"{event}\"\nwindow = \"{window}\"\n{extra}default = 0.0\nttl = \"7d\"\n"
+        );
+    }
+    out
+}

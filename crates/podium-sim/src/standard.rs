@@ -30,7 +30,9 @@ use podium_auction::{
     Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, MarketplaceError, Targeting,
 };
 use podium_core::{AdRequest, Device, Micros};
-use podium_features::{FeatureSpace, FeatureSpec, Hydrator, MemoryStore, Source, StoredValue};
+use podium_features::{
+    Entity, FeatureSpace, FeatureSpec, Hydrator, MemoryStore, Source, StoredValue,
+};
 use podium_model::linear::LinearWeights;
 use podium_model::package::{package, PackageOptions};
 use podium_model::{Link, ModelError, ModelKind};
@@ -39,7 +41,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Revision of the generator; part of every model version, so a changed generator never reuses
 /// a version string for different weights.
@@ -285,11 +286,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StandardError + '_ {
 
 /// The standard feature space: 16 context, 24 viewer and 24 line-item features (64 in all).
 pub fn feature_space() -> FeatureSpace {
-    let spec = |name: String, source, default| FeatureSpec {
-        name,
-        source,
-        default,
-    };
+    let spec = |name: String, source, default| FeatureSpec::new(name, source, default);
     let mut specs: Vec<FeatureSpec> = CONTEXT
         .iter()
         .map(|n| spec(n.to_string(), Source::Context, 0.0))
@@ -297,9 +294,15 @@ pub fn feature_space() -> FeatureSpace {
     specs.extend(
         USER_SCALARS
             .iter()
-            .map(|(n, d)| spec(n.to_string(), Source::User, *d)),
+            .map(|(n, d)| spec(n.to_string(), Source::Stored(Entity::User), *d)),
     );
-    specs.extend((0..EMBEDDING).map(|k| spec(format!("user_emb_{k:02}"), Source::User, 0.0)));
+    specs.extend((0..EMBEDDING).map(|k| {
+        spec(
+            format!("user_emb_{k:02}"),
+            Source::Stored(Entity::User),
+            0.0,
+        )
+    }));
     specs.extend(
         CANDIDATE_SCALARS
             .iter()
@@ -812,7 +815,10 @@ fn sample_rows(
     let mut traffic = RequestGen::new(TrafficConfig::standard(), seed ^ salt);
     let mut rng = ChaCha8Rng::seed_from_u64((seed ^ salt).wrapping_add(1));
     let space = feature_space();
-    let user_defaults: Vec<f32> = space.of(Source::User).map(|(_, s)| s.default).collect();
+    let user_defaults: Vec<f32> = space
+        .of(Source::Stored(Entity::User))
+        .map(|(_, s)| s.default)
+        .collect();
     (0..n)
         .map(|i| {
             let req = traffic.next_request();

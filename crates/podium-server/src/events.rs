@@ -1,0 +1,143 @@
+//! Feature endpoints: event ingestion into the in-process stream, and hydration/stream counters.
+
+use crate::api::ApiError;
+use crate::app::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use podium_features::{HydrationStats, StreamStats};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Largest event batch accepted in one `POST /v1/events`.
+pub const MAX_EVENTS_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where ingested events go: the in-process bus of the stream aggregator, and its counters.
+#[derive(Clone)]
+pub struct EventIngest {
+    /// The bus's sending side.
+    pub sender: mpsc::Sender<Vec<u8>>,
+    /// The aggregator's counters.
+    pub stats: Arc<StreamStats>,
+}
+
+/// `POST /v1/events`: a JSON array of events, or one event per line (NDJSON). Each event is
+/// queued as sent; the aggregator validates it and counts rejections by reason (see
+/// `GET /v1/features/stats`). A body that is neither is refused whole with 400, naming the line.
+pub async fn ingest(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let ingest = state.events().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server reads events from NATS JetStream, not over HTTP",
+        )
+    })?;
+    let events = split(&body)?;
+    let n = events.len();
+    for e in events {
+        // Back-pressure: the bus is bounded, so a flood waits here rather than growing memory.
+        if ingest.sender.send(e).await.is_err() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event aggregator has stopped",
+            ));
+        }
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"queued": n}))).into_response())
+}
+
+/// Splits a body into the raw bytes of each event.
+fn split(body: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::field("body", e))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<Value> =
+            serde_json::from_str(trimmed).map_err(|e| ApiError::field("body", e))?;
+        return Ok(items
+            .iter()
+            .map(|v| serde_json::to_vec(v).unwrap_or_default())
+            .collect());
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<serde::de::IgnoredAny>(l)
+                .map(|_| l.as_bytes().to_vec())
+                .map_err(|e| ApiError::field(format!("line {}", i + 1), e))
+        })
+        .collect()
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Hydration counters as JSON.
+pub fn hydration_json(s: &HydrationStats) -> Value {
+    json!({
+        "requests": get(&s.requests),
+        "store_errors": get(&s.store_errors),
+        "timeouts": get(&s.timeouts),
+        "entities": get(&s.entities),
+        "entities_missing": get(&s.entities_missing),
+        "values_stale": get(&s.values_stale),
+    })
+}
+
+/// Stream counters as JSON.
+pub fn stream_json(s: &StreamStats) -> Value {
+    json!({
+        "applied": get(&s.applied),
+        "rejected": {
+            "malformed": get(&s.malformed),
+            "unknown_type": get(&s.unknown_type),
+            "bad_timestamp": get(&s.bad_timestamp),
+            "missing_entity": get(&s.missing_entity),
+            "late": get(&s.late),
+        },
+        "duplicate": get(&s.duplicate),
+        "store_errors": get(&s.store_errors),
+    })
+}
+
+/// `GET /v1/features/stats`: hydration outcomes, the store's health and the stream's counters.
+pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let engine = state
+        .engine()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "models are loading"))?;
+    let mut body = json!({
+        "hydration": hydration_json(engine.hydrator().stats()),
+        "store": store_health(engine).await,
+    });
+    if let Some(ingest) = state.events() {
+        body["stream"] = stream_json(&ingest.stats);
+    }
+    if let Some(stats) = state.stream_stats() {
+        body["stream"] = stream_json(stats);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The online store's health: reachable or the error, within 250 ms.
+pub async fn store_health(engine: &podium_engine::Engine) -> Value {
+    let store = engine.hydrator().store();
+    let ping = tokio::time::timeout(std::time::Duration::from_millis(250), store.ping()).await;
+    match ping {
+        Ok(Ok(())) => json!({"backend": store.backend(), "reachable": true}),
+        Ok(Err(e)) => {
+            json!({"backend": store.backend(), "reachable": false, "error": e.to_string()})
+        }
+        Err(_) => {
+            json!({"backend": store.backend(), "reachable": false, "error": "ping exceeded 250 ms"})
+        }
+    }
+}
