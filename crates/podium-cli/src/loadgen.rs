@@ -45,6 +45,11 @@ pub struct LoadgenArgs {
     /// (CPU per decision ÷ compute floor) is computed from.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A number of microseconds in every answer to histogram beside the client-side latency,
+    /// as a dotted path into the response JSON (e.g. `timings_us.hydrate_us` of a decision, or
+    /// `hydrate_us` of /v1/features/hydrate): the server's own figure for one stage under load.
+    #[arg(long)]
+    server_timing: Option<String>,
     /// Async worker threads of the generator (pin the process with taskset to keep it off the
     /// server's cores).
     #[arg(long, default_value_t = 1)]
@@ -99,6 +104,8 @@ struct Latencies {
     /// Requests the server shed (answered at once with no ads, or 503).
     shed: Histogram<u64>,
     window: Histogram<u64>,
+    /// The `--server-timing` field of admitted answers.
+    server: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -159,7 +166,12 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
         all: histogram(),
         shed: histogram(),
         window: histogram(),
+        server: histogram(),
     }));
+    let timing_path: Option<Arc<Vec<String>>> = args
+        .server_timing
+        .as_ref()
+        .map(|p| Arc::new(p.split('.').map(str::to_owned).collect()));
 
     let cpu_before = match args.server_pid {
         Some(pid) => Some(process_cpu(pid)?),
@@ -190,11 +202,12 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
         }
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let body = bodies[(next % bodies.len() as u64) as usize].clone();
-        let (client, url, counters, latencies) = (
+        let (client, url, counters, latencies, timing_path) = (
             client.clone(),
             url.clone(),
             counters.clone(),
             latencies.clone(),
+            timing_path.clone(),
         );
         tokio::spawn(async move {
             let result = client
@@ -203,14 +216,16 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
                 .body(body.into_inner())
                 .send()
                 .await;
+            let mut server_us = None;
             let (ok, shed) = match result {
                 Ok(r) => {
                     let status = r.status();
                     let shed = r.headers().contains_key("x-podium-shed");
-                    (
-                        r.bytes().await.is_ok() && status.is_success() && !shed,
-                        shed,
-                    )
+                    let body = r.bytes().await;
+                    if let (Some(path), Ok(b)) = (&timing_path, &body) {
+                        server_us = field_u64(b, path);
+                    }
+                    (body.is_ok() && status.is_success() && !shed, shed)
                 }
                 Err(_) => (false, false),
             };
@@ -229,6 +244,9 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
                 } else {
                     let _ = l.all.record(us);
                     let _ = l.window.record(us);
+                }
+                if let (true, Some(s)) = (ok, server_us) {
+                    let _ = l.server.record(s.clamp(1, 60_000_000));
                 }
             }
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -258,6 +276,17 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
         "p999_ms": ms(0.999),
         "max_ms": l.all.max() as f64 / 1000.0,
     });
+    if let Some(field) = &args.server_timing {
+        let q = |q: f64| l.server.value_at_quantile(q) as f64 / 1000.0;
+        summary["server_timing"] = serde_json::json!({
+            "field": field,
+            "count": l.server.len(),
+            "p50_ms": q(0.5),
+            "p99_ms": q(0.99),
+            "p999_ms": q(0.999),
+            "max_ms": l.server.max() as f64 / 1000.0,
+        });
+    }
     if let (Some(pid), Some(before)) = (args.server_pid, cpu_before) {
         let used = process_cpu(pid)?.saturating_sub(before);
         summary["server_cpu_s"] = serde_json::json!(used.as_secs_f64());
@@ -265,6 +294,12 @@ async fn drive(url: String, args: LoadgenArgs) -> anyhow::Result<serde_json::Val
             serde_json::json!((used.as_secs_f64() * 1e6 / ok.max(1) as f64).round());
     }
     Ok(summary)
+}
+
+/// The unsigned integer at a dotted `path` of a JSON body, if there is one.
+fn field_u64(body: &[u8], path: &[String]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    path.iter().try_fold(&v, |v, k| v.get(k))?.as_u64()
 }
 
 /// User plus system CPU time a process has used, from `/proc/PID/stat`.
@@ -352,6 +387,17 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("3 fortnights").is_err());
+    }
+
+    #[test]
+    fn reads_a_timing_field_by_path() {
+        let path: Vec<String> = vec!["timings_us".into(), "hydrate_us".into()];
+        assert_eq!(
+            field_u64(br#"{"timings_us":{"hydrate_us":42}}"#, &path),
+            Some(42)
+        );
+        assert_eq!(field_u64(br#"{"timings_us":{}}"#, &path), None);
+        assert_eq!(field_u64(b"not json", &path), None);
     }
 
     #[test]

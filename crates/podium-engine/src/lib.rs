@@ -15,7 +15,7 @@ mod standard;
 pub use demo::{build_demo, build_demo_with, DemoError};
 pub use experiments::{Assignment, Experiments, ExperimentsError};
 pub use features::{FeatureSetup, PreparedFeatures};
-pub use pipeline::{Engine, EngineConfig, MarketSnapshot, ShadowRecord};
+pub use pipeline::{Engine, EngineConfig, HydrationReport, MarketSnapshot, ShadowRecord};
 pub use standard::{
     build_standard, build_standard_with, FloorSample, LoadTimings, StandardWorld, WorkloadError,
 };

@@ -210,6 +210,23 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// What [`Engine::hydrate_only`] found for one request.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HydrationReport {
+    /// Time of the batched fetch and the frame's request-level values, in µs.
+    pub hydrate_us: u64,
+    /// Candidates retrieval admitted (their line items and advertisers were fetched too).
+    pub eligible: usize,
+    /// Stored entities fetched.
+    pub entities: usize,
+    /// Whether the store held the viewer.
+    pub user_found: bool,
+    /// Why defaults were served, if they were.
+    pub degraded: Option<String>,
+    /// Request-level features by name (context, viewer, content).
+    pub features: Vec<(String, f32)>,
+}
+
 /// What the compute stages hand back to the async part of `decide`.
 struct Computed {
     breaks: Vec<BreakDecision>,
@@ -366,6 +383,43 @@ impl Engine {
     /// The hydrator: its feature space, online store and counters.
     pub fn hydrator(&self) -> &Hydrator {
         &self.inner.hydrator
+    }
+
+    /// Retrieval and hydration of one request, as [`decide`](Self::decide) runs them, without
+    /// the models or the auction: what a request would be served, and how long the fetch took.
+    pub async fn hydrate_only(&self, req: &AdRequest) -> HydrationReport {
+        let inner = &self.inner;
+        let market = inner.market.load_full();
+        let open = self.open_set(&market);
+        open.refresh(Day::today(), inner.spend.as_ref());
+        let eligible = market.index.eligible_where(req, |w| open.word(w));
+        let t = Instant::now();
+        let keys = candidate_keys(&inner.hydrator, &market, &eligible);
+        let hydrated = inner
+            .hydrator
+            .hydrate(
+                req,
+                &keys,
+                inner
+                    .config
+                    .hydrate_budget
+                    .min(req.tmax.unwrap_or(inner.config.default_tmax)),
+            )
+            .await;
+        let hydrate_us = us(t.elapsed());
+        let names = inner.hydrator.space().schema().names();
+        HydrationReport {
+            hydrate_us,
+            eligible: eligible.len(),
+            entities: hydrated.served.len(),
+            user_found: hydrated.user_found,
+            degraded: hydrated.degraded,
+            features: names
+                .iter()
+                .cloned()
+                .zip(hydrated.request_values.iter().copied())
+                .collect(),
+        }
     }
 
     /// The marketplace requests admitted now will use.

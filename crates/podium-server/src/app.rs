@@ -176,6 +176,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(crate::events::MAX_EVENTS_BODY_BYTES)),
         )
         .route("/v1/features/stats", get(crate::events::stats))
+        .route("/v1/features/hydrate", post(crate::events::hydrate))
         .route("/healthz", get(healthz))
         .route("/v1/lifecycle", get(lifecycle))
         .route("/v1/lifecycle/shadow", get(shadow_recent))

@@ -127,6 +127,20 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
     Ok(Json(body).into_response())
 }
 
+/// `POST /v1/features/hydrate`: a decide request's retrieval and hydration only — the features
+/// it would be served and how long the fetch took (for debugging and the hydration benchmark).
+pub async fn hydrate(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let req = crate::api::parse_decide(&body)?;
+    let engine = state
+        .engine()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "models are loading"))?;
+    Ok(Json(engine.hydrate_only(&req).await).into_response())
+}
+
 /// The online store's health: reachable or the error, within 250 ms.
 pub async fn store_health(engine: &podium_engine::Engine) -> Value {
     let store = engine.hydrator().store();
