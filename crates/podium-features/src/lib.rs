@@ -6,15 +6,19 @@
 //! candidates' supplied attributes come from the caller, one row per candidate. This crate does
 //! not know about models or auctions.
 
+pub mod cache;
 pub mod definitions;
 pub mod hydrate;
+pub mod redis_store;
 pub mod space;
 pub mod store;
 pub mod stream;
 pub mod tiles;
 
+pub use cache::{CacheConfig, CachedStore};
 pub use definitions::{Definitions, Entity, FeatureDef};
 pub use hydrate::{CandidateKeys, Hydrated, HydrationStats, Hydrator, ServedEntity, SpaceError};
+pub use redis_store::{RedisOptions, RedisStore};
 pub use space::{FeatureSpace, FeatureSpec, Source};
-pub use store::{now_ms, MemoryStore, OnlineStore, StoreError, StoredValue};
+pub use store::{now_ms, MemoryStore, OnlineStore, SnapshotError, StoreError, StoredValue};
 pub use stream::{Aggregator, NatsConfig, StreamStats};
