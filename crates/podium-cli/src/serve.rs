@@ -4,7 +4,10 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use podium_engine::{build_demo_with, build_standard_with, Engine, EngineConfig, FeatureSetup};
-use podium_features::{Aggregator, Definitions, NatsConfig};
+use podium_features::{
+    Aggregator, CacheConfig, CachedStore, Definitions, MemoryStore, NatsConfig, OnlineStore,
+    RedisStore,
+};
 use podium_log::MemoryLog;
 use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
@@ -90,6 +93,22 @@ pub struct ServeArgs {
     /// `podium.events`).
     #[arg(long, default_value = "http")]
     events: String,
+    /// Online feature store: `memory` (embedded, snapshot to --feature-snapshot), or Redis:
+    /// `redis://host:port[/db]`, `redis+cluster://host:port[,host:port…]`.
+    #[arg(long, default_value = "memory")]
+    feature_store: String,
+    /// Snapshot file of the embedded store: loaded at start when present (a warm restart),
+    /// written every --feature-snapshot-interval-s and at shutdown; `off` to keep none
+    /// [default: <data-dir>/features.snapshot].
+    #[arg(long)]
+    feature_snapshot: Option<String>,
+    /// Seconds between snapshots of the embedded store.
+    #[arg(long, default_value_t = 60)]
+    feature_snapshot_interval_s: u64,
+    /// With Redis: how long line items', advertisers' and content's features are cached in
+    /// process, in milliseconds (0: no cache).
+    #[arg(long, default_value_t = 30_000)]
+    feature_cache_ttl_ms: u64,
     /// Events more than this many seconds behind the newest are rejected as late.
     #[arg(long, default_value_t = 3600)]
     event_lateness_s: u64,
@@ -292,9 +311,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let events = EventSource::parse(&args.events)?;
+    let (store, snapshot) = open_store(&args, &data_dir).await?;
     let features = FeatureSetup {
         definitions: args.features.clone(),
-        store: None,
+        store: Some(store),
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
     let loader = tokio::spawn(async move {
@@ -352,7 +372,95 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let served = server.await.context("serving HTTP");
     stop_stream().await;
+    if let Some(s) = &snapshot {
+        s.save_now().await;
+    }
     served
+}
+
+/// The embedded store and where it is snapshotted.
+#[derive(Clone)]
+struct Snapshots {
+    store: Arc<MemoryStore>,
+    path: PathBuf,
+}
+
+impl Snapshots {
+    async fn save_now(&self) {
+        let this = self.clone();
+        let saved = tokio::task::spawn_blocking(move || this.store.save_snapshot(&this.path)).await;
+        match saved {
+            Ok(Ok(n)) => {
+                tracing::info!(entries = n, path = %self.path.display(), "feature snapshot written")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "feature snapshot failed"),
+            Err(e) => tracing::warn!(error = %e, "feature snapshot task failed"),
+        }
+    }
+}
+
+/// Opens the online store the options name: Redis (behind the in-process cache of slow-changing
+/// entities), or the embedded store, warm from its snapshot when there is one.
+async fn open_store(
+    args: &ServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<dyn OnlineStore>, Option<Snapshots>)> {
+    let url = args.feature_store.as_str();
+    if url.starts_with("redis://") || url.starts_with("redis+cluster://") {
+        let redis: Arc<dyn OnlineStore> = Arc::new(
+            RedisStore::connect(url)
+                .await
+                .with_context(|| format!("--feature-store {url}"))?,
+        );
+        if args.feature_cache_ttl_ms == 0 {
+            return Ok((redis, None));
+        }
+        let cache = CacheConfig {
+            ttl: Duration::from_millis(args.feature_cache_ttl_ms),
+            ..CacheConfig::default()
+        };
+        return Ok((Arc::new(CachedStore::new(redis, cache)), None));
+    }
+    if url != "memory" {
+        anyhow::bail!(
+            "--feature-store must be `memory`, `redis://host:port[/db]` or \
+             `redis+cluster://host:port[,host:port…]`, got {url:?}"
+        );
+    }
+    let path = match args.feature_snapshot.as_deref() {
+        Some("off") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(data_dir.join("features.snapshot")),
+    };
+    let Some(path) = path else {
+        return Ok((Arc::new(MemoryStore::new()), None));
+    };
+    let store = if path.exists() {
+        let p = path.clone();
+        let store = tokio::task::spawn_blocking(move || MemoryStore::load_snapshot(&p))
+            .await
+            .context("loading the feature snapshot")?
+            .with_context(|| "--feature-snapshot: delete the file or pass `off` to start cold")?;
+        tracing::info!(entries = store.len(), path = %path.display(), "feature snapshot loaded");
+        Arc::new(store)
+    } else {
+        Arc::new(MemoryStore::new())
+    };
+    let snapshots = Snapshots {
+        store: store.clone(),
+        path,
+    };
+    let periodic = snapshots.clone();
+    let every = Duration::from_secs(args.feature_snapshot_interval_s.max(1));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            periodic.save_now().await;
+        }
+    });
+    Ok((store, Some(snapshots)))
 }
 
 /// Where feature events come from.

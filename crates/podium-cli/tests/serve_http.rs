@@ -688,3 +688,184 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     assert_eq!(status, 400, "{body}");
     assert!(body["field"].as_str().unwrap().contains("line 2"), "{body}");
 }
+
+/// A private `redis-server` on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "this test needs `redis-server` on PATH (Debian: apt-get install redis-server)",
+            );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    reqwest::get(server.url(path))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = Redis::start(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = Server::start_with_args(|_| {}, &["--feature-store", &url]).await;
+    let ready = get_json(&server, "/readyz").await;
+    assert_eq!(ready["features"]["backend"], "redis", "{ready}");
+    assert_eq!(ready["features"]["reachable"], true, "{ready}");
+
+    // The audience was written to Redis at start: the viewer is found.
+    let (status, hydration) = server
+        .post("/v1/features/hydrate", example().to_string())
+        .await;
+    assert_eq!(status, 200, "{hydration}");
+    assert_eq!(hydration["user_found"], true, "{hydration}");
+    assert!(hydration["degraded"].is_null(), "{hydration}");
+
+    // Redis dies: decisions are still answered in time, on defaults, and say so.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    for i in 0..5 {
+        let req = with(example(), |r| r["request_id"] = json!(format!("down-{i}")));
+        let (status, d) = server.post("/v1/decide", req).await;
+        assert_eq!(status, 200, "{d}");
+        let degraded = d["degraded"].as_array().unwrap();
+        assert!(
+            degraded
+                .iter()
+                .any(|x| x.as_str().unwrap().starts_with("hydrate: store")),
+            "{d}"
+        );
+        assert!(!d["breaks"][0]["ads"].as_array().unwrap().is_empty(), "{d}");
+    }
+    let ready = get_json(&server, "/readyz").await;
+    assert_eq!(ready["features"]["reachable"], false, "{ready}");
+    let stats = get_json(&server, "/v1/features/stats").await;
+    assert!(
+        stats["hydration"]["store_errors"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
+
+    // Redis returns (empty): hydration recovers by itself, without a restart.
+    let _redis = Redis::start(port);
+    let started = Instant::now();
+    loop {
+        let (_, h) = server
+            .post("/v1/features/hydrate", example().to_string())
+            .await;
+        if h["degraded"].is_null() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = get_json(&server, "/readyz").await;
+    assert_eq!(ready["features"]["reachable"], true, "{ready}");
+}
+
+#[tokio::test]
+async fn a_restart_is_warm_from_the_feature_snapshot() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_path_buf();
+    let args = ["--feature-snapshot-interval-s", "1"];
+    let first = Server::start_with_args(
+        |d| {
+            std::fs::remove_dir(d).unwrap();
+            std::os::unix::fs::symlink(&dir, d).unwrap();
+        },
+        &args,
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let event = json!({"id": "s1", "type": "impression", "ts_ms": now, "user_id": "u-123"});
+    let (status, _) = first.post("/v1/events", event.to_string()).await;
+    assert_eq!(status, 202);
+    // Wait for a snapshot written after the event was applied.
+    let snapshot = dir.join("features.snapshot");
+    let started = Instant::now();
+    loop {
+        let s = get_json(&first, "/v1/features/stats").await;
+        if s["stream"]["applied"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let applied_at = std::time::SystemTime::now();
+    loop {
+        let written = std::fs::metadata(&snapshot).and_then(|m| m.modified());
+        if written.is_ok_and(|w| w > applied_at) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no snapshot written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+
+    let second = Server::start_with_args(
+        |d| {
+            std::fs::remove_dir(d).unwrap();
+            std::os::unix::fs::symlink(&dir, d).unwrap();
+        },
+        &args,
+    )
+    .await;
+    let (_, h) = second
+        .post("/v1/features/hydrate", example().to_string())
+        .await;
+    let imps = h["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == "user_impressions_1h")
+        .unwrap_or_else(|| panic!("{h}"));
+    assert_eq!(imps[1], 1.0, "the aggregate survived the restart: {h}");
+}
