@@ -72,7 +72,7 @@ pub struct CandidateKeys<'a> {
 }
 
 /// What was served for one stored entity: the values given to the models, in
-/// [`Hydrator::served_names`] order, and the as-of time of the stored vector they came from.
+/// `names` order, and the as-of time of the stored vector they came from.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServedEntity {
     /// Entity kind.
@@ -82,6 +82,8 @@ pub struct ServedEntity {
     /// As-of time of the stored vector served; `None` when the defaults were served (unknown
     /// entity, store error or timeout).
     pub as_of_ms: Option<i64>,
+    /// The features' names, in `values` order (shared by every entity of the kind).
+    pub names: Arc<[String]>,
     /// Per feature: the value served, and whether it was the stored value (`false`: default,
     /// because absent or older than its ttl).
     pub values: Vec<(f32, bool)>,
@@ -128,6 +130,7 @@ pub struct HydrationStats {
 struct Plan {
     entity: Entity,
     cols: Vec<(usize, usize, f32, Option<i64>)>,
+    names: Arc<[String]>,
 }
 
 impl Plan {
@@ -143,7 +146,15 @@ impl Plan {
                 )
             })
             .collect();
-        (!cols.is_empty()).then_some(Self { entity, cols })
+        let names = cols
+            .iter()
+            .map(|c| space.specs()[c.0].name.clone())
+            .collect();
+        (!cols.is_empty()).then_some(Self {
+            entity,
+            cols,
+            names,
+        })
     }
 
     /// The served values of one entity from its stored vector (if any) at `now`, counting stale
@@ -176,6 +187,7 @@ impl Plan {
             entity: self.entity,
             id: id.to_owned(),
             as_of_ms: stored.map(|v| v.as_of_ms),
+            names: self.names.clone(),
             values,
         }
     }
