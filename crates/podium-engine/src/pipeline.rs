@@ -237,31 +237,26 @@ struct Computed {
     value_us: u64,
     pod_us: u64,
     bookings: Vec<(u32, Micros)>,
+    /// The candidates fully scored (their served features go to the feature log).
+    top: Vec<u32>,
 }
 
 fn us(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
-/// The stored-entity keys of `eligible` candidates, when the feature space stores any per
-/// candidate (else none, and hydration reads the request's own entities only).
-pub(crate) fn candidate_keys<'a>(
-    hydrator: &Hydrator,
-    market: &'a MarketSnapshot,
-    eligible: &[u32],
-) -> Vec<CandidateKeys<'a>> {
-    if !hydrator.wants_candidates() {
-        return Vec::new();
-    }
-    eligible
+/// The stored-entity keys of every line item of the market (handle = its index), for the
+/// hydrator's candidate table.
+pub(crate) fn candidate_keys(market: &MarketSnapshot) -> Vec<CandidateKeys<'_>> {
+    market
+        .marketplace
+        .line_items
         .iter()
-        .map(|&i| {
-            let li = &market.marketplace.line_items[i as usize];
-            CandidateKeys {
-                handle: i,
-                line_item: li.id.as_str(),
-                advertiser: li.advertiser_id.as_str(),
-            }
+        .enumerate()
+        .map(|(i, li)| CandidateKeys {
+            handle: i as u32,
+            line_item: li.id.as_str(),
+            advertiser: li.advertiser_id.as_str(),
         })
         .collect()
 }
@@ -393,13 +388,12 @@ impl Engine {
         let open = self.open_set(&market);
         open.refresh(Day::today(), inner.spend.as_ref());
         let eligible = market.index.eligible_where(req, |w| open.word(w));
+        self.refresh_candidates_if_due(&market);
         let t = Instant::now();
-        let keys = candidate_keys(&inner.hydrator, &market, &eligible);
         let hydrated = inner
             .hydrator
             .hydrate(
                 req,
-                &keys,
                 inner
                     .config
                     .hydrate_budget
@@ -411,7 +405,7 @@ impl Engine {
         HydrationReport {
             hydrate_us,
             eligible: eligible.len(),
-            entities: hydrated.served.len(),
+            entities: hydrated.served.len() + eligible.len(),
             user_found: hydrated.user_found,
             degraded: hydrated.degraded,
             features: names
@@ -419,6 +413,30 @@ impl Engine {
                 .cloned()
                 .zip(hydrated.request_values.iter().copied())
                 .collect(),
+        }
+    }
+
+    /// Starts a background refresh of the hydrator's candidate table when it is due (one at a
+    /// time; requests meanwhile use the table they find).
+    fn refresh_candidates_if_due(&self, market: &Arc<MarketSnapshot>) {
+        if !self.inner.hydrator.candidates_due() {
+            return;
+        }
+        let (engine, market) = (self.clone(), market.clone());
+        tokio::spawn(async move {
+            let keys = candidate_keys(&market);
+            if let Err(e) = engine.inner.hydrator.refresh_candidates(&keys).await {
+                tracing::warn!(error = %e, "candidate features refresh failed; the last table serves");
+            }
+        });
+    }
+
+    /// Reads the candidate table now (before serving, and after the marketplace changes).
+    pub async fn refresh_candidates(&self) {
+        let market = self.market();
+        let keys = candidate_keys(&market);
+        if let Err(e) = self.inner.hydrator.refresh_candidates(&keys).await {
+            tracing::warn!(error = %e, "candidate features refresh failed");
         }
     }
 
@@ -461,17 +479,12 @@ impl Engine {
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
 
+        self.refresh_candidates_if_due(&market);
         let t = Instant::now();
-        let keys = candidate_keys(&inner.hydrator, &market, &eligible);
         let hydrated = inner
             .hydrator
-            .hydrate(
-                &req,
-                &keys,
-                inner.config.hydrate_budget.min(deadline.remaining()),
-            )
+            .hydrate(&req, inner.config.hydrate_budget.min(deadline.remaining()))
             .await;
-        drop(keys);
         let hydrate_us = us(t.elapsed());
         let mut degraded: Vec<String> = hydrated
             .degraded
@@ -525,6 +538,14 @@ impl Engine {
                 assignment.arms
             },
         };
+        let candidates = if inner.hydrator.wants_candidates() {
+            inner.hydrator.served_candidates(&hydrated, &computed.top)
+        } else {
+            Vec::new()
+        };
+        let mut served = hydrated.served;
+        served.extend(candidates);
+        let served: Arc<[podium_features::ServedEntity]> = served.into();
         let names = inner.hydrator.space().schema().names();
         let features = names
             .iter()
@@ -536,7 +557,7 @@ impl Engine {
             request: req,
             features,
             decision: decision.clone(),
-            served: hydrated.served,
+            served,
         });
         decision
     }
@@ -703,6 +724,7 @@ impl Engine {
             value_us,
             pod_us,
             bookings,
+            top,
         }
     }
 }
@@ -712,6 +734,9 @@ impl Engine {
     /// spend or logging, so that first real requests do not pay for cold caches and lazy setup.
     pub async fn warm_up(&self, rounds: usize) {
         use podium_core::{AdBreak, BreakPosition, Content, Device, User};
+        if self.inner.hydrator.wants_candidates() {
+            self.refresh_candidates().await;
+        }
         for round in 0..rounds {
             for device in Device::ALL {
                 let req = AdRequest {
@@ -744,11 +769,10 @@ impl Engine {
                 let market = self.market();
                 let models = self.models();
                 let eligible = market.index.eligible(&req);
-                let keys = candidate_keys(&self.inner.hydrator, &market, &eligible);
                 let hydrated = self
                     .inner
                     .hydrator
-                    .hydrate(&req, &keys, self.inner.config.hydrate_budget)
+                    .hydrate(&req, self.inner.config.hydrate_budget)
                     .await;
                 self.select(
                     &req,

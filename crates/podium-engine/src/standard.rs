@@ -157,11 +157,11 @@ impl StandardWorld {
     /// every targeted line item is a candidate, as at the start of a day.
     pub async fn compute_floor(&self, req: &AdRequest) -> FloorSample {
         let eligible = self.market.index.eligible(req);
-        let keys = crate::pipeline::candidate_keys(&self.hydrator, &self.market, &eligible);
-        let hydrated = self
-            .hydrator
-            .hydrate(req, &keys, Duration::from_secs(1))
-            .await;
+        if self.hydrator.wants_candidates() {
+            let keys = crate::pipeline::candidate_keys(&self.market);
+            let _ = self.hydrator.refresh_candidates(&keys).await;
+        }
+        let hydrated = self.hydrator.hydrate(req, Duration::from_secs(1)).await;
 
         let t = Instant::now();
         let rows: Vec<&[f32]> = eligible

@@ -28,10 +28,7 @@ async fn standard_decisions_fill_pods_with_every_model_serving() {
     let mut gen = RequestGen::new(traffic.clone(), 11);
     for _ in 0..5 {
         let req = gen.next_request();
-        let hydrated = world
-            .hydrator
-            .hydrate(&req, &[], Duration::from_secs(1))
-            .await;
+        let hydrated = world.hydrator.hydrate(&req, Duration::from_secs(1)).await;
         assert!(hydrated.user_found);
         let li = 17;
         let cand = &world.market.candidate_features[li];

@@ -4,11 +4,12 @@
 use crate::definitions::Entity;
 use crate::space::{FeatureSpace, Source};
 use crate::store::{now_ms, OnlineStore, StoredValue};
+use arc_swap::ArcSwap;
 use podium_core::{AdRequest, Device, FeatureFrame};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A context feature, parsed from its name once when the hydrator is built.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,7 +90,8 @@ pub struct ServedEntity {
     pub values: Vec<(f32, bool)>,
 }
 
-/// The feature values of one request: request-level columns, and stored per-candidate ones.
+/// The feature values of one request: request-level columns, and the candidate table pinned when
+/// it was hydrated.
 #[derive(Clone, Debug)]
 pub struct Hydrated {
     /// Context then request-level stored values, in column order.
@@ -98,14 +100,11 @@ pub struct Hydrated {
     pub user_found: bool,
     /// Set when the fetch failed or ran out of time and defaults were served instead.
     pub degraded: Option<String>,
-    /// Stored per-candidate values: row `k` (of width [`Hydrator::candidate_stored_width`]) is
-    /// the candidate whose handle maps to `k` in `candidate_rows`.
-    candidate_values: Vec<f32>,
-    candidate_rows: HashMap<u32, u32>,
-    /// Every stored entity fetched, with what was served for it (for the feature log).
+    /// The request's own stored entities (viewer, content), with what was served for each.
     pub served: Vec<ServedEntity>,
     /// Wall-clock time of the fetch (ms since the epoch): freshness was judged against it.
     pub at_ms: i64,
+    table: Arc<CandidateTable>,
 }
 
 /// Counters of hydration outcomes since start.
@@ -123,6 +122,10 @@ pub struct HydrationStats {
     pub entities_missing: AtomicU64,
     /// Feature values found but older than their ttl, served as their default.
     pub values_stale: AtomicU64,
+    /// Bulk reads of every candidate's line item and advertiser.
+    pub candidate_refreshes: AtomicU64,
+    /// Bulk reads that failed (the previous table kept serving).
+    pub candidate_refresh_errors: AtomicU64,
 }
 
 /// One stored entity's columns: (column, slot in the stored vector, default, ttl in ms).
@@ -191,6 +194,32 @@ impl Plan {
             values,
         }
     }
+
+    /// The stored values in column order (NaN where absent), without judging freshness.
+    fn raw(&self, stored: Option<&StoredValue>, out: &mut Vec<f32>) {
+        out.extend(self.cols.iter().map(|&(_, slot, _, _)| {
+            stored
+                .and_then(|v| v.values.get(slot).copied())
+                .unwrap_or(f32::NAN)
+        }));
+    }
+}
+
+/// Every candidate's stored line-item and advertiser features, read in one bulk `get_many` and
+/// refreshed in the background. These entities change slowly and a request has a thousand of
+/// them, so looking each up per request would cost more than the whole rest of hydration; the
+/// table bounds their staleness by the refresh interval, and each value's ttl is still judged at
+/// request time against its as-of time.
+#[derive(Debug, Default)]
+pub struct CandidateTable {
+    /// Row `h` (by candidate handle), width = the candidate stored columns: raw values, NaN where
+    /// the store held none.
+    values: Vec<f32>,
+    /// Per handle: as-of of its line item's and its advertiser's vectors (`i64::MIN`: absent).
+    as_of: Vec<(i64, i64)>,
+    /// Per handle: (line item id, advertiser id), for the feature log.
+    ids: Vec<(Arc<str>, Arc<str>)>,
+    loaded: Option<Instant>,
 }
 
 /// Fetches a request's stored features and builds frames for one feature space.
@@ -203,10 +232,13 @@ pub struct Hydrator {
     content: Option<Plan>,
     line_item: Option<Plan>,
     advertiser: Option<Plan>,
-    /// Per-candidate stored columns, in the order of a candidate row: line item's, then
-    /// advertiser's.
-    candidate_stored: Vec<usize>,
+    /// Per-candidate stored columns in table order (line item's, then advertiser's): (column,
+    /// from the advertiser, default, ttl ms).
+    candidate_stored: Vec<(usize, bool, f32, Option<i64>)>,
     candidate_columns: Vec<(usize, usize)>,
+    table: ArcSwap<CandidateTable>,
+    refreshing: AtomicBool,
+    refresh_every: Duration,
     stats: Arc<HydrationStats>,
 }
 
@@ -220,6 +252,9 @@ pub enum SpaceError {
     #[error("feature {0:?} is keyed by the device, and requests carry no device id; key it by the user instead")]
     NoDeviceId(String),
 }
+
+/// How often the candidate table is re-read from the store by default.
+pub const DEFAULT_CANDIDATE_REFRESH: Duration = Duration::from_secs(1);
 
 impl Hydrator {
     /// A hydrator over `space`, reading stored features from `store`.
@@ -245,7 +280,11 @@ impl Hydrator {
         let candidate_stored = line_item
             .iter()
             .chain(advertiser.iter())
-            .flat_map(|p| p.cols.iter().map(|c| c.0))
+            .flat_map(|p| {
+                p.cols
+                    .iter()
+                    .map(move |c| (c.0, p.entity == Entity::Advertiser, c.2, c.3))
+            })
             .collect();
         let candidate_columns = space
             .of(Source::Candidate)
@@ -260,10 +299,19 @@ impl Hydrator {
             advertiser,
             candidate_stored,
             candidate_columns,
+            table: ArcSwap::default(),
+            refreshing: AtomicBool::new(false),
+            refresh_every: DEFAULT_CANDIDATE_REFRESH,
             space,
             store,
             stats: Arc::default(),
         })
+    }
+
+    /// Re-reads the candidate table every `every` instead of every second.
+    pub fn with_candidate_refresh(mut self, every: Duration) -> Self {
+        self.refresh_every = every;
+        self
     }
 
     /// The feature space.
@@ -286,76 +334,128 @@ impl Hydrator {
         key(Entity::User, user_id)
     }
 
-    /// Whether any model-visible feature is stored per candidate (line item or advertiser), so
-    /// that [`hydrate`](Self::hydrate) wants the candidates' keys.
+    /// Whether any feature is stored per candidate (line item or advertiser), so that the
+    /// candidate table is kept.
     pub fn wants_candidates(&self) -> bool {
         !self.candidate_stored.is_empty()
     }
 
-    /// Number of stored per-candidate columns.
-    pub fn candidate_stored_width(&self) -> usize {
-        self.candidate_stored.len()
+    /// Whether the candidate table is due for a refresh; a `true` answer is given to one caller
+    /// only, who must then call [`refresh_candidates`](Self::refresh_candidates).
+    pub fn candidates_due(&self) -> bool {
+        if !self.wants_candidates() {
+            return false;
+        }
+        let due = self
+            .table
+            .load()
+            .loaded
+            .is_none_or(|t| t.elapsed() >= self.refresh_every);
+        due && self
+            .refreshing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
-    /// Names of an entity's served features, in [`ServedEntity::values`] order.
-    pub fn served_names(&self, entity: Entity) -> Vec<String> {
-        let plan = match entity {
-            Entity::User => &self.user,
-            Entity::Content => &self.content,
-            Entity::LineItem => &self.line_item,
-            Entity::Advertiser => &self.advertiser,
-            Entity::Device => &None,
-        };
-        plan.iter()
-            .flat_map(|p| p.cols.iter())
-            .map(|c| self.space.specs()[c.0].name.clone())
-            .collect()
-    }
-
-    /// Fetches the request's and its candidates' stored features in one batched read within
-    /// `budget`; on a miss, an error, a stale value or a timeout the defaults are used and the
-    /// result says why.
-    pub async fn hydrate(
+    /// Reads every candidate's line item and advertiser in one `get_many` and publishes the new
+    /// table (handles index it: give them densely from 0). On an error the previous table keeps
+    /// serving.
+    pub async fn refresh_candidates(
         &self,
-        req: &AdRequest,
         candidates: &[CandidateKeys<'_>],
-        budget: Duration,
-    ) -> Hydrated {
+    ) -> Result<usize, crate::StoreError> {
+        let result = self.read_table(candidates).await;
+        match &result {
+            Ok(table) => {
+                self.stats
+                    .candidate_refreshes
+                    .fetch_add(1, Ordering::Relaxed);
+                self.table.store(table.clone());
+            }
+            Err(_) => {
+                self.stats
+                    .candidate_refresh_errors
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.refreshing.store(false, Ordering::Release);
+        result.map(|t| t.as_of.len())
+    }
+
+    async fn read_table(
+        &self,
+        candidates: &[CandidateKeys<'_>],
+    ) -> Result<Arc<CandidateTable>, crate::StoreError> {
+        if !self.wants_candidates() {
+            return Ok(Arc::default());
+        }
+        let mut keys = Vec::new();
+        let mut advertisers: HashMap<&str, usize> = HashMap::new();
+        let mut at: Vec<(Option<usize>, Option<usize>)> = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let li = self.line_item.as_ref().map(|p| {
+                keys.push(key(p.entity, c.line_item));
+                keys.len() - 1
+            });
+            let adv = self.advertiser.as_ref().map(|p| {
+                *advertisers.entry(c.advertiser).or_insert_with(|| {
+                    keys.push(key(p.entity, c.advertiser));
+                    keys.len() - 1
+                })
+            });
+            at.push((li, adv));
+        }
+        let rows = self.store.get_many(&keys).await?;
+        let rows_n = candidates
+            .iter()
+            .map(|c| c.handle as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let width = self.candidate_stored.len();
+        let mut table = CandidateTable {
+            values: vec![f32::NAN; rows_n * width],
+            as_of: vec![(i64::MIN, i64::MIN); rows_n],
+            ids: vec![(Arc::from(""), Arc::from("")); rows_n],
+            loaded: Some(Instant::now()),
+        };
+        let mut row = Vec::with_capacity(width);
+        for (c, (li, adv)) in candidates.iter().zip(at) {
+            let h = c.handle as usize;
+            row.clear();
+            let li_v = li.and_then(|i| rows.get(i)).and_then(|r| r.as_ref());
+            let adv_v = adv.and_then(|i| rows.get(i)).and_then(|r| r.as_ref());
+            if let Some(p) = &self.line_item {
+                p.raw(li_v, &mut row);
+            }
+            if let Some(p) = &self.advertiser {
+                p.raw(adv_v, &mut row);
+            }
+            table.values[h * width..(h + 1) * width].copy_from_slice(&row);
+            table.as_of[h] = (
+                li_v.map_or(i64::MIN, |v| v.as_of_ms),
+                adv_v.map_or(i64::MIN, |v| v.as_of_ms),
+            );
+            table.ids[h] = (Arc::from(c.line_item), Arc::from(c.advertiser));
+        }
+        Ok(Arc::new(table))
+    }
+
+    /// Fetches the request's stored features (viewer, content) in one batched read within
+    /// `budget`, and pins the current candidate table; on a miss, an error, a stale value or a
+    /// timeout the defaults are used and the result says why.
+    pub async fn hydrate(&self, req: &AdRequest, budget: Duration) -> Hydrated {
         let mut values = vec![f32::NAN; self.request_width];
         for (col, f) in &self.context {
             values[*col] = f.value(req);
         }
-        // The keys, with the plan that reads each.
-        let mut keys = Vec::new();
-        let push = |plan: &'_ Option<Plan>, id: &str, keys: &mut Vec<String>| {
-            if let Some(p) = plan {
-                keys.push(key(p.entity, id));
-            }
-        };
-        push(&self.user, req.user.id.as_str(), &mut keys);
-        push(&self.content, req.content.id.as_str(), &mut keys);
-        let request_keys = keys.len();
-        let mut candidate_rows = HashMap::new();
-        let mut advertisers: HashMap<&str, usize> = HashMap::new();
-        // Per candidate: (line item key index, advertiser key index).
-        let mut cand_keys: Vec<(Option<usize>, Option<usize>)> = Vec::new();
-        if self.wants_candidates() {
-            candidate_rows.reserve(candidates.len());
-            for c in candidates {
-                let li = self.line_item.as_ref().map(|p| {
-                    keys.push(key(p.entity, c.line_item));
-                    keys.len() - 1
-                });
-                let adv = self.advertiser.as_ref().map(|p| {
-                    *advertisers.entry(c.advertiser).or_insert_with(|| {
-                        keys.push(key(p.entity, c.advertiser));
-                        keys.len() - 1
-                    })
-                });
-                candidate_rows.insert(c.handle, cand_keys.len() as u32);
-                cand_keys.push((li, adv));
-            }
-        }
+        let entities: Vec<(&Plan, &str)> = [
+            (&self.user, req.user.id.as_str()),
+            (&self.content, req.content.id.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|(p, id)| p.as_ref().map(|p| (p, id)))
+        .collect();
+        let keys: Vec<String> = entities.iter().map(|(p, id)| key(p.entity, id)).collect();
 
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -390,7 +490,6 @@ impl Hydrator {
                 }
             }
         };
-        let row = |i: usize| rows.get(i).and_then(|r| r.as_ref());
         if degraded.is_none() {
             let missing = rows.iter().filter(|r| r.is_none()).count();
             self.stats
@@ -400,53 +499,83 @@ impl Hydrator {
 
         let now = now_ms();
         let mut stale = 0u64;
-        let mut served = Vec::with_capacity(keys.len());
         let mut user_found = false;
-        let mut k = 0;
-        for (plan, id) in [
-            (&self.user, req.user.id.as_str()),
-            (&self.content, req.content.id.as_str()),
-        ] {
-            let Some(plan) = plan else { continue };
+        let mut served = Vec::with_capacity(entities.len());
+        for (i, (plan, id)) in entities.iter().enumerate() {
+            let row = rows.get(i).and_then(|r| r.as_ref());
             if plan.entity == Entity::User {
-                user_found = row(k).is_some();
+                user_found = row.is_some();
             }
-            let s = plan.serve(id, row(k), now, &mut stale);
+            let s = plan.serve(id, row, now, &mut stale);
             for (c, v) in plan.cols.iter().zip(&s.values) {
                 values[c.0] = v.0;
             }
             served.push(s);
-            k += 1;
-        }
-        debug_assert_eq!(k, request_keys);
-
-        let width = self.candidate_stored.len();
-        let mut candidate_values = Vec::with_capacity(width * cand_keys.len());
-        let mut adv_served: HashMap<usize, usize> = HashMap::new();
-        for (c, &(li, adv)) in candidates.iter().zip(&cand_keys) {
-            if let (Some(p), Some(i)) = (&self.line_item, li) {
-                let s = p.serve(c.line_item, row(i), now, &mut stale);
-                candidate_values.extend(s.values.iter().map(|v| v.0));
-                served.push(s);
-            }
-            if let (Some(p), Some(i)) = (&self.advertiser, adv) {
-                let at = *adv_served.entry(i).or_insert_with(|| {
-                    served.push(p.serve(c.advertiser, row(i), now, &mut stale));
-                    served.len() - 1
-                });
-                candidate_values.extend(served[at].values.iter().map(|v| v.0));
-            }
         }
         self.stats.values_stale.fetch_add(stale, Ordering::Relaxed);
         Hydrated {
             request_values: values,
             user_found,
             degraded,
-            candidate_values,
-            candidate_rows,
             served,
             at_ms: now,
+            table: self.table.load_full(),
         }
+    }
+
+    /// What the candidates `handles` were served from the table pinned in `hydrated`: one
+    /// entry per line item and per distinct advertiser (for the feature log).
+    pub fn served_candidates(&self, hydrated: &Hydrated, handles: &[u32]) -> Vec<ServedEntity> {
+        let t = &hydrated.table;
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &h in handles {
+            let h = h as usize;
+            let Some((li_id, adv_id)) = t.ids.get(h) else {
+                continue;
+            };
+            for (plan, id, adv) in [
+                (&self.line_item, li_id, false),
+                (&self.advertiser, adv_id, true),
+            ] {
+                let Some(plan) = plan else { continue };
+                if adv && !seen.insert(adv_id.clone()) {
+                    continue;
+                }
+                let as_of = if adv { t.as_of[h].1 } else { t.as_of[h].0 };
+                let values = self
+                    .candidate_stored
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.1 == adv)
+                    .map(|(j, _)| self.candidate_value(t, h, j, hydrated.at_ms))
+                    .collect();
+                out.push(ServedEntity {
+                    entity: plan.entity,
+                    id: id.to_string(),
+                    as_of_ms: (as_of != i64::MIN).then_some(as_of),
+                    names: plan.names.clone(),
+                    values,
+                });
+            }
+        }
+        out
+    }
+
+    /// Candidate `h`'s stored column `j` from table `t` at `now`: the value and whether it was
+    /// the stored one (else the default: absent, or older than the feature's ttl).
+    fn candidate_value(&self, t: &CandidateTable, h: usize, j: usize, now: i64) -> (f32, bool) {
+        let (_, adv, default, ttl) = self.candidate_stored[j];
+        let width = self.candidate_stored.len();
+        let Some(&(li_as_of, adv_as_of)) = t.as_of.get(h) else {
+            return (default, false);
+        };
+        let as_of = if adv { adv_as_of } else { li_as_of };
+        let v = t.values[h * width + j];
+        if as_of == i64::MIN || v.is_nan() || ttl.is_some_and(|ttl| now - as_of > ttl) {
+            return (default, false);
+        }
+        (v, true)
     }
 
     /// Builds the frame of every column: request-level values broadcast to every row, then each
@@ -457,9 +586,9 @@ impl Hydrator {
     }
 
     /// As [`frame`](Self::frame), building only the columns `present` (those a stage's models
-    /// read; the others read as missing). `handles` names each row's candidate as given to
-    /// [`hydrate`](Self::hydrate), for its stored line-item and advertiser features; rows beyond
-    /// `handles` (or not hydrated) read those as missing.
+    /// read; the others read as missing). `handles` names each row's candidate in the candidate
+    /// table, for its stored line-item and advertiser features; rows beyond `handles` read those
+    /// as their defaults.
     pub fn frame_of(
         &self,
         hydrated: &Hydrated,
@@ -483,16 +612,16 @@ impl Hydrator {
                 *cell = cand.get(slot).copied().unwrap_or(f32::NAN);
             }
         }
-        let width = self.candidate_stored.len();
-        for (j, &col) in self.candidate_stored.iter().enumerate() {
+        for (j, &(col, _, default, _)) in self.candidate_stored.iter().enumerate() {
             if !frame.has_column(col) {
                 continue;
             }
             let column = frame.column_mut(col);
-            for (cell, h) in column.iter_mut().zip(handles) {
-                *cell = hydrated.candidate_rows.get(h).map_or(f32::NAN, |&r| {
-                    hydrated.candidate_values[r as usize * width + j]
-                });
+            column.fill(default);
+            for (cell, &h) in column.iter_mut().zip(handles) {
+                *cell = self
+                    .candidate_value(&hydrated.table, h as usize, j, hydrated.at_ms)
+                    .0;
             }
         }
         frame
@@ -554,9 +683,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         store.insert("user:u1".into(), StoredValue::new(vec![0.5f32], 0));
         let h = Hydrator::new(space(), store).unwrap();
-        let hy = h
-            .hydrate(&request("u1"), &[], Duration::from_millis(5))
-            .await;
+        let hy = h.hydrate(&request("u1"), Duration::from_millis(5)).await;
         assert!(hy.user_found && hy.degraded.is_none());
         let frame = h.frame(&hy, &[&[0.1], &[0.2]]);
         let s = frame.schema().clone();
@@ -573,7 +700,7 @@ mod tests {
     async fn unknown_user_gets_defaults() {
         let h = Hydrator::new(space(), Arc::new(MemoryStore::new())).unwrap();
         let hy = h
-            .hydrate(&request("nobody"), &[], Duration::from_millis(5))
+            .hydrate(&request("nobody"), Duration::from_millis(5))
             .await;
         assert!(!hy.user_found);
         let col = h.space().schema().column("user_ctr").unwrap();
@@ -596,9 +723,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_store_falls_back_to_defaults_within_budget() {
         let h = Hydrator::new(space(), Arc::new(SlowStore)).unwrap();
-        let hy = h
-            .hydrate(&request("u1"), &[], Duration::from_millis(2))
-            .await;
+        let hy = h.hydrate(&request("u1"), Duration::from_millis(2)).await;
         assert!(hy.degraded.unwrap().contains("exceeded"));
         let col = h.space().schema().column("user_ctr").unwrap();
         assert_eq!(hy.request_values[col], 0.02);
@@ -617,56 +742,73 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn candidates_entities_come_in_the_same_read_and_stale_values_are_defaults() {
+    async fn candidates_come_from_the_bulk_table_and_stale_values_are_defaults() {
         let store = Arc::new(MemoryStore::new());
         let now = now_ms();
         store.insert("line_item:l1".into(), StoredValue::new(vec![3.0], now));
         store.insert("advertiser:a1".into(), StoredValue::new(vec![7.0], now));
         // Two minutes old with a one-minute ttl: stale.
         store.insert("user:u1".into(), StoredValue::new(vec![9.0], now - 120_000));
-        let h = Hydrator::new(candidate_space(), store).unwrap();
+        let h = Hydrator::new(candidate_space(), store.clone()).unwrap();
         assert!(h.wants_candidates());
+        assert!(h.candidates_due());
+        assert!(!h.candidates_due(), "one caller refreshes");
         let cands = [
             CandidateKeys {
-                handle: 10,
+                handle: 0,
                 line_item: "l1",
                 advertiser: "a1",
             },
             CandidateKeys {
-                handle: 20,
+                handle: 1,
                 line_item: "l2",
                 advertiser: "a1",
             },
         ];
-        let hy = h
-            .hydrate(&request("u1"), &cands, Duration::from_millis(5))
-            .await;
+        assert_eq!(h.refresh_candidates(&cands).await.unwrap(), 2);
+        assert!(!h.candidates_due(), "fresh for a second");
+        let hy = h.hydrate(&request("u1"), Duration::from_millis(5)).await;
         assert!(hy.degraded.is_none());
         assert_eq!(h.stats().values_stale.load(Ordering::Relaxed), 1);
         assert_eq!(
             h.stats().entities.load(Ordering::Relaxed),
-            4,
-            "u1, l1, l2, a1 once"
+            1,
+            "only the viewer per request"
         );
         let s = h.space().schema().clone();
         assert_eq!(hy.request_values[s.column("user_imps_1h").unwrap()], 0.0);
-        // Rows in a different order from the hydration, as after ranking.
-        let frame = h.frame_of(&hy, &[&[0.1], &[0.2]], &[20, 10], &[0, 1, 2, 3]);
+        // Rows in another order than the table's, as after ranking.
+        let frame = h.frame_of(&hy, &[&[0.1], &[0.2]], &[1, 0], &[0, 1, 2, 3]);
         assert_eq!(
             frame.column(s.column("li_clicks_1d").unwrap()),
             &[-1.0, 3.0]
         );
         assert_eq!(frame.column(s.column("adv_spend_1d").unwrap()), &[7.0, 7.0]);
         assert_eq!(frame.column(s.column("li_prior").unwrap()), &[0.1, 0.2]);
-        // The log sees each entity once, with what was served and whether it was stored.
-        let li2 = hy.served.iter().find(|e| e.id == "l2").unwrap();
+        // The log sees each line item, and each advertiser once.
+        let served = h.served_candidates(&hy, &[1, 0]);
+        assert_eq!(served.len(), 3);
+        let li2 = served.iter().find(|e| e.id == "l2").unwrap();
         assert_eq!(
             (li2.as_of_ms, li2.values.clone()),
             (None, vec![(-1.0, false)])
         );
+        let li1 = served.iter().find(|e| e.id == "l1").unwrap();
+        assert_eq!(
+            (li1.as_of_ms, li1.values.clone()),
+            (Some(now), vec![(3.0, true)])
+        );
         let user = hy.served.iter().find(|e| e.entity == Entity::User).unwrap();
         assert_eq!(user.values, vec![(0.0, false)]);
-        assert_eq!(hy.served.len(), 4);
+
+        // A request pins the table it started with; a refresh publishes the next one.
+        store.insert("line_item:l2".into(), StoredValue::new(vec![5.0], now));
+        h.refresh_candidates(&cands).await.unwrap();
+        let old = h.frame_of(&hy, &[&[0.1]], &[1], &[2]);
+        assert_eq!(old.column(s.column("li_clicks_1d").unwrap()), &[-1.0]);
+        let hy = h.hydrate(&request("u1"), Duration::from_millis(5)).await;
+        let new = h.frame_of(&hy, &[&[0.1]], &[1], &[2]);
+        assert_eq!(new.column(s.column("li_clicks_1d").unwrap()), &[5.0]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct DecisionRecord {
     /// Every stored entity hydrated (viewer, content, candidates' line items and advertisers):
     /// the values served and the as-of time of the stored vector they came from.
     #[serde(default)]
-    pub served: Vec<ServedEntity>,
+    pub served: Arc<[ServedEntity]>,
 }
 
 /// A destination for decision records.
@@ -136,7 +136,7 @@ mod tests {
         DecisionRecord {
             ts_ms: i as u64,
             features: vec![],
-            served: vec![],
+            served: Arc::default(),
             decision: Decision {
                 request_id: request.request_id.clone(),
                 breaks: vec![],
