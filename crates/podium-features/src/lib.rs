@@ -7,6 +7,7 @@
 
 pub mod definitions;
 pub mod hydrate;
+pub mod offline;
 pub mod space;
 pub mod store;
 pub mod stream;
@@ -14,6 +15,10 @@ pub mod tiles;
 
 pub use definitions::{Definitions, Entity, FeatureDef};
 pub use hydrate::{Hydrated, Hydrator};
+pub use offline::{
+    backfill, consistency, read_events, read_served, write_events, ConsistencyReport,
+    EventLogWriter, OfflineError, QueryPoint, RollPolicy, ServedLogWriter, ServedRow,
+};
 pub use space::{FeatureSpace, FeatureSpec, Source};
 pub use store::{now_ms, MemoryStore, OnlineStore, StoreError, StoredValue};
 pub use stream::{Aggregator, NatsConfig, StreamStats};

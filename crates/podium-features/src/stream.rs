@@ -259,6 +259,13 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Whether any event for this entity has been folded: the online store holds a vector for it
+    /// after the next flush. Offline consistency uses it to tell a default served for an entity
+    /// nothing is known about from one served for an entity the store should have held.
+    pub fn knows(&self, entity: Entity, id: &str) -> bool {
+        self.series.contains_key(&(entity, id.to_owned()))
+    }
+
     /// The aggregated features of one entity at time `t`, in definitions order; stored features
     /// (and aggregations with nothing known or stale beyond their ttl) read as their default.
     pub fn vector(&self, entity: Entity, id: &str, t: i64) -> Vec<f32> {
