@@ -295,6 +295,19 @@ fn required_i64(a: &Int64Array, i: usize, name: &str) -> Result<i64, BatchError>
     opt_i64(a, i).ok_or_else(|| BatchError::Row(i, format!("`{name}` is null")))
 }
 
+/// A time column's value, checked like an event time: window arithmetic on an absurd time would
+/// overflow, and a time in seconds or µs is a unit mistake worth naming.
+fn checked_ts(v: i64, i: usize, name: &str) -> Result<i64, BatchError> {
+    if TS_RANGE.contains(&v) {
+        Ok(v)
+    } else {
+        Err(BatchError::Row(
+            i,
+            format!("`{name}` {v} is not milliseconds between 2000 and 2200 (seconds or µs?)"),
+        ))
+    }
+}
+
 fn parse_entity(s: &str) -> Option<Entity> {
     Entity::ALL.into_iter().find(|e| e.as_str() == s)
 }
@@ -399,15 +412,7 @@ impl Sealed for Event {
                     ),
                 )
             })?;
-            let ts_ms = required_i64(ts, i, "ts_ms")?;
-            if !TS_RANGE.contains(&ts_ms) {
-                return Err(BatchError::Row(
-                    i,
-                    format!(
-                        "`ts_ms` {ts_ms} is not milliseconds between 2000 and 2200 (seconds or µs?)"
-                    ),
-                ));
-            }
+            let ts_ms = checked_ts(required_i64(ts, i, "ts_ms")?, i, "ts_ms")?;
             out.push(Event {
                 id: id.required(i, "id")?.to_owned(),
                 kind,
@@ -494,7 +499,7 @@ impl Sealed for ServedRow {
         for i in 0..batch.num_rows() {
             out.push(ServedRow {
                 request_id: request_id.required(i, "request_id")?.to_owned(),
-                ts_ms: required_i64(ts, i, "ts_ms")?,
+                ts_ms: checked_ts(required_i64(ts, i, "ts_ms")?, i, "ts_ms")?,
                 entity: required_entity(&entity, i)?,
                 entity_id: entity_id.required(i, "entity_id")?.to_owned(),
                 feature: feature.required(i, "feature")?.to_owned(),
@@ -502,7 +507,9 @@ impl Sealed for ServedRow {
                     .get(i)
                     .ok_or_else(|| BatchError::Row(i, "`value` is null".into()))?
                     as f32,
-                as_of_ms: opt_i64(as_of, i),
+                as_of_ms: opt_i64(as_of, i)
+                    .map(|t| checked_ts(t, i, "as_of_ms"))
+                    .transpose()?,
             });
         }
         Ok(())
@@ -519,7 +526,7 @@ pub struct QueryPoint {
     pub entity: Entity,
     /// Its id.
     pub entity_id: String,
-    /// The time, ms since the UTC epoch.
+    /// The time, ms since the UTC epoch (files hold times between 2000 and 2200 only).
     pub ts_ms: i64,
 }
 
@@ -556,7 +563,7 @@ impl Sealed for QueryPoint {
             out.push(QueryPoint {
                 entity: required_entity(&entity, i)?,
                 entity_id: entity_id.required(i, "entity_id")?.to_owned(),
-                ts_ms: required_i64(ts, i, "ts_ms")?,
+                ts_ms: checked_ts(required_i64(ts, i, "ts_ms")?, i, "ts_ms")?,
             });
         }
         Ok(())
@@ -619,7 +626,7 @@ impl Sealed for BackfillRow {
             out.push(BackfillRow {
                 entity: required_entity(&entity, i)?,
                 entity_id: entity_id.required(i, "entity_id")?.to_owned(),
-                ts_ms: required_i64(ts, i, "ts_ms")?,
+                ts_ms: checked_ts(required_i64(ts, i, "ts_ms")?, i, "ts_ms")?,
                 feature: feature.required(i, "feature")?.to_owned(),
                 value: value
                     .get(i)
@@ -2094,6 +2101,16 @@ ttl = "1d"
         let read = read_events(&p("polars.parquet")).unwrap();
         assert_eq!(read[0].value, Some(1.5));
         assert_eq!(read[1].kind, EventType::Play);
+
+        // A served log whose as-of times are in seconds.
+        let mut row = served(1);
+        row.as_of_ms = Some(1_700_000_000);
+        write_records(&p("served_s.parquet"), &[served(2), row]).unwrap();
+        let e = read_served(&p("served_s.parquet")).unwrap_err().to_string();
+        assert!(
+            e.contains("served_s.parquet") && e.contains("row 1: `as_of_ms` 1700000000"),
+            "{e}"
+        );
 
         let empty = p("empty");
         std::fs::create_dir(&empty).unwrap();
