@@ -192,7 +192,9 @@ async fn simulate_online(defs: &Arc<Definitions>, events: &[Event], dir: &Path) 
             // Served between this flush and the next event's time.
             let ts = clock + rng.random_range(0..=(next.ts_ms - clock).clamp(0, 1_000));
             // Mostly the viewer of an event just flushed (a viewer who is watching); sometimes
-            // the viewer of the event in flight, one idle for a while, or one never seen.
+            // the viewer of the event in flight, one idle for a while, or one never seen. The
+            // exact rate depends on this mix: a stored vector is as of its entity's last event,
+            // so reading idle entities mostly yields (explained) lag, not exact values.
             let recent = flushed[rng.random_range(0..flushed.len())];
             let pick = rng.random_range(0..1_000);
             let in_flight = next.entity_id(Entity::User).unwrap();
