@@ -1,5 +1,6 @@
 //! The `podium` binary.
 
+mod features;
 mod loadgen;
 mod model;
 mod serve;
@@ -53,6 +54,15 @@ enum Command {
     ///   podium sim floor --data-dir ./podium-data-standard
     #[command(subcommand, verbatim_doc_comment)]
     Sim(sim::SimCommand),
+    /// Backfill features point-in-time from an event log and check served values against it.
+    ///
+    /// Example:
+    ///   podium features backfill --definitions features.toml --events ./logs/events \
+    ///       --queries queries.parquet --output backfill.parquet
+    ///   podium features consistency --definitions features.toml --events ./logs/events \
+    ///       --served ./logs/served --output report.json
+    #[command(subcommand, verbatim_doc_comment)]
+    Features(features::FeaturesCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,5 +87,6 @@ fn main() -> anyhow::Result<()> {
         Command::Model(cmd) => model::run(cmd),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Features(cmd) => features::run(cmd),
     }
 }

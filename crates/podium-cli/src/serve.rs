@@ -4,11 +4,15 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use podium_engine::{build_demo_with, build_standard_with, Engine, EngineConfig, FeatureSetup};
+use podium_features::offline::RollPolicy;
+use podium_features::stream::Event;
+use podium_features::ServedRow;
 use podium_features::{
     Aggregator, CacheConfig, CachedStore, Definitions, MemoryStore, NatsConfig, OnlineStore,
     RedisStore,
 };
 use podium_log::MemoryLog;
+use podium_log::{DecisionSink, FeatureLogSink, ParquetLog};
 use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
 use podium_sim::demo::DemoConfig;
@@ -109,6 +113,11 @@ pub struct ServeArgs {
     /// process, in milliseconds (0: no cache).
     #[arg(long, default_value_t = 30_000)]
     feature_cache_ttl_ms: u64,
+    /// Directory of the Parquet logs: `features/` (the stored feature values served with each
+    /// decision) and `events/` (the events the stream read), for `podium features
+    /// consistency`; `off` for none [default: <data-dir>/logs].
+    #[arg(long)]
+    log_dir: Option<String>,
     /// Events more than this many seconds behind the newest are rejected as late.
     #[arg(long, default_value_t = 3600)]
     event_lateness_s: u64,
@@ -173,7 +182,7 @@ impl World {
     fn build(
         &self,
         config: EngineConfig,
-        log: MemoryLog,
+        sink: Arc<dyn DecisionSink>,
         pool: ComputePool,
         features: &FeatureSetup,
     ) -> anyhow::Result<(Engine, Arc<Definitions>)> {
@@ -183,14 +192,7 @@ impl World {
                     seed: *seed,
                     ..DemoConfig::default()
                 };
-                Ok(build_demo_with(
-                    dir,
-                    &demo,
-                    config,
-                    Arc::new(log),
-                    pool,
-                    features,
-                )?)
+                Ok(build_demo_with(dir, &demo, config, sink, pool, features)?)
             }
             World::Standard { dir, seed } => {
                 let started = Instant::now();
@@ -204,12 +206,7 @@ impl World {
                     );
                 }
                 Ok(build_standard_with(
-                    dir,
-                    None,
-                    config,
-                    Arc::new(log),
-                    pool,
-                    features,
+                    dir, None, config, sink, pool, features,
                 )?)
             }
         }
@@ -312,18 +309,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let events = EventSource::parse(&args.events)?;
     let (store, snapshot) = open_store(&args, &data_dir).await?;
+    let logs = open_logs(&args, &data_dir, log)?;
     let features = FeatureSetup {
         definitions: args.features.clone(),
         store: Some(store),
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
+    let (sink, events_log, served_log) = logs;
+    let flush_logs = (served_log, events_log.clone());
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         let (engine, definitions) =
-            tokio::task::spawn_blocking(move || world.build(config, log, pool, &features))
+            tokio::task::spawn_blocking(move || world.build(config, sink, pool, &features))
                 .await
                 .context("loading the world")??;
-        start_stream(&loader_state, &engine, definitions, lateness, events);
+        start_stream(
+            &loader_state,
+            &engine,
+            definitions,
+            lateness,
+            events,
+            events_log,
+        );
         engine.warm_up(20).await;
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -375,7 +382,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(s) = &snapshot {
         s.save_now().await;
     }
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(l) = &flush_logs.0 {
+            l.flush();
+        }
+        if let Some(l) = &flush_logs.1 {
+            l.flush();
+        }
+    })
+    .await;
     served
+}
+
+type Logs = (
+    Arc<dyn DecisionSink>,
+    Option<Arc<ParquetLog<Event>>>,
+    Option<Arc<ParquetLog<ServedRow>>>,
+);
+
+/// The decision sink (the in-memory ring, behind the served-feature log unless logs are off)
+/// and the event log.
+fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Result<Logs> {
+    let dir = match args.log_dir.as_deref() {
+        Some("off") => return Ok((Arc::new(memory), None, None)),
+        Some(d) => PathBuf::from(d),
+        None => data_dir.join("logs"),
+    };
+    let policy = RollPolicy::default();
+    let features = FeatureLogSink::start(Arc::new(memory), &dir.join("features"), policy)
+        .context("--log-dir: the served-feature log")?;
+    let served = features.log().clone();
+    let events = ParquetLog::start(&dir.join("events"), "events", policy)
+        .context("--log-dir: the event log")?;
+    Ok((Arc::new(features), Some(Arc::new(events)), Some(served)))
 }
 
 /// The embedded store and where it is snapshotted.
@@ -491,8 +530,12 @@ fn start_stream(
     definitions: Arc<Definitions>,
     lateness: Duration,
     source: EventSource,
+    log: Option<Arc<ParquetLog<Event>>>,
 ) {
-    let aggregator = Aggregator::new(definitions, lateness);
+    let mut aggregator = Aggregator::new(definitions, lateness);
+    if let Some(log) = log {
+        aggregator = aggregator.with_tap(Box::new(move |e: &Event| log.submit(vec![e.clone()])));
+    }
     let stats = aggregator.stats();
     let store = engine.hydrator().store().clone();
     match source {

@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod definitions;
 pub mod hydrate;
+pub mod offline;
 pub mod redis_store;
 pub mod space;
 pub mod store;
@@ -18,6 +19,10 @@ pub mod tiles;
 pub use cache::{CacheConfig, CachedStore};
 pub use definitions::{Definitions, Entity, FeatureDef};
 pub use hydrate::{CandidateKeys, Hydrated, HydrationStats, Hydrator, ServedEntity, SpaceError};
+pub use offline::{
+    backfill, consistency, read_events, read_served, write_events, ConsistencyReport,
+    EventLogWriter, OfflineError, QueryPoint, RollPolicy, ServedLogWriter, ServedRow,
+};
 pub use redis_store::{RedisOptions, RedisStore};
 pub use space::{FeatureSpace, FeatureSpec, Source};
 pub use store::{now_ms, MemoryStore, OnlineStore, SnapshotError, StoreError, StoredValue};

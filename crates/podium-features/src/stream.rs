@@ -173,7 +173,12 @@ pub struct Aggregator {
     series: HashMap<(Entity, String), Vec<Option<TiledSeries>>>,
     dirty: BTreeSet<(Entity, String)>,
     stats: Arc<StreamStats>,
+    /// Sees every well-formed event before it is folded (the serving side's event log).
+    tap: Option<EventTap>,
 }
+
+/// A callback given each well-formed event an aggregator reads.
+pub type EventTap = Box<dyn FnMut(&Event) + Send>;
 
 impl Aggregator {
     /// An aggregator over these definitions, accepting events up to `lateness` behind the newest.
@@ -184,7 +189,15 @@ impl Aggregator {
             series: HashMap::new(),
             dirty: BTreeSet::new(),
             stats: Arc::default(),
+            tap: None,
         }
+    }
+
+    /// Calls `tap` with every well-formed event read through [`apply_json`](Self::apply_json),
+    /// duplicates and late ones included (a log of what the stream carried).
+    pub fn with_tap(mut self, tap: EventTap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// The shared counters.
@@ -199,7 +212,12 @@ impl Aggregator {
 
     /// Parses and folds one JSON event; rejections are counted.
     pub fn apply_json(&mut self, bytes: &[u8]) -> Result<(), Rejection> {
-        let r = Event::from_json(bytes).and_then(|e| self.apply(&e));
+        let r = Event::from_json(bytes).and_then(|e| {
+            if let Some(tap) = &mut self.tap {
+                tap(&e);
+            }
+            self.apply(&e)
+        });
         if let Err(r) = r {
             self.stats.count(r);
         }
@@ -257,6 +275,13 @@ impl Aggregator {
         }
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether any event for this entity has been folded: the online store holds a vector for it
+    /// after the next flush. Offline consistency uses it to tell a default served for an entity
+    /// nothing is known about from one served for an entity the store should have held.
+    pub fn knows(&self, entity: Entity, id: &str) -> bool {
+        self.series.contains_key(&(entity, id.to_owned()))
     }
 
     /// The aggregated features of one entity at time `t`, in definitions order; stored features

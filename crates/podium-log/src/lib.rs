@@ -2,7 +2,14 @@
 //!
 //! The engine hands each record to a [`DecisionSink`] without waiting: sinks queue the record for a
 //! task of their own and drop it (counting the drop) rather than slow a request down. The trunk's
-//! sink keeps recent records in memory; the Parquet writer sits behind the same trait.
+//! sink keeps recent records in memory; [`FeatureLogSink`] adds the served features' Parquet log
+//! in front of it.
+
+pub mod feature_log;
+pub mod parquet_log;
+
+pub use feature_log::FeatureLogSink;
+pub use parquet_log::ParquetLog;
 
 use podium_core::{AdRequest, Decision};
 use podium_features::ServedEntity;

@@ -90,6 +90,8 @@ pub fn hydration_json(s: &HydrationStats) -> Value {
         "entities": get(&s.entities),
         "entities_missing": get(&s.entities_missing),
         "values_stale": get(&s.values_stale),
+        "candidate_refreshes": get(&s.candidate_refreshes),
+        "candidate_refresh_errors": get(&s.candidate_refresh_errors),
     })
 }
 

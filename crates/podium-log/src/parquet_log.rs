@@ -1,0 +1,110 @@
+//! A Parquet log written by a thread of its own: callers queue rows without waiting, and a full
+//! queue drops them (counted) rather than slow a request down.
+
+use podium_features::offline::{LogRecord, OfflineError, RollPolicy, RollingWriter};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Batches of rows queued before further ones are dropped.
+const QUEUE: usize = 8_192;
+
+enum Message<R> {
+    Rows(Vec<R>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// A rolling Parquet log directory (`podium_features::offline::RollingWriter`) fed through a
+/// bounded queue. Files close by the roll policy, on [`flush`](Self::flush), and when the last
+/// handle is dropped.
+pub struct ParquetLog<R: LogRecord + Send + 'static> {
+    tx: SyncSender<Message<R>>,
+    dropped: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<R: LogRecord + Send + 'static> ParquetLog<R> {
+    /// Starts the writer thread over `dir` (created if missing), files named `<prefix>-….parquet`.
+    pub fn start(dir: &Path, prefix: &str, policy: RollPolicy) -> Result<Self, OfflineError> {
+        let mut writer = RollingWriter::<R>::create(dir, prefix, policy)?;
+        let (tx, rx) = sync_channel::<Message<R>>(QUEUE);
+        let failed = Arc::new(AtomicU64::new(0));
+        let written = Arc::new(AtomicU64::new(0));
+        let (fails, count) = (failed.clone(), written.clone());
+        std::thread::Builder::new()
+            .name(format!("podium-log-{prefix}"))
+            .spawn(move || {
+                let fail = |r: Result<(), OfflineError>| {
+                    if let Err(e) = r {
+                        fails.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "log write failed");
+                    }
+                };
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(Message::Rows(rows)) => {
+                            let n = rows.len() as u64;
+                            fail(writer.extend(rows));
+                            count.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Ok(Message::Flush(done)) => {
+                            fail(writer.roll().map(|_| ()));
+                            let _ = done.send(());
+                        }
+                        Err(RecvTimeoutError::Timeout) => fail(writer.roll_if_due().map(|_| ())),
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                fail(writer.finish());
+            })
+            .map_err(|e| OfflineError::Io {
+                path: dir.to_path_buf(),
+                action: "start the writer thread for",
+                source: e,
+            })?;
+        Ok(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            failed,
+            written,
+        })
+    }
+
+    /// Queues rows; never blocks. A full queue drops them and counts it.
+    pub fn submit(&self, rows: Vec<R>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(TrySendError::Full(Message::Rows(rows))) = self.tx.try_send(Message::Rows(rows))
+        {
+            self.dropped.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes the current file so that everything queued so far is readable; waits for it (at
+    /// most 10 s).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Rows dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Failed writes.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Rows handed to the writer.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
