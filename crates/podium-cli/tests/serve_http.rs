@@ -692,7 +692,6 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
 /// A private `redis-server` on a free port, killed on drop.
 struct Redis {
     child: Child,
-    port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -718,11 +717,7 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Redis {
-            child,
-            port,
-            _dir: dir,
-        }
+        Redis { child, _dir: dir }
     }
 }
 
