@@ -12,7 +12,7 @@ use crate::store::{OnlineStore, StoredValue};
 use crate::tiles::{stable_hash, Admission, EventGate, Observation, TiledSeries};
 use futures::StreamExt;
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -175,6 +175,9 @@ pub struct Aggregator {
     stats: Arc<StreamStats>,
     /// Sees every well-formed event before it is folded (the serving side's event log).
     tap: Option<EventTap>,
+    /// When a tile leaves a window, by stream time: the entities to rewrite then, so that an
+    /// idle entity's windows slide in the store too (not only when it next has an event).
+    expiries: BTreeMap<i64, Vec<(Entity, String)>>,
 }
 
 /// A callback given each well-formed event an aggregator reads.
@@ -190,6 +193,7 @@ impl Aggregator {
             dirty: BTreeSet::new(),
             stats: Arc::default(),
             tap: None,
+            expiries: BTreeMap::new(),
         }
     }
 
@@ -267,7 +271,9 @@ impl Aggregator {
             for (f, s) in feats.iter().zip(series.iter_mut()) {
                 if let (Some(w), Some(s)) = (wanted(f), s.as_mut()) {
                     if let Some(obs) = e.observation(w.field) {
-                        s.add(e.ts_ms, obs);
+                        if let Some(leaves) = s.add(e.ts_ms, obs) {
+                            self.expiries.entry(leaves).or_default().push(key.clone());
+                        }
                     }
                 }
             }
@@ -311,6 +317,12 @@ impl Aggregator {
         let Some(t) = self.now_ms() else {
             return Ok(0);
         };
+        // Entities whose windows lost a tile by now are rewritten too, event or not.
+        let later = self.expiries.split_off(&(t + 1));
+        for (_, keys) in std::mem::replace(&mut self.expiries, later) {
+            self.dirty
+                .extend(keys.into_iter().filter(|k| self.series.contains_key(k)));
+        }
         if self.dirty.is_empty() {
             return Ok(0);
         }

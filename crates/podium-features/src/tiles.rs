@@ -204,15 +204,23 @@ impl TiledSeries {
         ts.div_euclid(self.tile_ms)
     }
 
-    /// Folds one event into its tile.
-    pub fn add(&mut self, ts: i64, obs: Observation) {
+    /// Folds one event into its tile. When the event opens a tile, returns the first time at
+    /// which that tile is out of the window (from then on the window reads differently even with
+    /// no new event).
+    pub fn add(&mut self, ts: i64, obs: Observation) -> Option<i64> {
         let k = self.tile_of(ts);
         let agg = self.aggregation;
+        let mut opened = false;
         self.tiles
             .entry(k)
-            .or_insert_with(|| Partial::empty(agg))
+            .or_insert_with(|| {
+                opened = true;
+                Partial::empty(agg)
+            })
             .add(ts, obs);
         self.last_event_ts = Some(self.last_event_ts.map_or(ts, |l| l.max(ts)));
+        // Tile k is read while tile_of(t - w + 1) <= k, i.e. until t = (k + 1)·tile + w - 1.
+        opened.then(|| (k + 1) * self.tile_ms + self.window_ms - 1)
     }
 
     /// The aggregate of the window ending at `t` (see the module's boundary rule); `None` when

@@ -260,3 +260,50 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_entity_s_window_slides_in_the_store_when_its_tiles_leave_it() {
+    let defs = Arc::new(
+        Definitions::parse(
+            r#"
+[[feature]]
+name = "user_imps_1h"
+entity = "user"
+aggregation = "count"
+event = "impression"
+window = "1h"
+tile = "5m"
+default = 0.0
+ttl = "7d"
+"#,
+            Path::new("idle.toml"),
+        )
+        .unwrap(),
+    );
+    let store = MemoryStore::new();
+    let mut agg = Aggregator::new(defs, Duration::from_secs(3600));
+    let t0 = 1_800_000_000_000;
+    for i in 0..3 {
+        agg.apply_json(&ev(
+            &format!("a{i}"),
+            "impression",
+            t0 + i,
+            r#","user_id":"idle""#,
+        ))
+        .unwrap();
+    }
+    agg.flush(&store).await.unwrap();
+    assert_eq!(get(&store, "user:idle").await, Some(vec![3.0]));
+    // Only another viewer has events from now on; two hours later the idle viewer's hour is
+    // empty, and the store says so without an event of its own.
+    agg.apply_json(&ev(
+        "b",
+        "impression",
+        t0 + 2 * 3_600_000,
+        r#","user_id":"busy""#,
+    ))
+    .unwrap();
+    agg.flush(&store).await.unwrap();
+    assert_eq!(get(&store, "user:idle").await, Some(vec![0.0]));
+    assert_eq!(get(&store, "user:busy").await, Some(vec![1.0]));
+}
