@@ -683,6 +683,24 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     let hydration = &stats["hydration"];
     assert!(hydration["requests"].as_u64().unwrap() >= 1, "{stats}");
 
+    // The same counters, and the decision's latencies, in Prometheus text.
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "podium_decision_duration_seconds_bucket",
+        "podium_decision_stage_duration_seconds_bucket{stage=\"hydrate\"",
+        "podium_features_events_total{outcome=\"applied\"} 3",
+        "podium_features_events_total{outcome=\"duplicate\"} 1",
+        "podium_features_store_up{backend=\"memory\"} 1",
+        "podium_ready 1",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+
     // A body that is not JSON is refused whole, naming where.
     let (status, body) = server.post("/v1/events", "{\"id\": 1}\nnot json").await;
     assert_eq!(status, 400, "{body}");
@@ -777,6 +795,20 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
     }
     let ready = get_json(&server, "/readyz").await;
     assert_eq!(ready["features"]["reachable"], false, "{ready}");
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("podium_features_store_up{backend=\"redis\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("podium_decision_degraded_total{reason=\"hydrate\"}"),
+        "{metrics}"
+    );
     let stats = get_json(&server, "/v1/features/stats").await;
     assert!(
         stats["hydration"]["store_errors"].as_u64().unwrap() >= 5,

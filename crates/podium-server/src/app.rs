@@ -138,6 +138,11 @@ impl AppState {
         self.stream_stats.get()
     }
 
+    /// The registry watcher's status, when serving from a registry.
+    pub fn lifecycle_status(&self) -> Option<podium_lifecycle::Status> {
+        self.lifecycle.get().map(|l| l.status())
+    }
+
     /// The engine, once ready.
     pub fn engine(&self) -> Option<&Engine> {
         self.engine.get()
@@ -151,6 +156,7 @@ impl AppState {
 
 /// The HTTP API: decide, health, readiness and recent decisions.
 pub fn router(state: AppState) -> Router {
+    crate::metrics::install();
     let limits = (state.admission.clone(), state.default_tmax);
     let decisions = Router::new().route("/v1/decide", post(decide)).route_layer(
         middleware::from_fn_with_state(limits.clone(), admission::admit_decide),
@@ -176,6 +182,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(crate::events::MAX_EVENTS_BODY_BYTES)),
         )
         .route("/v1/features/stats", get(crate::events::stats))
+        .route("/metrics", get(crate::metrics::render))
         .route("/v1/features/hydrate", post(crate::events::hydrate))
         .route("/healthz", get(healthz))
         .route("/v1/lifecycle", get(lifecycle))
@@ -219,6 +226,10 @@ async fn decide(
         )
     })?;
     let decision = engine.decide(request, received).await;
+    crate::metrics::record_decision(&decision.timings);
+    if !decision.degraded.is_empty() {
+        crate::metrics::record_degraded(&decision.degraded);
+    }
     Ok(Json(decision.into()))
 }
 

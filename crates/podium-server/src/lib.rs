@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 mod app;
 pub mod events;
+pub mod metrics;
 pub mod oip;
 
 pub use admin::admin_router;

@@ -1,0 +1,128 @@
+//! `GET /metrics`: Prometheus text exposition, through the `metrics` crate and its Prometheus
+//! exporter. Decision latencies are recorded as they happen; the subsystems' own counters
+//! (hydration, the event stream, admission, the registry watcher) are read at scrape time.
+
+use crate::app::AppState;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use podium_core::StageTimings;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+/// The process's recorder: installed once, shared by every router built in the process.
+fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+                    0.1,
+                ])
+                .ok()?;
+            // Another recorder installed first (an embedding application's) wins; /metrics then
+            // says so instead of panicking.
+            builder.install_recorder().ok()
+        })
+        .as_ref()
+}
+
+/// Installs the recorder (idempotent); call before serving so that the first decisions count.
+pub fn install() {
+    let _ = handle();
+}
+
+/// Records one decision's latencies: the whole and each stage.
+pub fn record_decision(t: &StageTimings) {
+    let s = |us: u64| us as f64 / 1e6;
+    metrics::histogram!("podium_decision_duration_seconds").record(s(t.total_us));
+    for (stage, us) in [
+        ("admit", t.admit_us),
+        ("retrieve", t.retrieve_us),
+        ("hydrate", t.hydrate_us),
+        ("rank", t.rank_us),
+        ("score", t.score_us),
+        ("value", t.value_us),
+        ("pod", t.pod_us),
+    ] {
+        metrics::histogram!("podium_decision_stage_duration_seconds", "stage" => stage)
+            .record(s(us));
+    }
+}
+
+/// Counts a decision that served at least one stage on a fallback (store down, model failed…).
+pub fn record_degraded(reasons: &[String]) {
+    for r in reasons {
+        let kind = r.split(':').next().unwrap_or("other").to_string();
+        metrics::counter!("podium_decision_degraded_total", "reason" => kind).increment(1);
+    }
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<AppState>) -> Response {
+    let Some(handle) = handle() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "another metrics recorder is installed in this process",
+        )
+            .into_response();
+    };
+    refresh(&state).await;
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Copies the subsystems' counters into the recorder.
+async fn refresh(state: &AppState) {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    metrics::counter!("podium_admission_shed_total").absolute(state.admission().shed_total());
+    metrics::gauge!("podium_ready").set(if state.ready() { 1.0 } else { 0.0 });
+    if let Some(engine) = state.engine() {
+        let h = engine.hydrator().stats();
+        metrics::counter!("podium_features_hydrations_total").absolute(get(&h.requests));
+        metrics::counter!("podium_features_store_errors_total").absolute(get(&h.store_errors));
+        metrics::counter!("podium_features_store_timeouts_total").absolute(get(&h.timeouts));
+        metrics::counter!("podium_features_entities_total").absolute(get(&h.entities));
+        metrics::counter!("podium_features_entities_missing_total")
+            .absolute(get(&h.entities_missing));
+        metrics::counter!("podium_features_values_stale_total").absolute(get(&h.values_stale));
+        metrics::counter!("podium_features_candidate_refreshes_total")
+            .absolute(get(&h.candidate_refreshes));
+        metrics::counter!("podium_features_candidate_refresh_errors_total")
+            .absolute(get(&h.candidate_refresh_errors));
+        let store = crate::events::store_health(engine).await;
+        let up = store["reachable"].as_bool().unwrap_or(false);
+        metrics::gauge!("podium_features_store_up", "backend" => store["backend"].as_str().unwrap_or("unknown").to_string())
+            .set(if up { 1.0 } else { 0.0 });
+    }
+    let stream = state
+        .events()
+        .map(|e| e.stats.clone())
+        .or_else(|| state.stream_stats().cloned());
+    if let Some(s) = stream {
+        for (outcome, c) in [
+            ("applied", &s.applied),
+            ("malformed", &s.malformed),
+            ("unknown_type", &s.unknown_type),
+            ("bad_timestamp", &s.bad_timestamp),
+            ("missing_entity", &s.missing_entity),
+            ("late", &s.late),
+            ("duplicate", &s.duplicate),
+        ] {
+            metrics::counter!("podium_features_events_total", "outcome" => outcome)
+                .absolute(get(c));
+        }
+        metrics::counter!("podium_features_stream_store_errors_total")
+            .absolute(get(&s.store_errors));
+    }
+    if let Some(status) = state.lifecycle_status() {
+        metrics::gauge!("podium_registry_up").set(if status.reachable { 1.0 } else { 0.0 });
+        metrics::counter!("podium_registry_swaps_total").absolute(status.swaps);
+        metrics::gauge!("podium_registry_guardrail_alerts").set(status.alerts.len() as f64);
+    }
+}
