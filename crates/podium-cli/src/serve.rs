@@ -315,6 +315,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: Some(store),
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
+    let tiles = data_dir.join("features.tiles.json");
     let (sink, events_log, served_log) = logs;
     let flush_logs = (served_log, events_log.clone());
     let loader = tokio::spawn(async move {
@@ -330,6 +331,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lateness,
             events,
             events_log,
+            tiles,
         );
         engine.warm_up(20).await;
         tracing::info!(
@@ -531,21 +533,51 @@ fn start_stream(
     lateness: Duration,
     source: EventSource,
     log: Option<Arc<ParquetLog<Event>>>,
+    tiles: PathBuf,
 ) {
-    let mut aggregator = Aggregator::new(definitions, lateness);
-    if let Some(log) = log {
+    let mut aggregator = Aggregator::new(definitions.clone(), lateness);
+    if let Some(log) = &log {
+        let log = log.clone();
         aggregator = aggregator.with_tap(Box::new(move |e: &Event| log.submit(vec![e.clone()])));
     }
     let stats = aggregator.stats();
     let store = engine.hydrator().store().clone();
     match source {
         EventSource::Http => {
+            // Tiles survive a restart beside the data: without them the first event after a
+            // restart would rewrite an entity's windows from that event alone.
+            if tiles.exists() {
+                let fresh = Aggregator::new(definitions.clone(), lateness);
+                match fresh.load_state(&tiles) {
+                    Ok(restored) => {
+                        tracing::info!(path = %tiles.display(), "aggregator state restored");
+                        aggregator = restored;
+                        if let Some(log) = log {
+                            aggregator = aggregator
+                                .with_tap(Box::new(move |e: &Event| log.submit(vec![e.clone()])));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "aggregator state not restored; windows start empty")
+                    }
+                }
+            }
+            let stats = aggregator.stats();
             // Bounded: a flood of posted events waits for the aggregator instead of growing.
             let (sender, rx) = tokio::sync::mpsc::channel(16_384);
             state.set_event_ingest(podium_server::events::EventIngest { sender, stats });
-            tokio::spawn(podium_features::stream::run_in_process(
-                aggregator, rx, store,
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(podium_features::stream::run_in_process_saving(
+                aggregator,
+                rx,
+                store,
+                tiles,
+                Duration::from_secs(10),
+                stop,
             ));
+            if let Ok(mut slot) = STREAM_STOP.lock() {
+                *slot = Some((stop_tx, task));
+            }
         }
         EventSource::Nats(url) => {
             state.set_stream_stats(stats);

@@ -875,7 +875,23 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    drop(first);
+    // A graceful stop also saves the aggregator's tiles.
+    let mut first = first;
+    let pid = first.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopping = Instant::now();
+    while first.child.try_wait().unwrap().is_none() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "no graceful exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dir.join("features.tiles.json").exists());
 
     let second = Server::start_with_args(
         |d| {
@@ -895,6 +911,31 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
         .find(|f| f[0] == "user_impressions_1h")
         .unwrap_or_else(|| panic!("{h}"));
     assert_eq!(imps[1], 1.0, "the aggregate survived the restart: {h}");
+
+    // The windows go on from where they were: a second impression makes two, not one.
+    let event = json!({"id": "s2", "type": "impression", "ts_ms": now + 1, "user_id": "u-123"});
+    let (status, _) = second.post("/v1/events", event.to_string()).await;
+    assert_eq!(status, 202);
+    let started = Instant::now();
+    loop {
+        let (_, h) = second
+            .post("/v1/features/hydrate", example().to_string())
+            .await;
+        let imps = h["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f[0] == "user_impressions_1h")
+            .unwrap()[1]
+            .as_f64()
+            .unwrap();
+        if imps != 1.0 {
+            assert_eq!(imps, 2.0, "{h}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

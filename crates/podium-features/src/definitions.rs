@@ -92,7 +92,7 @@ pub enum EventField {
 }
 
 /// A windowed aggregation function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// Number of events (having `field`, when one is named).

@@ -359,6 +359,84 @@ impl Aggregator {
     }
 }
 
+/// An entity kind and id.
+type EntityKey = (Entity, String);
+
+/// An aggregator's state on disk: its tiles, dedupe memory and scheduled rewrites, with the
+/// feature names it was built for (a state from other definitions is refused).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    features: Vec<String>,
+    gate: EventGate,
+    series: Vec<(EntityKey, Vec<Option<TiledSeries>>)>,
+    expiries: Vec<(i64, Vec<(Entity, String)>)>,
+}
+
+impl Aggregator {
+    fn feature_names(&self) -> Vec<String> {
+        self.defs
+            .features()
+            .iter()
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// Writes the tiles, the dedupe memory and the scheduled rewrites to `path` (JSON, written
+    /// to `path.tmp` and renamed), so that a restart continues every window where it was.
+    /// Returns the entities saved.
+    pub fn save_state(&self, path: &std::path::Path) -> Result<usize, String> {
+        let state = SavedState {
+            features: self.feature_names(),
+            gate: self.gate.clone_state(),
+            series: self
+                .series
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            expiries: self.expiries.iter().map(|(t, v)| (*t, v.clone())).collect(),
+        };
+        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let tmp = path.with_extension("tmp");
+        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
+        let mut w = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut w, &state).map_err(|e| err(&e))?;
+        let file = w.into_inner().map_err(|e| err(&e))?;
+        file.sync_all().map_err(|e| err(&e))?;
+        std::fs::rename(&tmp, path).map_err(|e| err(&e))?;
+        Ok(state.series.len())
+    }
+
+    /// Restores a state [`save_state`](Self::save_state) wrote. Refuses (naming the file) one
+    /// that cannot be read or was saved for other feature definitions.
+    pub fn load_state(mut self, path: &std::path::Path) -> Result<Self, String> {
+        let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(|e| err(&e))?;
+        let state: SavedState =
+            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| err(&e))?;
+        if state.features != self.feature_names() {
+            return Err(err(&"saved for other feature definitions"));
+        }
+        let widths: HashMap<Entity, usize> = Entity::ALL
+            .into_iter()
+            .map(|e| (e, self.defs.of(e).count()))
+            .collect();
+        if let Some(((e, id), _)) = state
+            .series
+            .iter()
+            .find(|((e, _), v)| widths.get(e) != Some(&v.len()))
+        {
+            return Err(err(&format!(
+                "{}:{id} has the wrong number of features",
+                e.as_str()
+            )));
+        }
+        self.gate = state.gate;
+        self.series = state.series.into_iter().collect();
+        self.expiries = state.expiries.into_iter().collect();
+        Ok(self)
+    }
+}
+
 fn new_series(w: &WindowSpec) -> TiledSeries {
     TiledSeries::new(
         w.aggregation,
@@ -387,6 +465,56 @@ pub async fn run_in_process(
         }
     }
     let _ = agg.flush(store.as_ref()).await;
+    agg
+}
+
+/// As [`run_in_process`], until `stop` turns true (or every sender is dropped), also saving the
+/// aggregator's state to `state` ([`Aggregator::save_state`]) after a batch when `every` has
+/// passed since the last save, and once more at the end: a restart then continues every window.
+pub async fn run_in_process_saving(
+    mut agg: Aggregator,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    store: Arc<dyn OnlineStore>,
+    state: std::path::PathBuf,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Aggregator {
+    let mut batch = Vec::with_capacity(256);
+    let mut saved = std::time::Instant::now();
+    let mut unsaved = false;
+    let save = |agg: &Aggregator| {
+        // Saving is file I/O and serialisation: keep it off the other tasks of this worker.
+        let r = tokio::task::block_in_place(|| agg.save_state(&state));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "saving the aggregator state failed");
+        }
+    };
+    while !*stop.borrow() {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    break;
+                }
+                for bytes in batch.drain(..) {
+                    let _ = agg.apply_json(&bytes);
+                }
+                if let Err(e) = agg.flush(store.as_ref()).await {
+                    tracing::warn!(error = %e, "feature store write failed; retrying at the next batch");
+                }
+                unsaved = true;
+                if saved.elapsed() >= every {
+                    save(&agg);
+                    saved = std::time::Instant::now();
+                    unsaved = false;
+                }
+            }
+            _ = stop.changed() => {}
+        }
+    }
+    let _ = agg.flush(store.as_ref()).await;
+    if unsaved {
+        save(&agg);
+    }
     agg
 }
 

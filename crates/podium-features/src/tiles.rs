@@ -18,9 +18,25 @@ use std::collections::{BTreeMap, HashSet};
 
 /// HyperLogLog with 2^8 registers (about 6.5 % standard error, 256 bytes per tile): small enough
 /// to keep one per tile, and mergeable, so a window's estimate equals the estimate of the union.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HyperLogLog {
+    #[serde(with = "registers")]
     registers: [u8; 256],
+}
+
+/// Serde for the register array (serde's arrays stop at 32 elements): as a byte sequence.
+mod registers {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &[u8; 256], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(r)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 256], D::Error> {
+        let v: Vec<u8> = Vec::deserialize(d)?;
+        v.try_into()
+            .map_err(|v: Vec<u8>| serde::de::Error::invalid_length(v.len(), &"256 registers"))
+    }
 }
 
 impl Default for HyperLogLog {
@@ -91,7 +107,7 @@ pub enum Observation {
 }
 
 /// One tile's partial aggregate.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Partial {
     Count(u64),
     Sum(f64),
@@ -177,7 +193,7 @@ impl Partial {
 }
 
 /// The tiles of one (entity key, feature).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TiledSeries {
     aggregation: Aggregation,
     window_ms: i64,
@@ -266,7 +282,7 @@ pub enum Admission {
 /// Admits events by lateness and drops duplicates by id. Ids are remembered per hour of event
 /// time and forgotten once that hour is beyond the lateness horizon: an older redelivery is
 /// rejected as late anyway, so the memory is bounded by the ids of the last `lateness + 1 h`.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct EventGate {
     lateness_ms: i64,
     max_seen: Option<i64>,
@@ -286,6 +302,17 @@ impl EventGate {
             seen: BTreeMap::new(),
             late: 0,
             duplicate: 0,
+        }
+    }
+
+    /// A copy of the gate's memory (for saving an aggregator's state).
+    pub fn clone_state(&self) -> Self {
+        Self {
+            lateness_ms: self.lateness_ms,
+            max_seen: self.max_seen,
+            seen: self.seen.clone(),
+            late: self.late,
+            duplicate: self.duplicate,
         }
     }
 

@@ -307,3 +307,43 @@ ttl = "7d"
     assert_eq!(get(&store, "user:idle").await, Some(vec![0.0]));
     assert_eq!(get(&store, "user:busy").await, Some(vec![1.0]));
 }
+
+#[test]
+fn aggregator_state_round_trips_and_is_refused_for_other_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiles.json");
+    let mut agg = Aggregator::new(defs(), Duration::from_secs(3600));
+    let t0 = 1_800_000_000_000;
+    for i in 0..5 {
+        agg.apply_json(&ev(
+            &format!("e{i}"),
+            "impression",
+            t0 + i,
+            r#","user_id":"u1""#,
+        ))
+        .unwrap();
+    }
+    assert_eq!(agg.save_state(&path).unwrap(), 1);
+    let restored = Aggregator::new(defs(), Duration::from_secs(3600))
+        .load_state(&path)
+        .unwrap();
+    assert_eq!(
+        restored.vector(podium_features::Entity::User, "u1", t0 + 10),
+        agg.vector(podium_features::Entity::User, "u1", t0 + 10)
+    );
+    // The dedupe memory came back too: a redelivery is still a duplicate.
+    let mut restored = restored;
+    assert!(restored
+        .apply_json(&ev("e0", "impression", t0, r#","user_id":"u1""#))
+        .is_err());
+
+    let other = Arc::new(
+        Definitions::parse(
+            "[[feature]]\nname = \"x\"\nentity = \"user\"\ndefault = 0.0\nttl = \"1d\"\n",
+            Path::new("other.toml"),
+        )
+        .unwrap(),
+    );
+    let refused = Aggregator::new(other, Duration::from_secs(3600)).load_state(&path);
+    assert!(refused.err().unwrap().contains("other feature definitions"));
+}
