@@ -65,6 +65,24 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// SIGTERM, then waits for the process to drain, flush and exit.
+    async fn stop_gracefully(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no graceful exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(self.url(path))
@@ -877,20 +895,7 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
     }
     // A graceful stop also saves the aggregator's tiles.
     let mut first = first;
-    let pid = first.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let stopping = Instant::now();
-    while first.child.try_wait().unwrap().is_none() {
-        assert!(
-            stopping.elapsed() < Duration::from_secs(20),
-            "no graceful exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    first.stop_gracefully().await;
     assert!(dir.join("features.tiles.json").exists());
 
     let second = Server::start_with_args(
@@ -998,20 +1003,7 @@ async fn a_live_server_logs_what_it_served_and_the_backfill_agrees() {
     }
 
     // A graceful stop flushes both logs.
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let started = Instant::now();
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no graceful exit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.stop_gracefully().await;
 
     let data = server.data.path();
     let out = Command::new(env!("CARGO_BIN_EXE_podium"))

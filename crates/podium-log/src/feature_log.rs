@@ -58,13 +58,16 @@ pub fn served_rows(request_id: &str, ts_ms: i64, entities: &[ServedEntity]) -> V
 
 impl DecisionSink for FeatureLogSink {
     fn submit(&self, record: DecisionRecord) {
-        // The rows are built here, on the request's task: a few hundred small rows, cheaper than
-        // a second queue of whole records.
-        self.log.submit(served_rows(
-            record.decision.request_id.as_str(),
-            record.ts_ms as i64,
-            &record.served,
-        ));
+        // The rows (hundreds per decision) are built on the writer thread from a shared copy.
+        if !record.served.is_empty() {
+            let (request_id, ts_ms, served) = (
+                record.decision.request_id.to_string(),
+                record.ts_ms as i64,
+                record.served.clone(),
+            );
+            self.log
+                .submit_with(move || served_rows(&request_id, ts_ms, &served));
+        }
         self.inner.submit(record);
     }
 }

@@ -11,8 +11,11 @@ use std::time::Duration;
 /// Batches of rows queued before further ones are dropped.
 const QUEUE: usize = 8_192;
 
+/// Rows to write, built on the writer thread so that callers on the request path only queue.
+type MakeRows<R> = Box<dyn FnOnce() -> Vec<R> + Send>;
+
 enum Message<R> {
-    Rows(Vec<R>),
+    Rows(MakeRows<R>),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -45,7 +48,8 @@ impl<R: LogRecord + Send + 'static> ParquetLog<R> {
                 };
                 loop {
                     match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(Message::Rows(rows)) => {
+                        Ok(Message::Rows(make)) => {
+                            let rows = make();
                             let n = rows.len() as u64;
                             fail(writer.extend(rows));
                             count.fetch_add(n, Ordering::Relaxed);
@@ -75,12 +79,16 @@ impl<R: LogRecord + Send + 'static> ParquetLog<R> {
 
     /// Queues rows; never blocks. A full queue drops them and counts it.
     pub fn submit(&self, rows: Vec<R>) {
-        if rows.is_empty() {
-            return;
+        if !rows.is_empty() {
+            self.submit_with(move || rows);
         }
-        if let Err(TrySendError::Full(Message::Rows(rows))) = self.tx.try_send(Message::Rows(rows))
-        {
-            self.dropped.fetch_add(rows.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues the making of rows: `make` runs on the writer thread, so the caller pays for one
+    /// queued closure, not for building the rows. A full queue drops it and counts it (as one).
+    pub fn submit_with(&self, make: impl FnOnce() -> Vec<R> + Send + 'static) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Message::Rows(Box::new(make))) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -93,7 +101,7 @@ impl<R: LogRecord + Send + 'static> ParquetLog<R> {
         }
     }
 
-    /// Rows dropped because the writer fell behind.
+    /// Submissions dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
