@@ -65,6 +65,18 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// Starts the server on `dir`, which outlives it (a restart sees the same data).
+    async fn start_in(dir: &std::path::Path, extra: &[&str]) -> Server {
+        Self::start_with_args(
+            |d| {
+                std::fs::remove_dir(d).unwrap();
+                std::os::unix::fs::symlink(dir, d).unwrap();
+            },
+            extra,
+        )
+        .await
+    }
+
     /// SIGTERM, then waits for the process to drain, flush and exit.
     async fn stop_gracefully(&mut self) {
         let pid = self.child.id().to_string();
@@ -643,10 +655,7 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     let defs = std::fs::read_to_string(server.data.path().join("features.toml")).unwrap();
     assert!(defs.contains("user_impressions_1h"), "{defs}");
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     let mut events: Vec<Value> = (0..3)
         .map(|i| {
             json!({"id": format!("e{i}"), "type": "impression", "ts_ms": now - 1_000 + i,
@@ -764,6 +773,25 @@ impl Drop for Redis {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A request-level feature of a `POST /v1/features/hydrate` answer, by name.
+fn feature(hydration: &Value, name: &str) -> f64 {
+    hydration["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == name)
+        .unwrap_or_else(|| panic!("no {name} in {hydration}"))[1]
+        .as_f64()
+        .unwrap()
+}
+
 async fn get_json(server: &Server, path: &str) -> Value {
     reqwest::get(server.url(path))
         .await
@@ -855,18 +883,8 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().to_path_buf();
     let args = ["--feature-snapshot-interval-s", "1"];
-    let first = Server::start_with_args(
-        |d| {
-            std::fs::remove_dir(d).unwrap();
-            std::os::unix::fs::symlink(&dir, d).unwrap();
-        },
-        &args,
-    )
-    .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let first = Server::start_in(&dir, &args).await;
+    let now = now_ms();
     let event = json!({"id": "s1", "type": "impression", "ts_ms": now, "user_id": "u-123"});
     let (status, _) = first.post("/v1/events", event.to_string()).await;
     assert_eq!(status, 202);
@@ -898,24 +916,15 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
     first.stop_gracefully().await;
     assert!(dir.join("features.tiles.json").exists());
 
-    let second = Server::start_with_args(
-        |d| {
-            std::fs::remove_dir(d).unwrap();
-            std::os::unix::fs::symlink(&dir, d).unwrap();
-        },
-        &args,
-    )
-    .await;
+    let second = Server::start_in(&dir, &args).await;
     let (_, h) = second
         .post("/v1/features/hydrate", example().to_string())
         .await;
-    let imps = h["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f[0] == "user_impressions_1h")
-        .unwrap_or_else(|| panic!("{h}"));
-    assert_eq!(imps[1], 1.0, "the aggregate survived the restart: {h}");
+    assert_eq!(
+        feature(&h, "user_impressions_1h"),
+        1.0,
+        "the aggregate survived the restart: {h}"
+    );
 
     // The windows go on from where they were: a second impression makes two, not one.
     let event = json!({"id": "s2", "type": "impression", "ts_ms": now + 1, "user_id": "u-123"});
@@ -926,14 +935,7 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
         let (_, h) = second
             .post("/v1/features/hydrate", example().to_string())
             .await;
-        let imps = h["features"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f[0] == "user_impressions_1h")
-            .unwrap()[1]
-            .as_f64()
-            .unwrap();
+        let imps = feature(&h, "user_impressions_1h");
         if imps != 1.0 {
             assert_eq!(imps, 2.0, "{h}");
             break;
@@ -950,10 +952,7 @@ async fn a_live_server_logs_what_it_served_and_the_backfill_agrees() {
     // decisions for the viewers.
     let mut n = 0;
     for round in 0..4 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
+        let now = now_ms();
         let events: Vec<Value> = (0..30)
             .map(|i| {
                 n += 1;

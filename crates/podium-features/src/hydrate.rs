@@ -173,17 +173,10 @@ impl Plan {
             .cols
             .iter()
             .map(|&(_, slot, default, ttl)| {
-                let Some(v) = stored else {
-                    return (default, false);
-                };
-                let Some(x) = v.values.get(slot).copied().filter(|x| !x.is_nan()) else {
-                    return (default, false);
-                };
-                if ttl.is_some_and(|ttl| now - v.as_of_ms > ttl) {
-                    *stale += 1;
-                    return (default, false);
-                }
-                (x, true)
+                let found = stored.and_then(|v| Some((v.values.get(slot).copied()?, v.as_of_ms)));
+                let served = fresh(found, default, ttl, now);
+                *stale += u64::from(is_stale(found, ttl, now));
+                served
             })
             .collect();
         ServedEntity {
@@ -567,15 +560,11 @@ impl Hydrator {
     fn candidate_value(&self, t: &CandidateTable, h: usize, j: usize, now: i64) -> (f32, bool) {
         let (_, adv, default, ttl) = self.candidate_stored[j];
         let width = self.candidate_stored.len();
-        let Some(&(li_as_of, adv_as_of)) = t.as_of.get(h) else {
-            return (default, false);
-        };
-        let as_of = if adv { adv_as_of } else { li_as_of };
-        let v = t.values[h * width + j];
-        if as_of == i64::MIN || v.is_nan() || ttl.is_some_and(|ttl| now - as_of > ttl) {
-            return (default, false);
-        }
-        (v, true)
+        let found = t.as_of.get(h).and_then(|&(li, ad)| {
+            let as_of = if adv { ad } else { li };
+            (as_of != i64::MIN).then(|| (t.values[h * width + j], as_of))
+        });
+        fresh(found, default, ttl, now)
     }
 
     /// Builds the frame of every column: request-level values broadcast to every row, then each
@@ -626,6 +615,20 @@ impl Hydrator {
         }
         frame
     }
+}
+
+/// The one freshness rule: a stored value (value, as-of) is served unless absent, NaN, or older
+/// than its ttl at `now`; otherwise the default. Returns the value and whether it was the stored.
+fn fresh(found: Option<(f32, i64)>, default: f32, ttl: Option<i64>, now: i64) -> (f32, bool) {
+    match found {
+        Some((v, _)) if !v.is_nan() && !is_stale(found, ttl, now) => (v, true),
+        _ => (default, false),
+    }
+}
+
+/// Whether a present, non-NaN value is older than its ttl (counted as stale).
+fn is_stale(found: Option<(f32, i64)>, ttl: Option<i64>, now: i64) -> bool {
+    matches!((found, ttl), (Some((v, as_of)), Some(ttl)) if !v.is_nan() && now - as_of > ttl)
 }
 
 fn key(entity: Entity, id: &str) -> String {
