@@ -135,6 +135,7 @@ mod tests {
             position: BreakPosition::Midroll,
             max_ads,
             max_duration_s,
+            rules: Default::default(),
         }
     }
 

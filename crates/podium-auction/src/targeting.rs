@@ -137,19 +137,27 @@ mod tests {
                 id: "u".into(),
                 country: country.into(),
                 device,
+                region: None,
+                segments: Vec::new(),
+                utc_offset_min: None,
             },
             content: Content {
                 id: "c".into(),
                 genre: genre.into(),
                 live: false,
+                rating: None,
+                event_id: None,
             },
             breaks: vec![AdBreak {
                 id: "b".into(),
                 position: BreakPosition::Midroll,
                 max_ads: 1,
                 max_duration_s: 30,
+                rules: Default::default(),
             }],
             tmax: None,
+            blocked_categories: Vec::new(),
+            blocked_advertisers: Vec::new(),
         }
     }
 

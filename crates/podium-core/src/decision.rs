@@ -19,6 +19,9 @@ pub struct PlacedAd {
     pub price_cpm: Micros,
     /// What the candidate was worth to the auction (its eCPM), as a CPM.
     pub ecpm: Micros,
+    /// The fixed slot of a structured pod it fills; `None` in the dynamic part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// The ads of one break, in play order.

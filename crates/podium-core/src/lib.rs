@@ -16,4 +16,7 @@ pub use decision::{BreakDecision, Decision, ModelUse, PlacedAd, StageTimings};
 pub use frame::{FeatureFrame, FrameSchema};
 pub use ids::{AdvertiserId, BreakId, ContentId, CreativeId, LineItemId, RequestId, UserId};
 pub use money::Micros;
-pub use request::{AdBreak, AdRequest, BreakPosition, Content, Device, RequestError, User};
+pub use request::{
+    AdBreak, AdRequest, BreakPosition, Content, DedupeKey, Device, DurationRule, PodRules, PodSlot,
+    RequestError, SlotPosition, User,
+};

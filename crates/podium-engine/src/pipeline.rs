@@ -708,6 +708,7 @@ impl Engine {
                             duration_s: creative.duration_s,
                             price_cpm: p.price_cpm,
                             ecpm: p.ecpm,
+                            slot: None,
                         }
                     })
                     .collect(),
@@ -745,19 +746,27 @@ impl Engine {
                         id: format!("u-{round}").as_str().into(),
                         country: "US".into(),
                         device,
+                        region: None,
+                        segments: Vec::new(),
+                        utc_offset_min: None,
                     },
                     content: Content {
                         id: "warm-up".into(),
                         genre: "drama".into(),
                         live: round % 2 == 1,
+                        rating: None,
+                        event_id: None,
                     },
                     breaks: vec![AdBreak {
                         id: "b".into(),
                         position: BreakPosition::Midroll,
                         max_ads: 4,
                         max_duration_s: 90,
+                        rules: Default::default(),
                     }],
                     tmax: None,
+                    blocked_categories: Vec::new(),
+                    blocked_advertisers: Vec::new(),
                 };
                 // Short, so that a model made to stall (a drill) is abandoned instead of waited on.
                 let deadline = Deadline::after(

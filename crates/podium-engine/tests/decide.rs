@@ -16,11 +16,16 @@ fn request(id: &str, breaks: &[(u32, u32)]) -> AdRequest {
             id: "u-42".into(),
             country: "US".into(),
             device: Device::Tv,
+            region: None,
+            segments: Vec::new(),
+            utc_offset_min: None,
         },
         content: Content {
             id: "title-42".into(),
             genre: "drama".into(),
             live: false,
+            rating: None,
+            event_id: None,
         },
         breaks: breaks
             .iter()
@@ -30,9 +35,12 @@ fn request(id: &str, breaks: &[(u32, u32)]) -> AdRequest {
                 position: BreakPosition::Midroll,
                 max_ads,
                 max_duration_s,
+                rules: Default::default(),
             })
             .collect(),
         tmax: Some(Duration::from_millis(500)),
+        blocked_categories: Vec::new(),
+        blocked_advertisers: Vec::new(),
     }
     .validate()
     .unwrap()

@@ -665,19 +665,27 @@ mod tests {
                 id: user.into(),
                 country: "US".into(),
                 device: Device::Tv,
+                region: None,
+                segments: Vec::new(),
+                utc_offset_min: None,
             },
             content: Content {
                 id: "c".into(),
                 genre: "drama".into(),
                 live: true,
+                rating: None,
+                event_id: None,
             },
             breaks: vec![AdBreak {
                 id: "b".into(),
                 position: BreakPosition::Midroll,
                 max_ads: 2,
                 max_duration_s: 30,
+                rules: Default::default(),
             }],
             tmax: None,
+            blocked_categories: Vec::new(),
+            blocked_advertisers: Vec::new(),
         }
     }
 

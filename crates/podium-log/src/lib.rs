@@ -126,19 +126,27 @@ mod tests {
                 id: "u".into(),
                 country: "US".into(),
                 device: Device::Tv,
+                region: None,
+                segments: Vec::new(),
+                utc_offset_min: None,
             },
             content: Content {
                 id: "c".into(),
                 genre: "drama".into(),
                 live: false,
+                rating: None,
+                event_id: None,
             },
             breaks: vec![AdBreak {
                 id: "b".into(),
                 position: BreakPosition::Midroll,
                 max_ads: 1,
                 max_duration_s: 30,
+                rules: Default::default(),
             }],
             tmax: None,
+            blocked_categories: Vec::new(),
+            blocked_advertisers: Vec::new(),
         };
         DecisionRecord {
             ts_ms: i as u64,

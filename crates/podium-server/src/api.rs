@@ -147,6 +147,7 @@ pub fn parse_decide(body: &[u8]) -> Result<AdRequest, ApiError> {
                 position: b.position,
                 max_ads: to_u32(format!("breaks[{i}].max_ads"), b.max_ads)?,
                 max_duration_s: to_u32(format!("breaks[{i}].max_duration_s"), b.max_duration_s)?,
+                rules: Default::default(),
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -171,14 +172,21 @@ pub fn parse_decide(body: &[u8]) -> Result<AdRequest, ApiError> {
             id: wire.user.id.as_str().into(),
             country: wire.user.country,
             device: wire.user.device,
+            region: None,
+            segments: Vec::new(),
+            utc_offset_min: None,
         },
         content: Content {
             id: wire.content.id.as_str().into(),
             genre: wire.content.genre,
             live: wire.content.live,
+            rating: None,
+            event_id: None,
         },
         breaks,
         tmax,
+        blocked_categories: Vec::new(),
+        blocked_advertisers: Vec::new(),
     }
     .validate()
     .map_err(|e| ApiError::field(e.field, e.message))

@@ -109,6 +109,7 @@ impl RequestGen {
                 position: POSITIONS[r.random_range(0..3)],
                 max_ads: r.random_range(cfg.slots.0..=cfg.slots.1),
                 max_duration_s: r.random_range(cfg.seconds.0..=cfg.seconds.1),
+                rules: Default::default(),
             })
             .collect();
         let country = if r.random_bool(cfg.home_share) {
@@ -124,14 +125,21 @@ impl RequestGen {
                     .into(),
                 country: country.to_string(),
                 device: DEVICES[r.random_range(0..DEVICES.len())],
+                region: None,
+                segments: Vec::new(),
+                utc_offset_min: None,
             },
             content: Content {
                 id: format!("t-{}", r.random_range(0..5_000)).as_str().into(),
                 genre: cfg.genres[r.random_range(0..cfg.genres.len())].to_string(),
                 live: r.random_bool(cfg.live_share),
+                rating: None,
+                event_id: None,
             },
             breaks,
             tmax: None,
+            blocked_categories: Vec::new(),
+            blocked_advertisers: Vec::new(),
         }
     }
 
