@@ -1,6 +1,9 @@
 //! The marketplace: line items with their bids, targeting, creatives and budgets.
 
-use podium_core::{AdvertiserId, CreativeId, Device, LineItemId, Micros};
+use crate::targeting::Daypart;
+use podium_core::{
+    AdvertiserId, BreakPosition, CreativeId, Device, LineItemId, Micros, SlotPosition,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,20 +27,139 @@ pub enum Bid {
         /// The price of one completed view.
         cpcv: Micros,
     },
+    /// A price per conversion (an action after the ad); worth `cpa × pConversion` per impression.
+    Cpa {
+        /// The price of one conversion.
+        cpa: Micros,
+    },
 }
 
-/// Who a line item may be shown to; an empty list means "any".
+impl Bid {
+    /// The amount bid, whatever it is per.
+    pub fn amount(self) -> Micros {
+        match self {
+            Bid::Cpm { cpm } => cpm,
+            Bid::Cpc { cpc } => cpc,
+            Bid::Cpcv { cpcv } => cpcv,
+            Bid::Cpa { cpa } => cpa,
+        }
+    }
+}
+
+/// Who a line item may be shown to. Dimensions combine with AND; the values listed in one
+/// dimension combine with OR; an empty list means "any". `exclude` removes viewers or content
+/// matching any of its values, and `segments_all` requires every listed segment.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Targeting {
     /// ISO country codes, upper case.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub countries: Vec<String>,
+    /// Regions as `COUNTRY-REGION` (ISO 3166-2, `US-CA`), upper case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
     /// Devices.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
     /// Content genres, lower case.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub genres: Vec<String>,
+    /// Content ratings (`tv-g`, `tv-14`, …), lower case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratings: Vec<String>,
+    /// Times of the viewer's local week when it may serve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dayparts: Vec<Daypart>,
+    /// `true`: live streams only; `false`: on-demand only; absent: either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+    /// Live events (by event id) it is sold against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Audience segments, any of which qualifies the viewer, lower case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+    /// Audience segments the viewer must all belong to, lower case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments_all: Vec<String>,
+    /// Values that disqualify a request.
+    #[serde(default, skip_serializing_if = "Exclusions::is_empty")]
+    pub exclude: Exclusions,
+}
+
+/// Targeting values that disqualify a request when it has any of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exclusions {
+    /// Countries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<String>,
+    /// Regions (`US-CA`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// Genres.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub genres: Vec<String>,
+    /// Ratings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratings: Vec<String>,
+    /// Audience segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+}
+
+impl Exclusions {
+    /// Whether nothing is excluded.
+    pub fn is_empty(&self) -> bool {
+        self == &Exclusions::default()
+    }
+}
+
+/// What a frequency cap counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapScope {
+    /// Impressions of this line item.
+    LineItem,
+    /// Impressions of any line item of its campaign.
+    Campaign,
+    /// Impressions of any line item of its advertiser.
+    Advertiser,
+}
+
+/// At most `max` impressions per viewer within `window_s` seconds (a sliding window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrequencyCap {
+    /// What is counted.
+    pub scope: CapScope,
+    /// Most impressions in the window.
+    pub max: u32,
+    /// Window length, seconds (86,400 for "per day").
+    pub window_s: u64,
+}
+
+/// A floor for some inventory: the highest floor among the rules a request matches applies.
+/// Empty lists match anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloorRule {
+    /// Countries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub countries: Vec<String>,
+    /// Devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// Genres.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub genres: Vec<String>,
+    /// Break positions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub positions: Vec<BreakPosition>,
+    /// Live (`true`) or on-demand (`false`) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<bool>,
+    /// The floor, CPM.
+    pub cpm: Micros,
 }
 
 /// A video creative.
@@ -47,6 +169,9 @@ pub struct Creative {
     pub id: CreativeId,
     /// Length in seconds.
     pub duration_s: u32,
+    /// Where the video file is served from; absent, the server's creative base URL and the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_url: Option<String>,
 }
 
 /// Observed historical rates of a line item, served to models as candidate features.
@@ -56,6 +181,9 @@ pub struct LineItemPriors {
     pub ctr_7d: f32,
     /// Completion rate over the last 7 days.
     pub completion_rate_7d: f32,
+    /// Conversions per impression over the last 7 days (values CPA bids without a model).
+    #[serde(default)]
+    pub conversion_rate_7d: f32,
 }
 
 /// What a line item was sold as: a guaranteed delivery commitment or best-effort demand.
@@ -106,6 +234,36 @@ pub struct LineItem {
     /// Guaranteed or best-effort; files written before the field existed read as best-effort.
     #[serde(default, skip_serializing_if = "Goal::is_non_guaranteed")]
     pub goal: Goal,
+    /// Campaign it belongs to (frequency caps may count per campaign).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
+    /// Advertiser's domain (OpenRTB `adomain`, matched by `badv` and pod deduplication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Frequency caps per viewer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<FrequencyCap>,
+    /// A slot it must play in (sponsors buy the first or last spot of a break).
+    #[serde(default, skip_serializing_if = "is_any")]
+    pub position: SlotPosition,
+}
+
+fn is_any(p: &SlotPosition) -> bool {
+    *p == SlotPosition::Any
+}
+
+impl LineItem {
+    /// The advertiser's domain, or its id when no domain is known.
+    pub fn domain(&self) -> &str {
+        self.domain
+            .as_deref()
+            .unwrap_or(self.advertiser_id.as_str())
+    }
+
+    /// The campaign, or the line item itself when it names none.
+    pub fn campaign(&self) -> &str {
+        self.campaign_id.as_deref().unwrap_or(self.id.as_str())
+    }
 }
 
 /// A marketplace file that cannot be used.
@@ -129,13 +287,30 @@ pub enum MarketplaceError {
     },
 }
 
-/// All line items, and the auction's floor.
+/// All line items, and the auction's rules.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Marketplace {
     /// Floor price: no ad clears below this CPM.
     pub reserve_cpm: Micros,
     /// The line items.
     pub line_items: Vec<LineItem>,
+    /// Floors by inventory, above `reserve_cpm`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floors: Vec<FloorRule>,
+    /// How winners pay.
+    #[serde(default)]
+    pub auction: crate::pod::AuctionType,
+    /// No two ads of one advertiser category in a pod (competitive separation), whatever the
+    /// request's own deduplication rules.
+    #[serde(default = "yes")]
+    pub competitive_separation: bool,
+    /// Reserve learned per segment from recent winning bids; absent, only static floors apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_reserve: Option<crate::reserve::DynamicReserveConfig>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Marketplace {
@@ -158,12 +333,7 @@ impl Marketplace {
                     c.id
                 ));
             }
-            let amount = match li.bid {
-                Bid::Cpm { cpm } => cpm,
-                Bid::Cpc { cpc } => cpc,
-                Bid::Cpcv { cpcv } => cpcv,
-            };
-            if amount <= Micros::ZERO {
+            if li.bid.amount() <= Micros::ZERO {
                 return Err(format!("line_items[{i}].bid: must be positive"));
             }
             if li.goal
@@ -175,6 +345,29 @@ impl Marketplace {
                     "line_items[{i}].goal: a guaranteed goal needs impressions_per_day > 0"
                 ));
             }
+            for (j, c) in li.caps.iter().enumerate() {
+                if c.max == 0 || c.window_s == 0 || c.window_s > crate::MAX_CAP_WINDOW_S {
+                    return Err(format!(
+                        "line_items[{i}].caps[{j}]: max must be positive and window_s between 1 and {}",
+                        crate::MAX_CAP_WINDOW_S
+                    ));
+                }
+            }
+            for (j, d) in li.targeting.dayparts.iter().enumerate() {
+                d.check()
+                    .map_err(|m| format!("line_items[{i}].targeting.dayparts[{j}]: {m}"))?;
+            }
+        }
+        for (i, f) in self.floors.iter().enumerate() {
+            if f.cpm < Micros::ZERO {
+                return Err(format!("floors[{i}].cpm: must not be negative"));
+            }
+        }
+        if self.reserve_cpm < Micros::ZERO {
+            return Err("reserve_cpm: must not be negative".into());
+        }
+        if let Some(d) = &self.dynamic_reserve {
+            d.check().map_err(|m| format!("dynamic_reserve: {m}"))?;
         }
         Ok(())
     }

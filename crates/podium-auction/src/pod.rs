@@ -9,6 +9,17 @@ use crate::marketplace::LineItem;
 use podium_core::{AdBreak, Micros};
 use std::collections::HashSet;
 
+/// How winners pay (placeholder until the exact pod optimiser lands).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuctionType {
+    /// Second price.
+    #[default]
+    SecondPrice,
+    /// First price.
+    FirstPrice,
+}
+
 /// A candidate with its value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ValuedCandidate {
@@ -120,11 +131,16 @@ mod tests {
                     .map(|(c, &d)| Creative {
                         id: format!("c-{i}-{c}").as_str().into(),
                         duration_s: d,
+                        media_url: None,
                     })
                     .collect(),
                 daily_budget: Micros(1),
                 priors: Default::default(),
                 goal: Default::default(),
+                campaign_id: None,
+                domain: None,
+                caps: Vec::new(),
+                position: Default::default(),
             })
             .collect()
     }

@@ -4,6 +4,12 @@
 //! given) and stops a line item once its daily budget is reached. Pacing control loops, budget
 //! leases shared across servers and guaranteed-delivery allocation build on this seam.
 
+pub mod caps;
+pub mod guaranteed;
+
+pub use caps::{cap_key, count_since, FrequencyStore, MemoryFrequencyStore};
+pub use guaranteed::{allocation_rate, draw, Delivery};
+
 use dashmap::DashMap;
 use podium_core::{LineItemId, Micros};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +19,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Day(pub u32);
 
 impl Day {
+    /// The day of a time in ms since the epoch, and how much of it has passed (0–1).
+    pub fn of_ms(ms: i64) -> (Day, f64) {
+        let day = ms.div_euclid(86_400_000);
+        (
+            Day(day as u32),
+            ms.rem_euclid(86_400_000) as f64 / 86_400_000.0,
+        )
+    }
+
     /// Today, by the system clock.
     pub fn today() -> Day {
         let secs = SystemTime::now()
