@@ -535,7 +535,21 @@ fn start_stream(
     log: Option<Arc<ParquetLog<Event>>>,
     tiles: PathBuf,
 ) {
-    let mut aggregator = Aggregator::new(definitions.clone(), lateness);
+    // Accepted impressions (once per event id) count toward the viewer's frequency caps.
+    let caps = |a: Aggregator| {
+        let engine = engine.clone();
+        a.with_applied(Box::new(move |e: &Event| {
+            if e.kind == podium_features::EventType::Impression {
+                if let (Some(user), Some(li)) = (
+                    e.entity_id(podium_features::Entity::User),
+                    e.entity_id(podium_features::Entity::LineItem),
+                ) {
+                    engine.record_impression(user, li, e.ts_ms);
+                }
+            }
+        }))
+    };
+    let mut aggregator = caps(Aggregator::new(definitions.clone(), lateness));
     if let Some(log) = &log {
         let log = log.clone();
         aggregator = aggregator.with_tap(Box::new(move |e: &Event| log.submit(vec![e.clone()])));
@@ -551,7 +565,7 @@ fn start_stream(
                 match fresh.load_state(&tiles) {
                     Ok(restored) => {
                         tracing::info!(path = %tiles.display(), "aggregator state restored");
-                        aggregator = restored;
+                        aggregator = caps(restored);
                         if let Some(log) = log {
                             aggregator = aggregator
                                 .with_tap(Box::new(move |e: &Event| log.submit(vec![e.clone()])));

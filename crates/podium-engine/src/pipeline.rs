@@ -2,14 +2,22 @@
 
 use crate::experiments::{Assignment, Experiments};
 use arc_swap::ArcSwap;
-use podium_auction::{ecpm, fill_breaks, Marketplace, TargetingIndex, ValuedCandidate};
+use podium_auction::pod::{solve_pod, PodCandidate, PodCreative};
+use podium_auction::{
+    ecpm, static_floor, CapScope, DynamicReserve, Goal, Marketplace, TargetingIndex,
+};
 use podium_core::FeatureFrame;
 use podium_core::{
-    AdRequest, BreakDecision, Deadline, Decision, Micros, ModelUse, PlacedAd, StageTimings,
+    AdRequest, BreakDecision, Deadline, Decision, DedupeKey, LineItemId, Micros, ModelUse,
+    PlacedAd, StageTimings,
 };
+use std::collections::HashMap;
 use podium_features::{CandidateKeys, Hydrator};
 use podium_log::{DecisionRecord, DecisionSink};
-use podium_pacing::{has_budget, Day, SpendStore};
+use podium_pacing::{
+    cap_key, count_since, has_budget, Day, Delivery, FrequencyStore, MemoryFrequencyStore,
+    SpendStore,
+};
 use podium_serving::{run_stage, ComputePool, ModelSet, Scored};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +44,23 @@ impl Default for EngineConfig {
     }
 }
 
+/// Added to a guaranteed candidate's value so that the pod takes it before any best-effort one
+/// (priorities as in the ad server world), whatever the eCPMs.
+const GUARANTEED_VALUE: i64 = 1 << 50;
+
+/// What a line item's caps and deduplication are counted under, hashed once per market.
+struct Keys {
+    advertiser: u64,
+    category: u64,
+    /// Frequency-cap counters: line item, campaign, advertiser.
+    caps: [u64; 3],
+    creatives: Vec<u64>,
+}
+
+fn stable_hash(s: &str) -> u64 {
+    cap_key("dedupe", s)
+}
+
 /// The marketplace with what is derived from it once per change, never per request.
 pub struct MarketSnapshot {
     /// The line items and reserve.
@@ -46,6 +71,15 @@ pub struct MarketSnapshot {
     pub candidate_features: Vec<Vec<f32>>,
     /// Each line item's completion prior, used to value candidates at the early-rank stage.
     completion_priors: Vec<f32>,
+    keys: Vec<Keys>,
+    by_id: HashMap<LineItemId, u32>,
+    any_caps: bool,
+    /// Daily impression goal of each guaranteed line item.
+    goals: Vec<Option<u64>>,
+    /// Today's supply and delivery of guaranteed line items.
+    delivery: Delivery,
+    /// Reserves learned from this market's winning bids, when the marketplace asks for them.
+    dynamic_reserve: Option<DynamicReserve>,
 }
 
 impl MarketSnapshot {
@@ -55,34 +89,87 @@ impl MarketSnapshot {
         features: impl Fn(&podium_auction::LineItem) -> Vec<f32>,
     ) -> Self {
         let index = TargetingIndex::build(&marketplace.line_items);
-        let candidate_features = marketplace.line_items.iter().map(&features).collect();
-        let completion_priors = marketplace
-            .line_items
+        let items = &marketplace.line_items;
+        let candidate_features = items.iter().map(&features).collect();
+        let completion_priors = items.iter().map(|li| li.priors.completion_rate_7d).collect();
+        let keys = items
             .iter()
-            .map(|li| li.priors.completion_rate_7d)
+            .map(|li| Keys {
+                advertiser: stable_hash(li.domain()),
+                category: stable_hash(&li.category.to_ascii_lowercase()),
+                caps: [
+                    cap_key("line_item", li.id.as_str()),
+                    cap_key("campaign", li.campaign()),
+                    cap_key("advertiser", li.advertiser_id.as_str()),
+                ],
+                creatives: li
+                    .creatives
+                    .iter()
+                    .map(|c| stable_hash(c.id.as_str()))
+                    .collect(),
+            })
+            .collect();
+        let by_id = items
+            .iter()
+            .enumerate()
+            .map(|(i, li)| (li.id.clone(), i as u32))
+            .collect();
+        let goals = items
+            .iter()
+            .map(|li| match li.goal {
+                Goal::Guaranteed {
+                    impressions_per_day,
+                } => Some(impressions_per_day),
+                Goal::NonGuaranteed => None,
+            })
             .collect();
         Self {
+            any_caps: items.iter().any(|li| !li.caps.is_empty()),
+            delivery: Delivery::new(items.len()),
+            dynamic_reserve: marketplace.dynamic_reserve.clone().map(DynamicReserve::new),
             marketplace,
             index,
             candidate_features,
             completion_priors,
+            keys,
+            by_id,
+            goals,
         }
+    }
+
+    /// The position of a line item in the marketplace.
+    pub fn position(&self, id: &LineItemId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The learned reserves per segment, if the marketplace learns them.
+    pub fn dynamic_reserve(&self) -> Option<&DynamicReserve> {
+        self.dynamic_reserve.as_ref()
+    }
+
+    /// Today's (eligible supply, delivered impressions) of a guaranteed line item.
+    pub fn delivery(&self, line_item: u32) -> (u64, u64) {
+        self.delivery.counts(line_item)
     }
 
     /// The early-rank cut: values every eligible line item roughly (its bid, with the early
     /// ranker's prediction as pCTR and its completion prior as pCompletion) and keeps the best
-    /// `k`, ties going to the lower index. The order of the result is unspecified.
+    /// `k`, ties going to the lower index; guaranteed line items (already allocated to this
+    /// request) go first. The order of the result is unspecified.
     pub fn top_k(&self, eligible: &[u32], predictions: &[f32], k: usize) -> Vec<u32> {
         let line_items = &self.marketplace.line_items;
-        let mut order: Vec<(Micros, u32)> = eligible
+        let mut order: Vec<(bool, Micros, u32)> = eligible
             .iter()
             .zip(predictions)
             .map(|(&i, &p)| {
+                let li = &line_items[i as usize];
                 (
+                    self.goals[i as usize].is_some(),
                     ecpm(
-                        line_items[i as usize].bid,
+                        li.bid,
                         p,
                         self.completion_priors[i as usize],
+                        li.priors.conversion_rate_7d,
                     ),
                     i,
                 )
@@ -90,10 +177,77 @@ impl MarketSnapshot {
             .collect();
         let k = k.min(order.len());
         if k < order.len() {
-            order.select_nth_unstable_by(k, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            order.select_nth_unstable_by(k, |a, b| {
+                b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2))
+            });
             order.truncate(k);
         }
-        order.iter().map(|&(_, i)| i).collect()
+        order.iter().map(|&(_, _, i)| i).collect()
+    }
+
+    /// Removes from `eligible` what must not serve this request although its targeting admits it:
+    /// blocked categories and advertisers, line items at a frequency cap, and guaranteed line
+    /// items whose allocation does not pick this request. Counts guaranteed supply on the way.
+    fn admit(
+        &self,
+        req: &AdRequest,
+        eligible: &mut Vec<u32>,
+        freq: &dyn FrequencyStore,
+        now_ms: i64,
+    ) -> Vec<(u64, i64)> {
+        let items = &self.marketplace.line_items;
+        if !req.blocked_categories.is_empty() || !req.blocked_advertisers.is_empty() {
+            eligible.retain(|&i| {
+                let li = &items[i as usize];
+                !req
+                    .blocked_categories
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&li.category))
+                    && !req.blocked_advertisers.iter().any(|a| {
+                        a.eq_ignore_ascii_case(li.domain())
+                            || a.eq_ignore_ascii_case(li.advertiser_id.as_str())
+                    })
+            });
+        }
+        let history = if self.any_caps {
+            freq.history(req.user.id.as_str())
+        } else {
+            Vec::new()
+        };
+        if !history.is_empty() {
+            eligible.retain(|&i| !self.capped(i, &history, now_ms, &[]));
+        }
+        let (day, elapsed) = Day::of_ms(now_ms);
+        self.delivery.roll(day);
+        eligible.retain(|&i| match self.goals[i as usize] {
+            None => true,
+            Some(goal) => {
+                self.delivery.saw(i);
+                podium_pacing::draw(req.request_id.as_str(), i)
+                    < self.delivery.rate(i, goal, elapsed)
+            }
+        });
+        history
+    }
+
+    /// Whether line item `i` is at one of its caps, counting the viewer's history and the ads
+    /// already placed in this request (`placed`).
+    fn capped(&self, i: u32, history: &[(u64, i64)], now_ms: i64, placed: &[u32]) -> bool {
+        let li = &self.marketplace.line_items[i as usize];
+        li.caps.iter().any(|cap| {
+            let slot = match cap.scope {
+                CapScope::LineItem => 0,
+                CapScope::Campaign => 1,
+                CapScope::Advertiser => 2,
+            };
+            let key = self.keys[i as usize].caps[slot];
+            let since = now_ms - (cap.window_s as i64) * 1000;
+            let here = placed
+                .iter()
+                .filter(|&&p| self.keys[p as usize].caps[slot] == key)
+                .count() as u32;
+            count_since(history, key, since) + here >= cap.max
+        })
     }
 }
 
@@ -200,6 +354,7 @@ struct Inner {
     models: ArcSwap<ModelSet>,
     hydrator: Hydrator,
     spend: Arc<dyn SpendStore>,
+    freq: Arc<dyn FrequencyStore>,
     sink: Arc<dyn DecisionSink>,
     pool: ComputePool,
 }
@@ -283,10 +438,27 @@ impl Engine {
                 models: ArcSwap::from_pointee(models),
                 hydrator,
                 spend,
+                freq: Arc::new(MemoryFrequencyStore::new(
+                    podium_auction::MAX_CAP_WINDOW_S as i64 * 1000,
+                )),
                 sink,
                 pool,
             }),
         }
+    }
+
+    /// Counts an impression of a line item (from the event path, after deduplication) toward
+    /// the viewer's frequency caps. An id the marketplace does not know is ignored (it may be
+    /// from before a marketplace change); returns whether it was counted.
+    pub fn record_impression(&self, user: &str, line_item: &str, ts_ms: i64) -> bool {
+        let market = self.inner.market.load();
+        let Some(i) = market.position(&line_item.into()) else {
+            return false;
+        };
+        self.inner
+            .freq
+            .record(user, &market.keys[i as usize].caps, ts_ms);
+        true
     }
 
     /// Scores the shadows whose share `req`'s user falls in, on the pool after the request's own
@@ -387,7 +559,10 @@ impl Engine {
         let market = inner.market.load_full();
         let open = self.open_set(&market);
         open.refresh(Day::today(), inner.spend.as_ref());
-        let eligible = market.index.eligible_where(req, |w| open.word(w));
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let eligible = market.index.eligible_where(req, now_ms, |w| open.word(w));
         self.refresh_candidates_if_due(&market);
         let t = Instant::now();
         let hydrated = inner
@@ -475,7 +650,10 @@ impl Engine {
         let day = Day::today();
         let open = self.open_set(&market);
         open.refresh(day, inner.spend.as_ref());
-        let eligible = market.index.eligible_where(&req, |w| open.word(w));
+        let mut eligible = market
+            .index
+            .eligible_where(&req, ts_ms as i64, |w| open.word(w));
+        let history = market.admit(&req, &mut eligible, inner.freq.as_ref(), ts_ms as i64);
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
 
@@ -501,6 +679,8 @@ impl Engine {
                 &eligible,
                 deadline,
                 &assignment,
+                &history,
+                ts_ms as i64,
             )
             .await;
         degraded.extend(computed.degraded);
@@ -512,6 +692,9 @@ impl Engine {
                 .add(day, &item.id, price_cpm.cpm_to_impression_cost());
             if !has_budget(total, item.daily_budget) {
                 open.close(li);
+            }
+            if market.goals[li as usize].is_some() {
+                market.delivery.delivered(li);
             }
         }
 
@@ -574,6 +757,8 @@ impl Engine {
         eligible: &[u32],
         deadline: Deadline,
         assignment: &Assignment,
+        history: &[(u64, i64)],
+        now_ms: i64,
     ) -> Computed {
         let inner = &self.inner;
         let hydrator = &inner.hydrator;
@@ -661,59 +846,129 @@ impl Engine {
         // Value: eCPM from bid type and the calibrated predictions.
         let t = Instant::now();
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
-        let (ctr, completion) = (by_task("ctr"), by_task("completion"));
-        let candidates: Vec<ValuedCandidate> = top
+        let (ctr, completion, conversion) = (
+            by_task("ctr"),
+            by_task("completion"),
+            by_task("conversion"),
+        );
+        let candidates: Vec<PodCandidate> = top
             .iter()
             .enumerate()
             .map(|(r, &i)| {
                 let li = &line_items[i as usize];
+                let keys = &market.keys[i as usize];
                 let p_click = ctr.map_or(f32::NAN, |v| v[r]);
                 let p_complete = completion.map_or(market.completion_priors[i as usize], |v| v[r]);
-                ValuedCandidate {
+                let p_conversion = conversion.map_or(li.priors.conversion_rate_7d, |v| v[r]);
+                let value = ecpm(li.bid, p_click, p_complete, p_conversion);
+                let guaranteed = market.goals[i as usize].is_some();
+                PodCandidate {
                     line_item: i,
-                    ecpm: ecpm(li.bid, p_click, p_complete),
+                    value: if guaranteed {
+                        GUARANTEED_VALUE + value.0
+                    } else {
+                        value.0
+                    },
+                    ecpm: value,
+                    guaranteed,
+                    creatives: li
+                        .creatives
+                        .iter()
+                        .zip(&keys.creatives)
+                        .enumerate()
+                        .map(|(c, (cr, &key))| PodCreative {
+                            index: c as u32,
+                            duration_s: cr.duration_s,
+                            key,
+                        })
+                        .collect(),
+                    advertiser: keys.advertiser,
+                    category: keys.category,
+                    position: li.position,
                 }
             })
             .collect();
         let value_us = us(t.elapsed());
 
-        // Pod: fill the breaks and price the winners.
+        // Pod: each break in playback order, solved exactly, a line item at most once per
+        // request and within its caps counting what this request already placed.
         let t = Instant::now();
-        let pods = fill_breaks(
-            &req.breaks,
-            &candidates,
-            line_items,
-            Micros(
-                (market.marketplace.reserve_cpm.0 as f64 * assignment.reserve_multiplier).round()
-                    as i64,
-            ),
-        );
+        let marketplace = &market.marketplace;
+        let mut placed: Vec<u32> = Vec::new();
         let mut bookings = Vec::new();
-        let breaks = req
-            .breaks
-            .iter()
-            .zip(pods)
-            .map(|(b, pod)| BreakDecision {
+        let mut breaks = Vec::with_capacity(req.breaks.len());
+        for b in &req.breaks {
+            let mut brk = b.clone();
+            // An advertiser once per break always; one category once per break when the
+            // marketplace separates competitors.
+            let mut extra = vec![DedupeKey::Advertiser];
+            if marketplace.competitive_separation {
+                extra.push(DedupeKey::Category);
+            }
+            for k in extra {
+                if !brk.rules.dedupe.contains(&k) {
+                    brk.rules.dedupe.push(k);
+                }
+            }
+            let segment = DynamicReserve::segment(req, b);
+            let learned = market
+                .dynamic_reserve
+                .as_ref()
+                .map_or(Micros::ZERO, |d| d.reserve(&segment));
+            let reserve = Micros(
+                (static_floor(marketplace, req, b).max(learned).0 as f64
+                    * assignment.reserve_multiplier)
+                    .round() as i64,
+            );
+            let allowed = |c: usize| {
+                let i = candidates[c].line_item;
+                !placed.contains(&i)
+                    && (line_items[i as usize].caps.is_empty()
+                        || !market.capped(i, history, now_ms, &placed))
+            };
+            let outcome = solve_pod(&brk, reserve, &candidates, allowed, marketplace.auction);
+            if !outcome.exact {
+                degraded.push(format!(
+                    "pod {}: search limit reached, best pod found served",
+                    b.id.as_str()
+                ));
+            }
+            if let Some(d) = &market.dynamic_reserve {
+                if let Some(top) = outcome
+                    .placements
+                    .iter()
+                    .filter(|p| !candidates[p.candidate].guaranteed)
+                    .map(|p| candidates[p.candidate].ecpm)
+                    .max()
+                {
+                    d.observe(&segment, top);
+                }
+            }
+            let ads = outcome
+                .placements
+                .into_iter()
+                .map(|p| {
+                    let cand = &candidates[p.candidate];
+                    let li = &line_items[cand.line_item as usize];
+                    let creative = &li.creatives[p.creative as usize];
+                    placed.push(cand.line_item);
+                    bookings.push((cand.line_item, p.price_cpm));
+                    PlacedAd {
+                        line_item_id: li.id.clone(),
+                        creative_id: creative.id.clone(),
+                        advertiser_id: li.advertiser_id.clone(),
+                        duration_s: creative.duration_s,
+                        price_cpm: p.price_cpm,
+                        ecpm: cand.ecpm,
+                        slot: p.slot.map(|j| b.rules.slots[j].id.clone()),
+                    }
+                })
+                .collect();
+            breaks.push(BreakDecision {
                 break_id: b.id.clone(),
-                ads: pod
-                    .into_iter()
-                    .map(|p| {
-                        let li = &line_items[p.line_item as usize];
-                        let creative = &li.creatives[p.creative as usize];
-                        bookings.push((p.line_item, p.price_cpm));
-                        PlacedAd {
-                            line_item_id: li.id.clone(),
-                            creative_id: creative.id.clone(),
-                            advertiser_id: li.advertiser_id.clone(),
-                            duration_s: creative.duration_s,
-                            price_cpm: p.price_cpm,
-                            ecpm: p.ecpm,
-                            slot: None,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect();
+                ads,
+            });
+        }
         let pod_us = us(t.elapsed());
 
         Computed {
@@ -777,7 +1032,10 @@ impl Engine {
                 );
                 let market = self.market();
                 let models = self.models();
-                let eligible = market.index.eligible(&req);
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let eligible = market.index.eligible(&req, now_ms);
                 let hydrated = self
                     .inner
                     .hydrator
@@ -791,6 +1049,8 @@ impl Engine {
                     &eligible,
                     deadline,
                     &Assignment::default(),
+                    &[],
+                    now_ms,
                 )
                 .await;
             }

@@ -156,7 +156,7 @@ impl StandardWorld {
     /// primary models only (no pool, no deadline, no fallbacks). Budgets are not consulted, so
     /// every targeted line item is a candidate, as at the start of a day.
     pub async fn compute_floor(&self, req: &AdRequest) -> FloorSample {
-        let eligible = self.market.index.eligible(req);
+        let eligible = self.market.index.eligible(req, 0);
         if self.hydrator.wants_candidates() {
             let keys = crate::pipeline::candidate_keys(&self.market);
             let _ = self.hydrator.refresh_candidates(&keys).await;

@@ -58,6 +58,16 @@ pub enum EventType {
     Completion,
     /// Content playback started.
     Play,
+    /// An ad started playing (VAST `start`).
+    Start,
+    /// An ad played a quarter through.
+    FirstQuartile,
+    /// An ad played half through.
+    Midpoint,
+    /// An ad played three quarters through.
+    ThirdQuartile,
+    /// The player could not play an ad (VAST `Error`).
+    Error,
 }
 
 impl EventType {
@@ -68,6 +78,13 @@ impl EventType {
             "click" => Some(Self::Click),
             "completion" => Some(Self::Completion),
             "play" => Some(Self::Play),
+            // VAST's own names are accepted beside ours, so tracking URLs can pass them through.
+            "complete" => Some(Self::Completion),
+            "start" => Some(Self::Start),
+            "first_quartile" | "firstQuartile" => Some(Self::FirstQuartile),
+            "midpoint" => Some(Self::Midpoint),
+            "third_quartile" | "thirdQuartile" => Some(Self::ThirdQuartile),
+            "error" => Some(Self::Error),
             _ => None,
         }
     }

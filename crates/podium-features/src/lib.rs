@@ -17,7 +17,7 @@ pub mod stream;
 pub mod tiles;
 
 pub use cache::{CacheConfig, CachedStore};
-pub use definitions::{Definitions, Entity, FeatureDef};
+pub use definitions::{Definitions, Entity, EventType, FeatureDef};
 pub use hydrate::{CandidateKeys, Hydrated, HydrationStats, Hydrator, ServedEntity, SpaceError};
 pub use offline::{
     backfill, consistency, read_events, read_served, write_events, ConsistencyReport,

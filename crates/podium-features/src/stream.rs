@@ -175,6 +175,9 @@ pub struct Aggregator {
     stats: Arc<StreamStats>,
     /// Sees every well-formed event before it is folded (the serving side's event log).
     tap: Option<EventTap>,
+    /// Sees each event once, when it is accepted (not late, not a duplicate): what counts
+    /// impressions toward frequency caps.
+    applied: Option<EventTap>,
     /// When a tile leaves a window, by stream time: the entities to rewrite then, so that an
     /// idle entity's windows slide in the store too (not only when it next has an event).
     expiries: BTreeMap<i64, Vec<(Entity, String)>>,
@@ -193,6 +196,7 @@ impl Aggregator {
             dirty: BTreeSet::new(),
             stats: Arc::default(),
             tap: None,
+            applied: None,
             expiries: BTreeMap::new(),
         }
     }
@@ -201,6 +205,13 @@ impl Aggregator {
     /// duplicates and late ones included (a log of what the stream carried).
     pub fn with_tap(mut self, tap: EventTap) -> Self {
         self.tap = Some(tap);
+        self
+    }
+
+    /// Calls `hook` with every event accepted, once per event id (duplicates and late events
+    /// are not passed on).
+    pub fn with_applied(mut self, hook: EventTap) -> Self {
+        self.applied = Some(hook);
         self
     }
 
@@ -249,6 +260,9 @@ impl Aggregator {
             Admission::Accepted => {}
             Admission::Late => return Err(Rejection::Late),
             Admission::Duplicate => return Err(Rejection::Duplicate),
+        }
+        if let Some(hook) = &mut self.applied {
+            hook(e);
         }
         for entity in Entity::ALL {
             let Some(id) = e.entity_id(entity) else {

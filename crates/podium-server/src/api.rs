@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use podium_core::{
-    AdBreak, AdRequest, BreakPosition, Content, Decision, Device, StageTimings, User,
+    AdBreak, AdRequest, BreakPosition, Content, Decision, Device, PodRules, StageTimings, User,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +76,12 @@ pub struct DecideRequest {
     /// Deadline in milliseconds; the server's default applies when absent.
     #[serde(default)]
     pub tmax_ms: Option<f64>,
+    /// Advertiser categories that must not serve.
+    #[serde(default)]
+    pub blocked_categories: Vec<String>,
+    /// Advertisers (ids or domains) that must not serve.
+    #[serde(default)]
+    pub blocked_advertisers: Vec<String>,
 }
 
 /// The viewer, as sent.
@@ -87,6 +93,15 @@ pub struct UserJson {
     pub country: String,
     /// `tv` (or `ctv`), `mobile`, `tablet`, `desktop`, `other`.
     pub device: Device,
+    /// Region within the country (`CA` for California).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Audience segments.
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// Offset of the viewer's local time from UTC, minutes.
+    #[serde(default)]
+    pub utc_offset_min: Option<i32>,
 }
 
 /// The content, as sent.
@@ -100,6 +115,12 @@ pub struct ContentJson {
     /// Live stream or not.
     #[serde(default)]
     pub live: bool,
+    /// Content rating (`tv-14`, …).
+    #[serde(default)]
+    pub rating: Option<String>,
+    /// The live event streamed.
+    #[serde(default)]
+    pub event_id: Option<String>,
 }
 
 /// One break, as sent. Counts are signed here so that a negative one gets a precise message.
@@ -114,6 +135,9 @@ pub struct BreakJson {
     pub max_ads: i64,
     /// Most seconds of ads in the break.
     pub max_duration_s: i64,
+    /// Durations, fixed slots, floors and deduplication of the pod.
+    #[serde(flatten)]
+    pub rules: PodRules,
 }
 
 static GENERATED_IDS: AtomicU64 = AtomicU64::new(0);
@@ -147,7 +171,7 @@ pub fn parse_decide(body: &[u8]) -> Result<AdRequest, ApiError> {
                 position: b.position,
                 max_ads: to_u32(format!("breaks[{i}].max_ads"), b.max_ads)?,
                 max_duration_s: to_u32(format!("breaks[{i}].max_duration_s"), b.max_duration_s)?,
-                rules: Default::default(),
+                rules: b.rules,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -172,21 +196,21 @@ pub fn parse_decide(body: &[u8]) -> Result<AdRequest, ApiError> {
             id: wire.user.id.as_str().into(),
             country: wire.user.country,
             device: wire.user.device,
-            region: None,
-            segments: Vec::new(),
-            utc_offset_min: None,
+            region: wire.user.region,
+            segments: wire.user.segments,
+            utc_offset_min: wire.user.utc_offset_min,
         },
         content: Content {
             id: wire.content.id.as_str().into(),
             genre: wire.content.genre,
             live: wire.content.live,
-            rating: None,
-            event_id: None,
+            rating: wire.content.rating,
+            event_id: wire.content.event_id,
         },
         breaks,
         tmax,
-        blocked_categories: Vec::new(),
-        blocked_advertisers: Vec::new(),
+        blocked_categories: wire.blocked_categories,
+        blocked_advertisers: wire.blocked_advertisers,
     }
     .validate()
     .map_err(|e| ApiError::field(e.field, e.message))
@@ -209,6 +233,9 @@ pub struct AdJson {
     pub price_cpm: f64,
     /// The candidate's eCPM in currency units.
     pub ecpm: f64,
+    /// The fixed slot it fills, in a structured pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 /// One break of the response.
@@ -275,6 +302,7 @@ impl From<Decision> for DecideResponse {
                             duration_s: a.duration_s,
                             price_cpm: a.price_cpm.as_units(),
                             ecpm: a.ecpm.as_units(),
+                            slot: a.slot,
                         })
                         .collect(),
                 })

@@ -1,7 +1,10 @@
 //! The demo world: a marketplace, an audience, and models trained on simulated impressions.
 
-use podium_auction::{Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, Targeting};
-use podium_core::{Device, Micros};
+use podium_auction::{
+    Bid, CapScope, Creative, Daypart, DynamicReserveConfig, FloorRule, FrequencyCap, Goal,
+    LineItem, LineItemPriors, Marketplace, Targeting,
+};
+use podium_core::{BreakPosition, Device, Micros, SlotPosition};
 use podium_features::{Entity, FeatureSpace, FeatureSpec, Source};
 use podium_model::manifest::{OutputSpec, ServingSpec};
 use podium_model::{
@@ -156,6 +159,7 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                 .map(|c| Creative {
                     id: format!("cr-{i}-{c}").as_str().into(),
                     duration_s: DURATIONS[rng.random_range(0..DURATIONS.len())],
+                    media_url: None,
                 })
                 .collect();
             LineItem {
@@ -167,20 +171,106 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                     countries: pick_some(&mut rng, &COUNTRIES, 0.5),
                     devices,
                     genres: pick_some(&mut rng, &GENRES, 0.5),
+                    ..Default::default()
                 },
                 creatives,
                 daily_budget: Micros::from_units(round2(rng.random_range(200.0..5000.0))),
                 priors: LineItemPriors {
                     ctr_7d: rng.random_range(0.002f32..0.03),
                     completion_rate_7d: rng.random_range(0.5f32..0.95),
+                    conversion_rate_7d: 0.0,
                 },
                 goal: Goal::NonGuaranteed,
+                campaign_id: None,
+                domain: Some(format!("adv-{adv}.example")),
+                caps: Vec::new(),
+                position: SlotPosition::Any,
             }
         })
         .collect();
-    Marketplace {
+    let mut m = Marketplace {
         reserve_cpm: Micros::from_units(2.0),
         line_items,
+        floors: vec![
+            FloorRule {
+                devices: vec![Device::Tv],
+                cpm: Micros::from_units(4.0),
+                ..Default::default()
+            },
+            FloorRule {
+                live: Some(true),
+                positions: vec![BreakPosition::Preroll],
+                cpm: Micros::from_units(6.0),
+                ..Default::default()
+            },
+        ],
+        auction: Default::default(),
+        competitive_separation: true,
+        dynamic_reserve: Some(DynamicReserveConfig::default()),
+    };
+    dress(&mut m, cfg.seed);
+    m
+}
+
+/// The demo's richer selling terms, from a stream of their own so the base draws stay as they
+/// were: campaigns, frequency caps, a few guaranteed deals and sponsor slots, CPA buyers, and
+/// targeting by region, rating, daypart and audience segment.
+fn dress(m: &mut Marketplace, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5E11_D0C5);
+    for (i, li) in m.line_items.iter_mut().enumerate() {
+        li.campaign_id = Some(format!("{}-camp-{}", li.advertiser_id, i % 3));
+        if rng.random_bool(0.4) {
+            li.caps.push(FrequencyCap {
+                scope: CapScope::LineItem,
+                max: rng.random_range(2..=5),
+                window_s: 86_400,
+            });
+        }
+        if rng.random_bool(0.1) {
+            li.caps.push(FrequencyCap {
+                scope: CapScope::Advertiser,
+                max: 8,
+                window_s: 3_600,
+            });
+        }
+        match rng.random_range(0..100) {
+            0..8 => {
+                li.goal = Goal::Guaranteed {
+                    impressions_per_day: rng.random_range(5..50) * 1000,
+                };
+                li.bid = Bid::Cpm {
+                    cpm: Micros::from_units(round2(rng.random_range(15.0..45.0))),
+                };
+            }
+            8..11 => {
+                li.bid = Bid::Cpa {
+                    cpa: Micros::from_units(round2(rng.random_range(20.0..120.0))),
+                };
+                li.priors.conversion_rate_7d = rng.random_range(0.0001f32..0.001);
+            }
+            _ => {}
+        }
+        match rng.random_range(0..100) {
+            0..3 => li.position = SlotPosition::First,
+            3..5 => li.position = SlotPosition::Last,
+            _ => {}
+        }
+        let t = &mut li.targeting;
+        match rng.random_range(0..100) {
+            0..5 => t.regions = vec!["US-CA".into(), "US-NY".into()],
+            5..10 => t.ratings = vec!["tv-g".into(), "tv-pg".into()],
+            10..14 => t.exclude.ratings = vec!["tv-ma".into()],
+            14..18 => {
+                t.dayparts = vec![Daypart {
+                    days: Vec::new(),
+                    start_hour: 18,
+                    end_hour: 23,
+                }]
+            }
+            18..22 => t.segments = vec!["sports-fans".into(), "auto-intenders".into()],
+            22..24 => t.live = Some(true),
+            _ => {}
+        }
     }
 }
 

@@ -378,6 +378,7 @@ pub fn candidate_features(seed: u64, li: &LineItem) -> Vec<f32> {
         Bid::Cpm { cpm } => cpm,
         Bid::Cpc { cpc } => cpc,
         Bid::Cpcv { cpcv } => cpcv,
+        Bid::Cpa { cpa } => cpa,
     };
     let category = CATEGORIES.iter().position(|(c, _)| *c == li.category);
     let risk = category.map_or(0.5, |i| CATEGORIES[i].1);
@@ -559,6 +560,7 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 countries: country_targeting(r),
                 devices: device_targeting(r),
                 genres: genre_targeting(r),
+                ..Default::default()
             };
             let creatives: Vec<Creative> = (0..r.random_range(1..=3))
                 .map(|c| {
@@ -577,6 +579,7 @@ pub fn marketplace(seed: u64) -> Marketplace {
                     Creative {
                         id: format!("cr-{i}-{c}").as_str().into(),
                         duration_s,
+                        media_url: None,
                     }
                 })
                 .collect();
@@ -587,6 +590,7 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 // Long spots are watched to the end less often.
                 completion_rate_7d: (0.85 - 0.004 * (f64::from(shortest) - 15.0) + 0.05 * normal(r))
                     .clamp(0.4, 0.98) as f32,
+                conversion_rate_7d: 0.0,
             };
             LineItem {
                 id: format!("li-{i}").as_str().into(),
@@ -600,12 +604,20 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 daily_budget: cents(log_normal(r, 250_000.0, 0.6, 100_000.0, 2_000_000.0)),
                 priors,
                 goal,
+                campaign_id: None,
+                domain: Some(format!("adv-{adv}.example")),
+                caps: Vec::new(),
+                position: Default::default(),
             }
         })
         .collect();
     Marketplace {
         reserve_cpm: Micros::from_units(2.0),
         line_items,
+        floors: Vec::new(),
+        auction: Default::default(),
+        competitive_separation: true,
+        dynamic_reserve: None,
     }
 }
 
@@ -1260,7 +1272,12 @@ mod tests {
         for li in &m.line_items {
             assert!(li.daily_budget >= Micros::from_units(100_000.0));
             // eCPM of every bid type lands in a realistic CTV range.
-            let e = podium_auction::ecpm(li.bid, li.priors.ctr_7d, li.priors.completion_rate_7d);
+            let e = podium_auction::ecpm(
+                li.bid,
+                li.priors.ctr_7d,
+                li.priors.completion_rate_7d,
+                li.priors.conversion_rate_7d,
+            );
             assert!(e > Micros::ZERO && e < Micros::from_units(400.0), "{e:?}");
         }
     }
@@ -1272,7 +1289,7 @@ mod tests {
         let mut traffic = RequestGen::new(TrafficConfig::standard(), 7);
         let n = 500;
         let counts: Vec<usize> = (0..n)
-            .map(|_| index.eligible(&traffic.next_request()).len())
+            .map(|_| index.eligible(&traffic.next_request(), 0).len())
             .collect();
         let mean = counts.iter().sum::<usize>() as f64 / n as f64;
         assert!((900.0..1_100.0).contains(&mean), "mean eligible {mean}");
