@@ -37,6 +37,14 @@ pub struct ServeArgs {
     /// [default: ./podium-data, or ./podium-data-standard with --workload standard].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// This server's address as players and exchanges reach it, for the tracking and notice
+    /// URLs in VAST documents and bid responses [default: http://<listen address>].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Where creatives without a `media_url` of their own are served from
+    /// (`<base>/<creative id>.mp4`) [default: <public url>/creatives].
+    #[arg(long)]
+    creative_base_url: Option<String>,
     /// Default request deadline in milliseconds, for requests that set no `tmax_ms`.
     #[arg(long, default_value_t = 20)]
     tmax_ms: u64,
@@ -255,6 +263,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(admission, Duration::from_millis(args.tmax_ms));
     let log = MemoryLog::spawn(args.log_capacity.max(1));
     state.set_log(log.clone());
+    let public = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    if !(public.starts_with("http://") || public.starts_with("https://")) {
+        anyhow::bail!("--public-url must start with http:// or https://, got {public:?}");
+    }
+    state.set_public_urls(podium_server::adserving::PublicUrls::new(
+        &public,
+        args.creative_base_url.as_deref(),
+    ));
 
     // Print before loading so a caller learns the port at once; /readyz turns 200 when warm.
     // Write errors are ignored: a caller that closed our stdout must not take the server down.

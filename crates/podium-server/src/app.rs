@@ -40,6 +40,8 @@ pub struct AppState {
     lifecycle: Arc<OnceLock<podium_lifecycle::Lifecycle>>,
     events: Arc<OnceLock<crate::events::EventIngest>>,
     stream_stats: Arc<OnceLock<Arc<podium_features::StreamStats>>>,
+    public_urls: Arc<OnceLock<crate::adserving::PublicUrls>>,
+    shader: Arc<podium_auction::BidShader>,
 }
 
 impl Default for AppState {
@@ -65,7 +67,27 @@ impl AppState {
             lifecycle: Arc::default(),
             events: Arc::default(),
             stream_stats: Arc::default(),
+            public_urls: Arc::default(),
+            shader: Arc::new(crate::adserving::default_shader()),
         }
+    }
+
+    /// Sets where tracking and notice URLs point (this server as players reach it).
+    pub fn set_public_urls(&self, urls: crate::adserving::PublicUrls) {
+        let _ = self.public_urls.set(urls);
+    }
+
+    /// Where tracking and notice URLs point; `http://localhost` until set.
+    pub fn public_urls(&self) -> crate::adserving::PublicUrls {
+        self.public_urls
+            .get()
+            .cloned()
+            .unwrap_or_else(|| crate::adserving::PublicUrls::new("http://localhost", None))
+    }
+
+    /// The first-price bid shader.
+    pub fn shader(&self) -> &podium_auction::BidShader {
+        &self.shader
     }
 
     /// The micro-batching task of a model version, started on first use.
@@ -158,9 +180,14 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     crate::metrics::install();
     let limits = (state.admission.clone(), state.default_tmax);
-    let decisions = Router::new().route("/v1/decide", post(decide)).route_layer(
-        middleware::from_fn_with_state(limits.clone(), admission::admit_decide),
-    );
+    let decisions = Router::new()
+        .route("/v1/decide", post(decide))
+        .route("/openrtb2/auction", post(crate::adserving::openrtb_auction))
+        .route("/v1/vast", get(crate::adserving::vast))
+        .route_layer(middleware::from_fn_with_state(
+            limits.clone(),
+            admission::admit_decide,
+        ));
     let inference = Router::new()
         .route("/v2/models/{name}/infer", post(oip::infer))
         .route(
@@ -181,6 +208,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::events::ingest)
                 .layer(DefaultBodyLimit::max(crate::events::MAX_EVENTS_BODY_BYTES)),
         )
+        .route("/v1/track", get(crate::adserving::track))
+        .route("/v1/openrtb/win", get(crate::adserving::win))
+        .route("/v1/openrtb/loss", get(crate::adserving::loss))
+        .route("/v1/auction/state", get(crate::adserving::auction_state))
         .route("/v1/features/stats", get(crate::events::stats))
         .route("/metrics", get(crate::metrics::render))
         .route("/v1/features/hydrate", post(crate::events::hydrate))
@@ -335,7 +366,7 @@ async fn recent_decisions(
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see /v1/decide, /healthz, /readyz",
+        "no such endpoint; see /v1/decide, /openrtb2/auction, /v1/vast, /healthz, /readyz",
     )
 }
 
