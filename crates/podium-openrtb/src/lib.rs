@@ -7,6 +7,8 @@
 //! at fault when it cannot. Creative lookup (markup, media files, advertiser domains) belongs to
 //! the caller, which hands it in through closures and plain structs.
 
+#![warn(missing_docs)]
+
 mod country;
 pub mod request;
 pub mod response;

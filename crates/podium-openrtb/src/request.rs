@@ -244,6 +244,8 @@ impl BidPlan {
 }
 
 /// What to do with an OpenRTB bid request.
+// One plan per request, moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum BidRequestPlan {
     /// Decide on the request and answer its impressions.
@@ -411,11 +413,12 @@ pub fn parse_bid_request(body: &[u8]) -> Result<BidRequestPlan, WireError> {
 fn decode(body: &[u8]) -> Result<RawBidRequest, WireError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw: RawBidRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // A syntax error inside an object ends the path with an unknown key, `?`.
         let path = e.path().to_string();
-        let field = if path.is_empty() || path == "." {
-            "body".to_owned()
-        } else {
-            path
+        let path = path.strip_suffix(".?").unwrap_or(&path);
+        let field = match path {
+            "" | "." | "?" => "body".to_owned(),
+            p => p.to_owned(),
         };
         WireError::new(field, e.into_inner().to_string())
     })?;
@@ -795,7 +798,7 @@ fn price(value: Option<f64>, field: impl Fn() -> String) -> Result<Option<Micros
             field(),
             format!("{p} is not a price (a non-negative CPM)"),
         )),
-        Some(p) if p == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(p) => Ok(Some(Micros::from_units(p))),
     }
 }

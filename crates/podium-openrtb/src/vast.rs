@@ -378,10 +378,51 @@ fn cdata_element(x: &mut String, name: &str, attrs: &[(&str, &str)], url: &str) 
     start_tag(x, name, attrs);
     x.push_str("<![CDATA[");
     // A CDATA section cannot hold "]]>": end the section between "]]" and ">" and reopen it.
-    let clean: String = url.trim().chars().filter(|&c| xml_char(c)).collect();
-    x.push_str(&clean.replace("]]>", "]]]]><![CDATA[>"));
+    // (After `uri` there is none left; this keeps the writer safe if that ever changes.)
+    x.push_str(&uri(url).replace("]]>", "]]]]><![CDATA[>"));
     x.push_str("]]>");
     let _ = writeln!(x, "</{name}>");
+}
+
+/// A URL as `xs:anyURI` accepts it (libxml2 checks it as an RFC 3986 URI reference): every
+/// character RFC 3986 does not allow is percent-encoded (UTF-8), as are `[` and `]` (allowed
+/// only around an IPv6 host, which Podium's URLs do not use), a `%` that does not start an
+/// escape, a second `#`, a `:` that would make a bad scheme or port, and an `@` in user info.
+///
+/// VAST macros are therefore written `%5BERRORCODE%5D`; players that expand only the bracketed
+/// form will not expand them, which is the price of a document the 4.2 schema accepts.
+fn uri(url: &str) -> String {
+    structure(&encode_chars(url))
+}
+
+fn encode_chars(url: &str) -> String {
+    let bytes = url.trim().as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut seen_fragment = false;
+    let chars = url.trim().char_indices().filter(|&(_, c)| xml_char(c));
+    for (i, c) in chars {
+        let keep = match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' => true,
+            '-' | '.' | '_' | '~' | ':' | '/' | '?' | '@' | '!' | '$' | '&' | '\'' | '(' | ')'
+            | '*' | '+' | ',' | ';' | '=' => true,
+            '%' => {
+                bytes.len() > i + 2
+                    && bytes[i + 1].is_ascii_hexdigit()
+                    && bytes[i + 2].is_ascii_hexdigit()
+            }
+            '#' => !std::mem::replace(&mut seen_fragment, true),
+            _ => false,
+        };
+        if keep {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+    out
 }
 
 /// Whether XML 1.0 can carry `c` at all (escaped or not).
@@ -407,6 +448,59 @@ fn escape(x: &mut String, s: &str, attribute: bool) {
     }
 }
 
+/// Percent-encodes the `:` and `@` that would make an encoded URL's scheme, port or user info
+/// invalid.
+fn structure(enc: &str) -> String {
+    let first_end = enc.find(['/', '?', '#']).unwrap_or(enc.len());
+    let Some(colon) = enc[..first_end].find(':') else {
+        return enc.to_owned();
+    };
+    let scheme = &enc[..colon];
+    let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid_scheme {
+        // A relative reference: its first segment cannot hold a colon.
+        return format!(
+            "{}{}",
+            enc[..first_end].replace(':', "%3A"),
+            &enc[first_end..]
+        );
+    }
+    let rest = &enc[colon + 1..];
+    let Some(after) = rest.strip_prefix("//") else {
+        return enc.to_owned();
+    };
+    let auth_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, tail) = after.split_at(auth_end);
+    let (user, host_port) = match authority.rfind('@') {
+        Some(a) => (
+            Some(authority[..a].replace('@', "%40")),
+            &authority[a + 1..],
+        ),
+        None => (None, authority),
+    };
+    let (host, port) = match host_port.rfind(':') {
+        Some(c) if host_port[c + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            (&host_port[..c], Some(&host_port[c + 1..]))
+        }
+        _ => (host_port, None),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(u) = user {
+        out.push_str(&u);
+        out.push('@');
+    }
+    out.push_str(&host.replace(':', "%3A"));
+    if let Some(p) = port {
+        out.push(':');
+        out.push_str(p);
+    }
+    out.push_str(tail);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +519,32 @@ mod tests {
         escape(&mut s, "a&b<c>\"'\u{1}", true);
         assert_eq!(s, "a&amp;b&lt;c&gt;&quot;&apos;");
         let mut s = String::new();
-        cdata_element(&mut s, "U", &[], "x]]>y");
-        assert_eq!(s, "<U><![CDATA[x]]]]><![CDATA[>y]]></U>\n");
+        cdata_element(&mut s, "U", &[], " x]]>y ");
+        assert_eq!(s, "<U><![CDATA[x%5D%5D%3Ey]]></U>\n");
+    }
+
+    #[test]
+    fn urls_are_percent_encoded_where_uris_forbid() {
+        assert_eq!(
+            uri("https://a.example/p?q=1&r=%20#f"),
+            "https://a.example/p?q=1&r=%20#f"
+        );
+        assert_eq!(
+            uri("https://a.example/?e=[ERRORCODE]"),
+            "https://a.example/?e=%5BERRORCODE%5D"
+        );
+        assert_eq!(uri("a b<\"é"), "a%20b%3C%22%C3%A9");
+        assert_eq!(uri("x%zz%4"), "x%25zz%254");
+        assert_eq!(uri("p#a#b"), "p#a%23b");
+        assert_eq!(uri("1x:y/z:w"), "1x%3Ay/z:w");
+        assert_eq!(
+            uri("https://h.example:8080/a:b"),
+            "https://h.example:8080/a:b"
+        );
+        assert_eq!(uri("https://h.example:zz/"), "https://h.example%3Azz/");
+        assert_eq!(
+            uri("https://u:p@w@h.example/"),
+            "https://u:p%40w@h.example/"
+        );
     }
 }
