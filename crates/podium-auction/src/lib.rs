@@ -11,6 +11,9 @@ pub mod value;
 pub use marketplace::{
     Bid, Creative, Goal, LineItem, LineItemPriors, Marketplace, MarketplaceError, Targeting,
 };
-pub use pod::{fill_breaks, Placement, ValuedCandidate};
+pub use pod::{
+    fill_breaks, solve_pod, AuctionType, BreakSpec, PodCandidate, PodCreative, PodOutcome,
+    PodPlacement,
+};
 pub use targeting::TargetingIndex;
 pub use value::ecpm;
