@@ -18,7 +18,10 @@ pub use marketplace::{
     Bid, CapScope, Creative, Exclusions, FloorRule, FrequencyCap, Goal, LineItem, LineItemPriors,
     Marketplace, MarketplaceError, Targeting,
 };
-pub use pod::{fill_breaks, Placement, ValuedCandidate};
+pub use pod::{
+    fill_breaks, solve_pod, AuctionType, BreakSpec, PodCandidate, PodCreative, PodOutcome,
+    PodPlacement,
+};
 pub use reserve::{myerson_reserve, static_floor, DynamicReserve, DynamicReserveConfig};
 pub use shading::{BidShader, ShadingConfig, WinRateModel};
 pub use targeting::{week_hour, Daypart, TargetingIndex};
