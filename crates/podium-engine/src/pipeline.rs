@@ -11,7 +11,6 @@ use podium_core::{
     AdRequest, BreakDecision, Deadline, Decision, DedupeKey, LineItemId, Micros, ModelUse,
     PlacedAd, StageTimings,
 };
-use std::collections::HashMap;
 use podium_features::{CandidateKeys, Hydrator};
 use podium_log::{DecisionRecord, DecisionSink};
 use podium_pacing::{
@@ -19,6 +18,7 @@ use podium_pacing::{
     SpendStore,
 };
 use podium_serving::{run_stage, ComputePool, ModelSet, Scored};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -91,7 +91,10 @@ impl MarketSnapshot {
         let index = TargetingIndex::build(&marketplace.line_items);
         let items = &marketplace.line_items;
         let candidate_features = items.iter().map(&features).collect();
-        let completion_priors = items.iter().map(|li| li.priors.completion_rate_7d).collect();
+        let completion_priors = items
+            .iter()
+            .map(|li| li.priors.completion_rate_7d)
+            .collect();
         let keys = items
             .iter()
             .map(|li| Keys {
@@ -199,8 +202,7 @@ impl MarketSnapshot {
         if !req.blocked_categories.is_empty() || !req.blocked_advertisers.is_empty() {
             eligible.retain(|&i| {
                 let li = &items[i as usize];
-                !req
-                    .blocked_categories
+                !req.blocked_categories
                     .iter()
                     .any(|c| c.eq_ignore_ascii_case(&li.category))
                     && !req.blocked_advertisers.iter().any(|a| {
@@ -846,11 +848,8 @@ impl Engine {
         // Value: eCPM from bid type and the calibrated predictions.
         let t = Instant::now();
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
-        let (ctr, completion, conversion) = (
-            by_task("ctr"),
-            by_task("completion"),
-            by_task("conversion"),
-        );
+        let (ctr, completion, conversion) =
+            (by_task("ctr"), by_task("completion"), by_task("conversion"));
         let candidates: Vec<PodCandidate> = top
             .iter()
             .enumerate()

@@ -142,7 +142,10 @@ async fn caps_blocks_separation_and_guaranteed_priority() {
     let e = engine(tmp.path(), market(vec![capped, rival, beer, deal])).await;
 
     let d = e
-        .decide(request("r1", "u1", 4, 60, PodRules::default()), Instant::now())
+        .decide(
+            request("r1", "u1", 4, 60, PodRules::default()),
+            Instant::now(),
+        )
         .await;
     let ads = placed(&d);
     // Guaranteed first whatever its CPM; one auto advertiser only (competitive separation).
@@ -154,11 +157,17 @@ async fn caps_blocks_separation_and_guaranteed_priority() {
     assert!(e.record_impression("u1", "capped", now_ms()));
     assert!(!e.record_impression("u1", "no-such-line-item", now_ms()));
     let d = e
-        .decide(request("r2", "u1", 4, 60, PodRules::default()), Instant::now())
+        .decide(
+            request("r2", "u1", 4, 60, PodRules::default()),
+            Instant::now(),
+        )
         .await;
     assert_eq!(placed(&d), ["deal", "rival", "beer"]);
     let d = e
-        .decide(request("r3", "u2", 4, 60, PodRules::default()), Instant::now())
+        .decide(
+            request("r3", "u2", 4, 60, PodRules::default()),
+            Instant::now(),
+        )
         .await;
     assert!(placed(&d).contains(&"capped"));
 
@@ -189,7 +198,10 @@ async fn floors_structured_slots_and_sponsor_positions() {
 
     // Dynamic: the cheap one is under the TV floor; the sponsor of the last slot plays last.
     let d = e
-        .decide(request("r1", "u1", 4, 120, PodRules::default()), Instant::now())
+        .decide(
+            request("r1", "u1", 4, 120, PodRules::default()),
+            Instant::now(),
+        )
         .await;
     let ads = placed(&d);
     assert_eq!(ads.len(), 4, "{:?} {:?}", ads, d.degraded);
@@ -224,7 +236,9 @@ async fn floors_structured_slots_and_sponsor_positions() {
         ],
         ..Default::default()
     };
-    let d = e.decide(request("r2", "u1", 0, 0, rules), Instant::now()).await;
+    let d = e
+        .decide(request("r2", "u1", 0, 0, rules), Instant::now())
+        .await;
     let ads = &d.breaks[0].ads;
     // `b` has no 15 s creative, `cheap` is under the floor, and `c` must play last, which
     // neither fixed slot is: `a` and `d` fill them, the first slot playing first.

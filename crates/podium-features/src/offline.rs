@@ -328,6 +328,11 @@ fn event_type_name(t: EventType) -> &'static str {
         EventType::Click => "click",
         EventType::Completion => "completion",
         EventType::Play => "play",
+        EventType::Start => "start",
+        EventType::FirstQuartile => "first_quartile",
+        EventType::Midpoint => "midpoint",
+        EventType::ThirdQuartile => "third_quartile",
+        EventType::Error => "error",
     }
 }
 

@@ -188,12 +188,7 @@ pub async fn openrtb_auction(
         let (seq, brk) = decision
             .breaks
             .iter()
-            .find_map(|b| {
-                b.ads
-                    .iter()
-                    .position(|a| a == ad)
-                    .map(|k| (k + 1, b))
-            })
+            .find_map(|b| b.ads.iter().position(|a| a == ad).map(|k| (k + 1, b)))
             .expect("the ad is from this decision");
         let li = market
             .position(&ad.line_item_id)
@@ -260,7 +255,8 @@ fn ad_floor(b: &AdBreak, ad: &PlacedAd) -> Micros {
         .rules
         .floor_cpm_per_s
         .map_or(Micros::ZERO, |f| Micros(f.0 * i64::from(ad.duration_s)));
-    slot.max(per_s).max(b.rules.floor_cpm.unwrap_or(Micros::ZERO))
+    slot.max(per_s)
+        .max(b.rules.floor_cpm.unwrap_or(Micros::ZERO))
 }
 
 fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
@@ -295,15 +291,20 @@ pub fn vast_request(q: &HashMap<String, String>) -> Result<AdRequest, ApiError> 
             )
         })?;
     let position: BreakPosition =
-        serde_json::from_value(json!(q.get("position").map_or("midroll", |s| s))).map_err(
-            |_| ApiError::field("position", "must be preroll, midroll or postroll"),
-        )?;
+        serde_json::from_value(json!(q.get("position").map_or("midroll", |s| s)))
+            .map_err(|_| ApiError::field("position", "must be preroll, midroll or postroll"))?;
     let live = match q.get("live").map(String::as_str) {
         None | Some("") | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
-        Some(v) => return Err(ApiError::field("live", format!("{v:?} is not true or false"))),
+        Some(v) => {
+            return Err(ApiError::field(
+                "live",
+                format!("{v:?} is not true or false"),
+            ))
+        }
     };
-    let max_ads: u32 = number(q, "max_ads")?.ok_or_else(|| ApiError::field("max_ads", "is required"))?;
+    let max_ads: u32 =
+        number(q, "max_ads")?.ok_or_else(|| ApiError::field("max_ads", "is required"))?;
     let max_duration_s: u32 = number(q, "max_duration_s")?
         .ok_or_else(|| ApiError::field("max_duration_s", "is required"))?;
     let tmax = number::<f64>(q, "tmax_ms")?

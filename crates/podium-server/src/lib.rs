@@ -1,9 +1,9 @@
 //! HTTP adapters from wire formats to the engine. Handlers parse and validate at the edge, call
 //! [`podium_engine::Engine::decide`], and shape the answer; no decision logic lives here.
 
-pub mod adserving;
 pub mod admin;
 pub mod admission;
+pub mod adserving;
 pub mod api;
 mod app;
 pub mod events;
