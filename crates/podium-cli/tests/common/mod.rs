@@ -1,0 +1,118 @@
+//! The `podium` binary started on a free port, for the end-to-end tests.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `podium serve`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub data: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `podium serve` on port 0 and waits until `/readyz` answers 200.
+    pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts the server on a data directory prepared by `setup` first.
+    pub async fn start_with(setup: impl FnOnce(&std::path::Path)) -> Server {
+        Self::start_with_args(setup, &[]).await
+    }
+
+    /// Starts the server with extra `podium serve` flags.
+    pub async fn start_with_args(setup: impl FnOnce(&std::path::Path), extra: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        setup(data.path());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("podium starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // Keep draining so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let base = line
+            .trim()
+            .strip_prefix("podium listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let server = Server { child, base, data };
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(server.url("/readyz")).await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "server never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Starts the server on `dir`, which outlives it (a restart sees the same data).
+    pub async fn start_in(dir: &std::path::Path, extra: &[&str]) -> Server {
+        Self::start_with_args(
+            |d| {
+                std::fs::remove_dir(d).unwrap();
+                std::os::unix::fs::symlink(dir, d).unwrap();
+            },
+            extra,
+        )
+        .await
+    }
+
+    /// SIGTERM, then waits for the process to drain, flush and exit.
+    pub async fn stop_gracefully(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let started = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no graceful exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
