@@ -234,6 +234,10 @@ pub struct LineItem {
     /// Guaranteed or best-effort; files written before the field existed read as best-effort.
     #[serde(default, skip_serializing_if = "Goal::is_non_guaranteed")]
     pub goal: Goal,
+    /// IAB content taxonomy codes of the advertiser's category (`IAB2`, `IAB8-5`): what OpenRTB
+    /// `bcat` blocks and bid responses declare in `cat`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iab_categories: Vec<String>,
     /// Campaign it belongs to (frequency caps may count per campaign).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<String>,
@@ -258,6 +262,29 @@ impl LineItem {
         self.domain
             .as_deref()
             .unwrap_or(self.advertiser_id.as_str())
+    }
+
+    /// Whether a list of blocked categories blocks it: one names its `category`, one of its IAB
+    /// codes, or a parent of one (`IAB8` blocks `IAB8-5`). Case is ignored.
+    pub fn blocked_by(&self, blocked: &[String]) -> bool {
+        blocked.iter().any(|b| {
+            b.eq_ignore_ascii_case(&self.category)
+                || self.iab_categories.iter().any(|c| {
+                    c.eq_ignore_ascii_case(b)
+                        || (c.len() > b.len()
+                            && c.as_bytes()[b.len()] == b'-'
+                            && c[..b.len()].eq_ignore_ascii_case(b))
+                })
+        })
+    }
+
+    /// The categories a bid response declares: the IAB codes, else the category itself.
+    pub fn declared_categories(&self) -> Vec<String> {
+        if self.iab_categories.is_empty() {
+            vec![self.category.clone()]
+        } else {
+            self.iab_categories.clone()
+        }
     }
 
     /// The campaign, or the line item itself when it names none.
@@ -410,6 +437,16 @@ mod tests {
     #[test]
     fn files_without_a_goal_read_as_best_effort_and_goals_round_trip() {
         let mut m: Marketplace = serde_json::from_str(ONE).unwrap();
+        let mut li = m.line_items[0].clone();
+        li.iab_categories = vec!["IAB8-5".into()];
+        assert!(
+            li.blocked_by(&["iab8".into()]),
+            "a parent blocks its children"
+        );
+        assert!(li.blocked_by(&["IAB8-5".into()]));
+        assert!(li.blocked_by(&["AUTO".into()]), "the category itself");
+        assert!(!li.blocked_by(&["IAB8-51".into(), "IAB8-".into(), "IAB2".into()]));
+        assert!(m.competitive_separation, "on unless a file turns it off");
         assert_eq!(m.line_items[0].goal, Goal::NonGuaranteed);
         // Best-effort is the default and is left out, so existing files are written unchanged.
         assert!(!serde_json::to_string(&m).unwrap().contains("goal"));

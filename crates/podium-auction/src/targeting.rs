@@ -390,6 +390,7 @@ mod tests {
             daily_budget: Micros(1),
             priors: Default::default(),
             goal: Default::default(),
+            iab_categories: Vec::new(),
             campaign_id: None,
             domain: None,
             caps: Vec::new(),

@@ -132,21 +132,28 @@ async fn openrtb_pods_are_answered_within_every_rule() {
         "{answer:#}"
     );
 
-    // Blocked categories and advertisers never bid.
-    let mut blocked = dynamic.clone();
-    blocked["id"] = json!("dyn-2");
-    let cats: Vec<Value> = got
+    // Blocked categories never bid: an IAB parent code (`IAB8`) blocks its children (`IAB8-5`).
+    let parent = |c: &str| c.split('-').next().unwrap().to_string();
+    let cats: Vec<String> = got
         .iter()
         .flat_map(|b| b["cat"].as_array().cloned().unwrap_or_default())
+        .map(|c| parent(c.as_str().unwrap()))
         .collect();
-    blocked["bcat"] = Value::Array(cats.clone());
+    assert!(cats.iter().all(|c| c.starts_with("IAB")), "{cats:?}");
+    let mut blocked = dynamic.clone();
+    blocked["id"] = json!("dyn-2");
+    blocked["bcat"] = json!(cats);
+    blocked["badv"] = json!([got[0]["adomain"][0]]);
     let (status, answer) = auction(&server, &blocked).await;
-    if status == 200 {
-        for b in bids(&answer) {
-            for c in b["cat"].as_array().unwrap() {
-                assert!(!cats.contains(c), "blocked category {c} bid: {answer:#}");
-            }
+    assert!(status == 200 || status == 204, "{answer}");
+    for b in bids(&answer) {
+        for c in b["cat"].as_array().unwrap() {
+            assert!(
+                !cats.contains(&parent(c.as_str().unwrap())),
+                "blocked {c}: {answer:#}"
+            );
         }
+        assert_ne!(b["adomain"], got[0]["adomain"], "blocked advertiser bid");
     }
 
     // Bad input: a 400 naming the field.

@@ -99,7 +99,9 @@ impl MarketSnapshot {
             .iter()
             .map(|li| Keys {
                 advertiser: stable_hash(li.domain()),
-                category: stable_hash(&li.category.to_ascii_lowercase()),
+                // Separation and `poddedupe` compare what responses declare: the IAB code when
+                // there is one (two internal categories may share it).
+                category: stable_hash(&li.declared_categories()[0].to_ascii_lowercase()),
                 caps: [
                     cap_key("line_item", li.id.as_str()),
                     cap_key("campaign", li.campaign()),
@@ -202,9 +204,7 @@ impl MarketSnapshot {
         if !req.blocked_categories.is_empty() || !req.blocked_advertisers.is_empty() {
             eligible.retain(|&i| {
                 let li = &items[i as usize];
-                !req.blocked_categories
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(&li.category))
+                !li.blocked_by(&req.blocked_categories)
                     && !req.blocked_advertisers.iter().any(|a| {
                         a.eq_ignore_ascii_case(li.domain())
                             || a.eq_ignore_ascii_case(li.advertiser_id.as_str())

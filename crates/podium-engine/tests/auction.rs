@@ -41,6 +41,7 @@ fn item(id: &str, advertiser: &str, category: &str, cpm: f64, durations: &[u32])
             conversion_rate_7d: 0.0,
         },
         goal: Goal::NonGuaranteed,
+        iab_categories: Vec::new(),
         campaign_id: None,
         domain: None,
         caps: Vec::new(),

@@ -107,7 +107,7 @@ impl TrackContext<'_> {
             sequence: in_pod.then_some(seq as u32),
             title: ad.line_item_id.to_string(),
             advertiser: li.map(|l| l.domain().to_string()),
-            category: li.map(|l| l.category.clone()),
+            category: li.and_then(|l| l.declared_categories().into_iter().next()),
             ad_serving_id: format!("{}:{}:{seq}", self.request_id, b),
             price: Some(ad.price_cpm),
             error_urls: vec![self.url("error", b, seq, ad) + "&code=[ERRORCODE]"],
@@ -211,7 +211,7 @@ pub async fn openrtb_auction(
         BidAd {
             price,
             adomain: li.map(|l| l.domain().to_string()).unwrap_or_default(),
-            cat: li.map(|l| vec![l.category.clone()]).unwrap_or_default(),
+            cat: li.map(|l| l.declared_categories()).unwrap_or_default(),
             adm: vast_document(&[ctx.vast_ad(&market, brk, seq, ad, false)]),
             nurl: (bid.auction == AuctionKind::FirstPrice).then(|| notice("win")),
             burl: Some(ctx.url("impression", brk.break_id.as_str(), seq, ad)),

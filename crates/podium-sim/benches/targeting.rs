@@ -88,7 +88,10 @@ fn bench(c: &mut Criterion) {
             .map(|q| index.eligible(q, now_ms).len())
             .sum::<usize>() as f64
             / reqs.len() as f64;
-        eprintln!("{name}: {} line items, mean eligible {mean:.0}", m.line_items.len());
+        eprintln!(
+            "{name}: {} line items, mean eligible {mean:.0}",
+            m.line_items.len()
+        );
         let mut i = 0;
         c.bench_function(&format!("index/{name}"), |b| {
             b.iter(|| {

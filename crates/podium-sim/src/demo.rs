@@ -181,6 +181,7 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                     conversion_rate_7d: 0.0,
                 },
                 goal: Goal::NonGuaranteed,
+                iab_categories: crate::iab_categories(advertiser_category[adv]),
                 campaign_id: None,
                 domain: Some(format!("adv-{adv}.example")),
                 caps: Vec::new(),

@@ -85,3 +85,42 @@ pub fn default_definitions(space: &podium_features::FeatureSpace) -> String {
     }
     out
 }
+
+/// The IAB content taxonomy (1.0) codes of a generated advertiser category, as OpenRTB `cat` and
+/// `bcat` carry them.
+pub fn iab_categories(category: &str) -> Vec<String> {
+    let codes: &[&str] = match category {
+        "auto" => &["IAB2"],
+        "finance" | "crypto" => &["IAB13"],
+        "insurance" => &["IAB13-6"],
+        "retail" | "cpg" => &["IAB22"],
+        "food" | "beverages" => &["IAB8"],
+        "restaurants" => &["IAB8-9"],
+        "beer" | "spirits" | "alcohol" => &["IAB8-5"],
+        "travel" | "hospitality" => &["IAB20"],
+        "airlines" => &["IAB20-3"],
+        "tech" | "telecom" => &["IAB19"],
+        "entertainment" | "streaming" => &["IAB1"],
+        "movies" => &["IAB1-5"],
+        "music" => &["IAB1-6"],
+        "gaming" => &["IAB9-30"],
+        "sports_betting" => &["IAB9"],
+        "pharma" | "health" => &["IAB7"],
+        "beauty" => &["IAB18-1"],
+        "fashion" => &["IAB18"],
+        "home" | "utilities" | "energy" => &["IAB10"],
+        "real_estate" => &["IAB21"],
+        "education" => &["IAB5"],
+        "jobs" => &["IAB4"],
+        "government" | "legal" => &["IAB11"],
+        "political" => &["IAB11-4"],
+        "nonprofit" => &["IAB14"],
+        "dating" => &["IAB14-1"],
+        "pets" => &["IAB16"],
+        "baby" | "toys" => &["IAB6"],
+        "news_media" => &["IAB12"],
+        "b2b" => &["IAB3"],
+        _ => &[],
+    };
+    codes.iter().map(|c| c.to_string()).collect()
+}

@@ -604,6 +604,7 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 daily_budget: cents(log_normal(r, 250_000.0, 0.6, 100_000.0, 2_000_000.0)),
                 priors,
                 goal,
+                iab_categories: crate::iab_categories(CATEGORIES[advertiser_category[adv]].0),
                 campaign_id: None,
                 domain: Some(format!("adv-{adv}.example")),
                 caps: Vec::new(),
