@@ -22,7 +22,10 @@ pub use pod::{
     fill_breaks, solve_pod, AuctionType, BreakSpec, PodCandidate, PodCreative, PodOutcome,
     PodPlacement,
 };
-pub use reserve::{myerson_reserve, static_floor, DynamicReserve, DynamicReserveConfig};
+pub use reserve::{
+    myerson_reserve, myerson_reserve_from_winners, static_floor, DynamicReserve,
+    DynamicReserveConfig,
+};
 pub use shading::{BidShader, ShadingConfig, WinRateModel};
 pub use targeting::{week_hour, Daypart, TargetingIndex};
 pub use value::ecpm;

@@ -1,12 +1,15 @@
 //! Reserve prices: static floors per inventory, per-second floors (in the pod rules), and a
 //! dynamic reserve per segment learned from recent winning bids.
 //!
-//! The dynamic reserve treats a segment's recent winning eCPMs as draws from the value
-//! distribution F of the buyer it must sell to, and sets the reserve Myerson's way: the price r
-//! maximising r·(1 − F(r)), read off the empirical distribution. For regular distributions this is
-//! the optimal reserve of a second-price auction whatever the number of bidders. It is clamped to
-//! a quantile of the recent winning bids so that a thin or shifting segment cannot price itself
-//! out of fill, and it is 0 until a segment has enough observations.
+//! The dynamic reserve estimates a segment's value distribution F from its recent winning bids
+//! and sets the reserve Myerson's way: the price r maximising r·(1 − F(r)), which for regular
+//! distributions is the optimal reserve of a second-price auction whatever the number of bidders.
+//! A winning bid is the highest of the n values that competed, so the winning bids are drawn from
+//! F^n, not F: the estimate is F(v) = F_win(v)^(1/n), with n the segment's mean number of
+//! competitors (taking the winners' distribution for F would price for a lone bidder and set the
+//! reserve far too high). The reserve is clamped to a quantile of the recent winning bids so that
+//! a thin or shifting segment cannot price itself out of fill, and it is 0 until a segment has
+//! enough observations.
 
 use crate::marketplace::Marketplace;
 use podium_core::{AdBreak, AdRequest, Micros};
@@ -90,33 +93,55 @@ impl DynamicReserveConfig {
     }
 }
 
-/// The reserve maximising `r × (share of samples ≥ r)`, clamped to the `max_quantile` sample.
-/// `samples` need not be sorted; empty gives zero.
+/// The reserve maximising `r × (1 − F(r))` for values drawn from the empirical distribution of
+/// `samples`, clamped to the `max_quantile` sample. `samples` need not be sorted; empty gives
+/// zero.
 pub fn myerson_reserve(samples: &[Micros], max_quantile: f64) -> Micros {
+    myerson_reserve_from_winners(samples, 1.0, max_quantile)
+}
+
+/// As [`myerson_reserve`], where each sample is the highest of `competitors` i.i.d. values: the
+/// value distribution is estimated as `F_win^(1/competitors)`.
+pub fn myerson_reserve_from_winners(
+    samples: &[Micros],
+    competitors: f64,
+    max_quantile: f64,
+) -> Micros {
     if samples.is_empty() {
         return Micros::ZERO;
     }
     let mut v: Vec<i64> = samples.iter().map(|m| m.0.max(0)).collect();
     v.sort_unstable();
-    let n = v.len();
-    let mut best = (0i128, 0i64);
+    let n = v.len() as f64;
+    let root = 1.0 / competitors.max(1.0);
+    let mut best = (0.0f64, 0i64);
     for (i, &r) in v.iter().enumerate() {
         // Equal values: the first of a run counts every sample at or above it.
         if i > 0 && v[i - 1] == r {
             continue;
         }
-        let revenue = i128::from(r) * (n - i) as i128;
+        let below = (i as f64 / n).powf(root);
+        let revenue = r as f64 * (1.0 - below);
         if revenue > best.0 {
             best = (revenue, r);
         }
     }
-    let cap = v[((n - 1) as f64 * max_quantile).floor() as usize];
+    let cap = v[((v.len() - 1) as f64 * max_quantile).floor() as usize];
     Micros(best.1.min(cap))
 }
 
 struct Segment {
-    samples: Mutex<(VecDeque<Micros>, usize)>,
+    /// Winning bids, observations since the last recomputation, and the competitors summed
+    /// over the remembered window (for their mean).
+    samples: Mutex<Window>,
     reserve: AtomicI64,
+}
+
+#[derive(Default)]
+struct Window {
+    bids: VecDeque<(Micros, u32)>,
+    since: usize,
+    competitors: u64,
 }
 
 /// Per-segment dynamic reserves, shared by every request of a server.
@@ -152,8 +177,8 @@ impl DynamicReserve {
             .map_or(Micros::ZERO, |s| Micros(s.reserve.load(Ordering::Relaxed)))
     }
 
-    /// Records the winning eCPM of a break sold in `segment`.
-    pub fn observe(&self, segment: &str, winning: Micros) {
+    /// Records the winning eCPM of a break sold in `segment` among `competitors` candidates.
+    pub fn observe(&self, segment: &str, winning: Micros, competitors: u32) {
         let existing = self
             .segments
             .read()
@@ -167,23 +192,27 @@ impl DynamicReserve {
                 .entry(segment.to_string())
                 .or_insert_with(|| {
                     Arc::new(Segment {
-                        samples: Mutex::new((VecDeque::new(), 0)),
+                        samples: Mutex::new(Window::default()),
                         reserve: AtomicI64::new(0),
                     })
                 })
                 .clone()
         });
-        let mut guard = seg.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let (samples, since) = &mut *guard;
-        samples.push_back(winning);
-        if samples.len() > self.cfg.window {
-            samples.pop_front();
+        let mut w = seg.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let competitors = competitors.max(1);
+        w.bids.push_back((winning, competitors));
+        w.competitors += u64::from(competitors);
+        if w.bids.len() > self.cfg.window {
+            if let Some((_, n)) = w.bids.pop_front() {
+                w.competitors -= u64::from(n);
+            }
         }
-        *since += 1;
-        if samples.len() >= self.cfg.min_samples && *since >= self.cfg.recompute_every {
-            *since = 0;
-            let v: Vec<Micros> = samples.iter().copied().collect();
-            let r = myerson_reserve(&v, self.cfg.max_quantile);
+        w.since += 1;
+        if w.bids.len() >= self.cfg.min_samples && w.since >= self.cfg.recompute_every {
+            w.since = 0;
+            let v: Vec<Micros> = w.bids.iter().map(|b| b.0).collect();
+            let mean = w.competitors as f64 / w.bids.len() as f64;
+            let r = myerson_reserve_from_winners(&v, mean, self.cfg.max_quantile);
             seg.reserve.store(r.0, Ordering::Relaxed);
         }
     }
@@ -194,7 +223,12 @@ impl DynamicReserve {
         let mut out: Vec<_> = segments
             .iter()
             .map(|(k, s)| {
-                let n = s.samples.lock().unwrap_or_else(|e| e.into_inner()).0.len();
+                let n = s
+                    .samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bids
+                    .len();
                 (k.clone(), Micros(s.reserve.load(Ordering::Relaxed)), n)
             })
             .collect();
@@ -234,6 +268,26 @@ mod tests {
         assert!((r.as_units() - 10.0).abs() < 0.6, "{r:?}");
     }
 
+    /// Values uniform on [0, 100], three bidders: winning bids are the maximum of three, yet the
+    /// estimated reserve is still the values' optimum, 50, not the winners' (about 63).
+    #[test]
+    fn corrects_winning_bids_for_the_number_of_competitors() {
+        let mut x: u64 = 17;
+        let mut u = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64 * 100.0
+        };
+        let winners: Vec<Micros> = (0..30_000)
+            .map(|_| Micros::from_units(u().max(u()).max(u())))
+            .collect();
+        let r = myerson_reserve_from_winners(&winners, 3.0, 1.0).as_units();
+        assert!((r - 50.0).abs() < 2.0, "{r}");
+        let naive = myerson_reserve(&winners, 1.0).as_units();
+        assert!(naive > 60.0, "{naive}");
+    }
+
     #[test]
     fn learns_per_segment_after_enough_observations() {
         let d = DynamicReserve::new(DynamicReserveConfig {
@@ -243,11 +297,11 @@ mod tests {
             recompute_every: 50,
         });
         for i in 0..199 {
-            d.observe("tv|drama|Midroll", Micros::from_units((i % 100) as f64));
+            d.observe("tv|drama|Midroll", Micros::from_units((i % 100) as f64), 1);
         }
         assert_eq!(d.reserve("tv|drama|Midroll"), Micros::ZERO, "too few yet");
         for i in 199..1000 {
-            d.observe("tv|drama|Midroll", Micros::from_units((i % 100) as f64));
+            d.observe("tv|drama|Midroll", Micros::from_units((i % 100) as f64), 1);
         }
         let r = d.reserve("tv|drama|Midroll").as_units();
         assert!((45.0..=55.0).contains(&r), "{r}");

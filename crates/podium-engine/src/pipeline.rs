@@ -925,22 +925,28 @@ impl Engine {
                     && (line_items[i as usize].caps.is_empty()
                         || !market.capped(i, history, now_ms, &placed))
             };
-            let outcome = solve_pod(&brk, reserve, &candidates, allowed, marketplace.auction);
+            let outcome = solve_pod(&brk, reserve, &candidates, &allowed, marketplace.auction);
             if !outcome.exact {
                 degraded.push(format!(
                     "pod {}: search limit reached, best pod found served",
                     b.id.as_str()
                 ));
             }
+            // The break's winning bid, with the number of candidates it beat: the learner
+            // corrects for the winner being the best of many.
             if let Some(d) = &market.dynamic_reserve {
-                if let Some(top) = outcome
-                    .placements
-                    .iter()
-                    .filter(|p| !candidates[p.candidate].guaranteed)
-                    .map(|p| candidates[p.candidate].ecpm)
-                    .max()
-                {
-                    d.observe(&segment, top);
+                let (mut top, mut competitors) = (None, 0u32);
+                for (c, cand) in candidates.iter().enumerate() {
+                    if cand.guaranteed || !allowed(c) {
+                        continue;
+                    }
+                    competitors += 1;
+                    if outcome.placements.iter().any(|p| p.candidate == c) {
+                        top = top.max(Some(cand.ecpm));
+                    }
+                }
+                if let Some(top) = top {
+                    d.observe(&segment, top, competitors);
                 }
             }
             let ads = outcome
