@@ -191,12 +191,7 @@ async fn first_price_bids_are_shaded_from_notices() {
         let r = reqwest::get(url).await.unwrap();
         assert_eq!(r.status(), 204);
     }
-    let state: Value = reqwest::get(server.url("/v1/auction/state"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = server.get_json("/v1/auction/state").await;
     let model = &state["bid_shading"][0];
     assert_eq!(model["segment"], "tv|drama", "{state}");
     assert_eq!(model["model"]["observations"], 2, "{state}");
@@ -241,12 +236,7 @@ async fn vast(server: &Server, query: &str) -> (u16, String) {
 }
 
 async fn applied(server: &Server) -> u64 {
-    let s: Value = reqwest::get(server.url("/v1/features/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s = server.get_json("/v1/features/stats").await;
     s["stream"]["applied"].as_u64().unwrap()
 }
 

@@ -925,7 +925,7 @@ impl Engine {
                     && (line_items[i as usize].caps.is_empty()
                         || !market.capped(i, history, now_ms, &placed))
             };
-            let outcome = solve_pod(&brk, reserve, &candidates, &allowed, marketplace.auction);
+            let outcome = solve_pod(&brk, reserve, &candidates, allowed, marketplace.auction);
             if !outcome.exact {
                 degraded.push(format!(
                     "pod {}: search limit reached, best pod found served",

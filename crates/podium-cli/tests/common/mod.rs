@@ -97,6 +97,16 @@ impl Server {
         }
     }
 
+    /// GETs a JSON document.
+    pub async fn get_json(&self, path: &str) -> Value {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let r = reqwest::Client::new()
             .post(self.url(path))
