@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn conformance() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/openrtb2.6")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/openrtb2.6")
 }
 
 fn plan(v: Value) -> BidPlan {

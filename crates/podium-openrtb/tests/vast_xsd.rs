@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn vast_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/vast")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/vast")
 }
 
 /// Runs `xmllint --noout --schema vast_4.2.xsd` on `doc`; fails the test if xmllint is missing.
