@@ -10,6 +10,7 @@
 //! three MLPs), generated from a seed by `podium sim gen`.
 
 pub mod demo;
+pub mod pacing;
 pub mod standard;
 pub mod traffic;
 
