@@ -72,7 +72,12 @@ impl TimeZone {
     /// The offset from UTC in ms at an instant (positive east of Greenwich).
     pub fn offset_ms(&self, now_ms: i64) -> i64 {
         let utc = utc_naive(now_ms);
-        i64::from(self.0.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1000
+        i64::from(
+            self.0
+                .offset_from_utc_datetime(&utc)
+                .fix()
+                .local_minus_utc(),
+        ) * 1000
     }
 }
 
@@ -264,7 +269,9 @@ impl BudgetSpec {
                 _ => return remaining,
             };
             let day = self.day(now_ms);
-            let from = self.flight_start_ms.map_or(day.start_ms, |s| s.max(day.start_ms));
+            let from = self
+                .flight_start_ms
+                .map_or(day.start_ms, |s| s.max(day.start_ms));
             let today = weight(from, day.end_ms.min(end));
             let rest = weight(from, end);
             if rest <= 0.0 || today >= rest {
@@ -346,7 +353,10 @@ mod tests {
         assert!(spec.validate().is_ok());
         assert_eq!(spec.day_budget(Micros::ZERO, start - 1), Some(Micros::ZERO));
         assert!(!spec.in_flight(start + 10 * DAY));
-        assert_eq!(spec.day_budget(Micros::ZERO, start + HOUR), Some(Micros(100)));
+        assert_eq!(
+            spec.day_budget(Micros::ZERO, start + HOUR),
+            Some(Micros(100))
+        );
         // Lifetime 1000 over 10 days, 400 spent by day 5 (of 10): 600 over the 5 left → 120,
         // capped by the daily 100.
         spec.lifetime = Some(Micros(1000));
@@ -355,7 +365,10 @@ mod tests {
         spec.daily = None;
         assert_eq!(spec.day_budget(Micros(400), day5), Some(Micros(120)));
         // The answer does not move during the day.
-        assert_eq!(spec.day_budget(Micros(400), day5 + 20 * HOUR), Some(Micros(120)));
+        assert_eq!(
+            spec.day_budget(Micros(400), day5 + 20 * HOUR),
+            Some(Micros(120))
+        );
         spec.lifetime_spread = LifetimeSpread::Asap;
         assert_eq!(spec.day_budget(Micros(400), day5), Some(Micros(600)));
         // Overspent lifetime: nothing left.
@@ -367,7 +380,10 @@ mod tests {
             flight_end_ms: Some(start + 12 * HOUR + 2 * DAY),
             ..BudgetSpec::default()
         };
-        assert_eq!(spec.day_budget(Micros::ZERO, start + 13 * HOUR), Some(Micros(250)));
+        assert_eq!(
+            spec.day_budget(Micros::ZERO, start + 13 * HOUR),
+            Some(Micros(250))
+        );
         assert_eq!(BudgetSpec::default().day_budget(Micros(5), 0), None);
         let reversed = BudgetSpec {
             flight_start_ms: Some(10),

@@ -50,7 +50,11 @@ pub fn hwm_plan<Id: Clone + Eq + Hash>(
     contracts: &[Contract<Id>],
     supply: &[SupplySample<Id>],
 ) -> Plan<Id> {
-    let index: HashMap<&Id, usize> = contracts.iter().enumerate().map(|(k, c)| (&c.id, k)).collect();
+    let index: HashMap<&Id, usize> = contracts
+        .iter()
+        .enumerate()
+        .map(|(k, c)| (&c.id, k))
+        .collect();
     // Γ(j): the samples each contract is eligible for, and its total eligible supply.
     let mut gamma: Vec<Vec<usize>> = vec![Vec::new(); contracts.len()];
     let mut eligible_supply = vec![0.0; contracts.len()];
@@ -87,7 +91,11 @@ pub fn hwm_plan<Id: Clone + Eq + Hash>(
         rates.insert(contracts[j].id.clone(), alpha);
     }
     let order: Vec<Id> = order.into_iter().map(|j| contracts[j].id.clone()).collect();
-    let position = order.iter().enumerate().map(|(k, id)| (id.clone(), k)).collect();
+    let position = order
+        .iter()
+        .enumerate()
+        .map(|(k, id)| (id.clone(), k))
+        .collect();
     Plan {
         rates,
         order,
@@ -160,7 +168,10 @@ mod tests {
     }
 
     /// Served impressions per contract, replaying every sample with a fine grid of draws.
-    fn replay<Id: Clone + Eq + Hash>(plan: &Plan<Id>, supply: &[SupplySample<Id>]) -> HashMap<Id, f64> {
+    fn replay<Id: Clone + Eq + Hash>(
+        plan: &Plan<Id>,
+        supply: &[SupplySample<Id>],
+    ) -> HashMap<Id, f64> {
         let grid = 2000;
         let mut served = HashMap::new();
         for sample in supply {
@@ -205,7 +216,10 @@ mod tests {
         assert_eq!(plan.rates["b"], 1.0);
         let served = replay(&plan, &supply);
         assert!((served["a"] - 80.0).abs() < 0.1, "{served:?}");
-        assert!((served["b"] - 70.0).abs() < 0.1, "all that is left: {served:?}");
+        assert!(
+            (served["b"] - 70.0).abs() < 0.1,
+            "all that is left: {served:?}"
+        );
     }
 
     proptest! {

@@ -246,7 +246,10 @@ impl LeaseBook {
             let mut a = self.accounts.get_mut(key).expect("set_limit created it");
             a.expire(now_ms, self.config.pending_ttl_ms);
             a.retired = false;
-            (std::mem::take(&mut a.unreported), std::mem::take(&mut a.to_release))
+            (
+                std::mem::take(&mut a.unreported),
+                std::mem::take(&mut a.to_release),
+            )
         };
         self.flush(ledger, key, unreported, to_release).await?;
         let allocated = ledger.allocated(key).await?;
@@ -281,7 +284,10 @@ impl LeaseBook {
         let mut result = Ok(());
         for key in keys {
             let taken = self.accounts.get_mut(&key).map(|mut a| {
-                (std::mem::take(&mut a.unreported), std::mem::take(&mut a.to_release))
+                (
+                    std::mem::take(&mut a.unreported),
+                    std::mem::take(&mut a.to_release),
+                )
             });
             let Some((unreported, to_release)) = taken else {
                 continue;

@@ -38,7 +38,8 @@ pub fn budget_key(line_item: &str, period: Option<&crate::LocalDay>) -> String {
 pub trait BudgetLedger: Send + Sync {
     /// Hands out up to `want` of the budget `key`, never letting its allocated total exceed
     /// `limit`; returns what was granted (0 ..= `want`).
-    async fn allocate(&self, key: &str, limit: Micros, want: Micros) -> Result<Micros, LedgerError>;
+    async fn allocate(&self, key: &str, limit: Micros, want: Micros)
+        -> Result<Micros, LedgerError>;
 
     /// Gives back `amount` of a lease that will not be spent (allocated never goes below 0).
     async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError>;
@@ -69,7 +70,12 @@ impl MemoryLedger {
 
 #[async_trait]
 impl BudgetLedger for MemoryLedger {
-    async fn allocate(&self, key: &str, limit: Micros, want: Micros) -> Result<Micros, LedgerError> {
+    async fn allocate(
+        &self,
+        key: &str,
+        limit: Micros,
+        want: Micros,
+    ) -> Result<Micros, LedgerError> {
         let mut e = self.entries.entry(key.to_string()).or_default();
         let grant = want.0.min(limit.0 - e.0).max(0);
         e.0 += grant;
@@ -174,9 +180,8 @@ impl RedisLedger {
     /// Connects with explicit timeouts and expiry.
     pub async fn connect_with(url: &str, options: RedisLedgerOptions) -> Result<Self, LedgerError> {
         let shown = redact(url);
-        let failed = |e: redis::RedisError| {
-            LedgerError::Unavailable(format!("connecting to {shown}: {e}"))
-        };
+        let failed =
+            |e: redis::RedisError| LedgerError::Unavailable(format!("connecting to {shown}: {e}"));
         let client = redis::Client::open(url).map_err(failed)?;
         // No retries inside the manager: a caller waits at most one attempt, and the next
         // refill (a tick later) is the retry.
@@ -187,7 +192,11 @@ impl RedisLedger {
         let limit = 2 * (options.connect_timeout + options.response_timeout);
         let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config))
             .await
-            .map_err(|_| LedgerError::Unavailable(format!("connecting to {shown}: no answer within {limit:?}")))?
+            .map_err(|_| {
+                LedgerError::Unavailable(format!(
+                    "connecting to {shown}: no answer within {limit:?}"
+                ))
+            })?
             .map_err(failed)?;
         Ok(Self {
             conn,
@@ -256,7 +265,12 @@ impl RedisLedger {
 
 #[async_trait]
 impl BudgetLedger for RedisLedger {
-    async fn allocate(&self, key: &str, limit: Micros, want: Micros) -> Result<Micros, LedgerError> {
+    async fn allocate(
+        &self,
+        key: &str,
+        limit: Micros,
+        want: Micros,
+    ) -> Result<Micros, LedgerError> {
         if want.0 <= 0 {
             return Ok(Micros::ZERO);
         }
@@ -304,7 +318,9 @@ impl BudgetLedger for RedisLedger {
 /// The URL without its password, for error messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
         _ => url.to_string(),
     }
 }
@@ -318,15 +334,24 @@ mod tests {
         let day = crate::local_day(1_795_780_800_000, crate::TimeZone::UTC);
         assert_eq!(budget_key("li-7", Some(&day)), "li-7:2026-11-27");
         assert_eq!(budget_key("li-7", None), "li-7:life");
-        assert_eq!(RedisLedger::allocated_key("li-7:life"), "podium:budget:{li-7:life}:allocated");
+        assert_eq!(
+            RedisLedger::allocated_key("li-7:life"),
+            "podium:budget:{li-7:life}:allocated"
+        );
         assert_eq!(redact("redis://:pw@h:1"), "redis://***@h:1");
     }
 
     #[tokio::test]
     async fn memory_ledger_grants_up_to_the_limit() {
         let l = MemoryLedger::new();
-        assert_eq!(l.allocate("k", Micros(100), Micros(60)).await, Ok(Micros(60)));
-        assert_eq!(l.allocate("k", Micros(100), Micros(60)).await, Ok(Micros(40)));
+        assert_eq!(
+            l.allocate("k", Micros(100), Micros(60)).await,
+            Ok(Micros(60))
+        );
+        assert_eq!(
+            l.allocate("k", Micros(100), Micros(60)).await,
+            Ok(Micros(40))
+        );
         assert_eq!(l.allocate("k", Micros(100), Micros(1)).await, Ok(Micros(0)));
         l.release("k", Micros(30)).await.unwrap();
         assert_eq!(l.allocated("k").await, Ok(Micros(70)));
