@@ -18,21 +18,16 @@ use serde::{Deserialize, Serialize};
 const HOUR_MS: f64 = 3_600_000.0;
 
 /// How a line item's day budget is spent over the day.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum PacingMode {
     /// Spend in step with the traffic forecast, by adaptive throttling (Agarwal et al., KDD 2014).
+    #[default]
     Even,
     /// Spend as fast as the market allows until the budget is gone.
     Asap,
     /// Track the forecast spend curve with a PID loop (Zhang et al., WSDM 2016).
     Pid(PidParams),
-}
-
-impl Default for PacingMode {
-    fn default() -> Self {
-        PacingMode::Even
-    }
 }
 
 /// What the PID loop acts on.
