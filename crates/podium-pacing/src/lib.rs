@@ -29,7 +29,9 @@ pub use forecast::TrafficForecast;
 pub use guaranteed::{allocation_rate, draw, Delivery};
 pub use hwm::{hwm_plan, Contract, Plan, SupplySample};
 pub use lease::{LeaseBook, LeaseConfig, LeaseStatus};
-pub use ledger::{budget_key, BudgetLedger, LedgerError, MemoryLedger, RedisLedger};
+pub use ledger::{
+    budget_key, BudgetLedger, LedgerError, MemoryLedger, RedisLedger, RedisLedgerOptions,
+};
 
 use dashmap::DashMap;
 use podium_core::{LineItemId, Micros};
