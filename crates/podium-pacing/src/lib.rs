@@ -1,14 +1,37 @@
 //! Budgets: how much each line item has spent today, and which line items may still serve.
 //!
 //! The trunk books spend when a decision places an ad (server-side insertion plays what it is
-//! given) and stops a line item once its daily budget is reached. Pacing control loops, budget
-//! leases shared across servers and guaranteed-delivery allocation build on this seam.
+//! given) and stops a line item once its daily budget is reached. On this seam:
+//!
+//! - [`budget`]: daily and lifetime budgets, flights and local days in a time zone (DST aware);
+//! - [`forecast`]: when in the day traffic comes, learned per hour of the week;
+//! - [`controller`]: pacing controllers (even throttling, ASAP, PID) that spread a day's budget
+//!   along the forecast;
+//! - [`hwm`]: high-water-mark allocation of guaranteed contracts over forecast supply;
+//! - [`ledger`] and [`lease`]: budgets shared by a fleet of servers, each spending only from a
+//!   lease it took from the shared ledger, so that together they never overspend.
+//!
+//! Everything takes the time as an argument (`now_ms`), so a simulator can drive it.
 
+pub mod budget;
 pub mod caps;
+pub mod controller;
+pub mod forecast;
 pub mod guaranteed;
+pub mod hwm;
+pub mod lease;
+pub mod ledger;
 
+pub use budget::{local_day, BudgetError, BudgetSpec, LifetimeSpread, LocalDay, TimeZone};
 pub use caps::{cap_key, count_since, FrequencyStore, MemoryFrequencyStore};
+pub use controller::{Controller, PacingMode, PacingState, PidParams, PidTarget};
+pub use forecast::TrafficForecast;
 pub use guaranteed::{allocation_rate, draw, Delivery};
+pub use hwm::{hwm_plan, Contract, Plan, SupplySample};
+pub use lease::{LeaseBook, LeaseConfig, LeaseStatus};
+pub use ledger::{
+    budget_key, BudgetLedger, LedgerError, MemoryLedger, RedisLedger, RedisLedgerOptions,
+};
 
 use dashmap::DashMap;
 use podium_core::{LineItemId, Micros};
