@@ -140,6 +140,9 @@ pub struct PacingArgs {
     /// Servers sharing the budgets [default: 4 for multi-server, else 1].
     #[arg(long)]
     servers: Option<usize>,
+    /// Seconds of simulated time between two runs of each server's control loop.
+    #[arg(long, default_value_t = 10)]
+    tick_s: u64,
 }
 
 /// Runs a `podium sim` subcommand.
@@ -169,7 +172,12 @@ fn pacing(args: PacingArgs) -> anyhow::Result<()> {
         (2..=2000).contains(&args.line_items),
         "--line-items must be between 2 and 2000"
     );
+    anyhow::ensure!(
+        (1..=3600).contains(&args.tick_s),
+        "--tick-s must be between 1 and 3600"
+    );
     let mut cfg = SimConfig::new(scenario, args.seed);
+    cfg.tick_s = args.tick_s;
     cfg.peak_rate = args.peak_rate;
     cfg.line_items = args.line_items;
     if let Some(n) = args.servers {
@@ -183,18 +191,26 @@ fn pacing(args: PacingArgs) -> anyhow::Result<()> {
             "memory".into()
         }
     });
+    // Keys of this run apart from any other's in a shared Redis.
+    let namespace = format!("sim-{}-{}-", std::process::id(), args.seed);
     let ledger = if ledger_url == "memory" {
         memory_ledger()
     } else {
+        anyhow::ensure!(
+            ledger_url.starts_with("redis://"),
+            "--ledger must be `memory` or redis://host:port, got {ledger_url:?}"
+        );
         cfg.redis = Some(ledger_url.clone());
-        let namespace = format!("podium-sim-{}-{}", std::process::id(), args.seed);
-        Arc::new(
-            podium_pacing::RedisLedger::open(&ledger_url, &namespace)
-                .with_context(|| format!("--ledger {ledger_url}"))?,
-        ) as Arc<dyn podium_pacing::BudgetLedger>
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let ledger = rt
+            .block_on(podium_pacing::RedisLedger::connect(&ledger_url))
+            .with_context(|| format!("--ledger {ledger_url}: is Redis running?"))?;
+        Arc::new(ledger) as Arc<dyn podium_pacing::BudgetLedger>
     };
     let started = Instant::now();
-    let report = run(&cfg, ledger);
+    let report = run(&cfg, ledger, &namespace);
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(&args.output, &text)
         .with_context(|| format!("writing {}", args.output.display()))?;

@@ -13,18 +13,17 @@ use podium_auction::{
     solve_pod, AuctionType, Bid, Creative, Goal, LineItem, LineItemPriors, PodCandidate,
     PodCreative, Targeting, TargetingIndex,
 };
-use podium_core::{
-    AdBreak, AdRequest, BreakPosition, Content, Device, Micros, SlotPosition, User,
-};
+use podium_core::{AdBreak, AdRequest, BreakPosition, Content, Device, Micros, SlotPosition, User};
 use podium_pacing::{
-    hwm_plan, local_day, BudgetLedger, BudgetSpec, Contract, Controller, LeaseBook, LocalDay,
-    MemoryLedger, PacingMode, PacingState, PidTarget, Plan, SupplySample, TrafficForecast,
+    hwm_plan, local_day, BudgetLedger, BudgetSpec, Contract, Controller, LeaseBook, LeaseConfig,
+    LocalDay, MemoryLedger, PacingMode, PacingState, PidParams, PidTarget, Plan, SupplySample,
+    TimeZone, TrafficForecast,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 /// What the simulated day goes through.
@@ -87,7 +86,11 @@ impl SimConfig {
             line_items: 48,
             peak_rate: 40.0,
             tick_s: 10,
-            servers: if scenario == Scenario::MultiServer { 4 } else { 1 },
+            servers: if scenario == Scenario::MultiServer {
+                4
+            } else {
+                1
+            },
             days: 2,
             redis: None,
         }
@@ -159,15 +162,16 @@ fn mode_name(m: &PacingMode) -> &'static str {
     match m {
         PacingMode::Even => "even",
         PacingMode::Asap => "asap",
-        PacingMode::Pid {
-            target: PidTarget::BidMultiplier,
-            ..
-        } => "pid-multiplier",
-        PacingMode::Pid {
-            target: PidTarget::Throttle,
-            ..
-        } => "pid-throttle",
+        PacingMode::Pid(p) if p.target == PidTarget::BidMultiplier => "pid-multiplier",
+        PacingMode::Pid(_) => "pid-throttle",
     }
+}
+
+fn pid(target: PidTarget) -> PacingMode {
+    PacingMode::Pid(PidParams {
+        target,
+        ..PidParams::default()
+    })
 }
 
 fn pick<T: Clone>(r: &mut ChaCha8Rng, all: &[T], any_share: f64) -> Vec<T> {
@@ -260,12 +264,13 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
     let modes = [
         PacingMode::Even,
         PacingMode::Asap,
-        PacingMode::pid(PidTarget::BidMultiplier),
-        PacingMode::pid(PidTarget::Throttle),
+        pid(PidTarget::BidMultiplier),
+        pid(PidTarget::Throttle),
     ];
     let mut items: Vec<SimItem> = (0..cfg.line_items)
         .map(|i| {
-            let value = Micros::from_units((log_normal(&mut r, 12.0, 0.35) * 100.0).round() / 100.0);
+            let value =
+                Micros::from_units((log_normal(&mut r, 12.0, 0.35) * 100.0).round() / 100.0);
             let guaranteed = i % 8 == 5;
             let li = LineItem {
                 id: format!("li-{i}").as_str().into(),
@@ -298,7 +303,7 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
                 mode: if guaranteed {
                     PacingMode::Even
                 } else {
-                    modes[i % 4].clone()
+                    modes[i % 4]
                 },
                 budget: BudgetSpec::default(),
                 goal: guaranteed.then_some(0),
@@ -309,7 +314,7 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
     let index = TargetingIndex::build(&lis);
 
     // Pilot: unpaced, unlimited spend and impressions per request of each line item.
-    let pilot = 20_000u64;
+    let pilot = 60_000u64;
     let mut spend = vec![0f64; items.len()];
     let mut imps = vec![0f64; items.len()];
     let mut pr = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9170);
@@ -321,7 +326,13 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
             .filter(|&&i| items[i as usize].value >= floor)
             .map(|&i| pod_candidate(i, &items[i as usize].li, items[i as usize].value, false))
             .collect();
-        let out = solve_pod(&req.breaks[0], floor, &cands, |_| true, AuctionType::SecondPrice);
+        let out = solve_pod(
+            &req.breaks[0],
+            floor,
+            &cands,
+            |_| true,
+            AuctionType::SecondPrice,
+        );
         for p in out.placements {
             let i = cands[p.candidate].line_item as usize;
             spend[i] += p.price_cpm.as_units() / 1000.0;
@@ -348,7 +359,10 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
             } else {
                 r.random_range(0.3..0.75)
             };
-            let budget = Micros::from_units((unpaced * f * 100.0).round() / 100.0).max(Micros(1_000_000));
+            // A line item that hardly wins unpaced still gets a budget worth pacing; the report
+            // flags it supply-limited if it cannot spend it.
+            let budget = Micros::from_units((unpaced * f * 100.0).round() / 100.0)
+                .max(Micros::from_units(20.0));
             it.budget.daily = Some(budget);
             it.li.daily_budget = budget;
         }
@@ -398,6 +412,9 @@ pub struct ItemReport {
     pub impressions: u64,
     /// It could not spend its budget even at full participation and the highest multiplier.
     pub supply_limited: bool,
+    /// Its budget was cut below what it had already spent (`max_overspend` is then its spend
+    /// after the cut, as a share of the new budget).
+    pub cut_below_spend: bool,
     /// PID settling after the scenario's disturbance: the largest relative error and the
     /// seconds until the error stays within 5%.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,9 +426,9 @@ pub struct ItemReport {
 pub struct Settling {
     /// When the disturbance came (seconds into the day).
     pub disturbance_s: i64,
-    /// Largest |relative error| after it.
+    /// Largest |error| after it, in hours of average spend ahead of or behind plan.
     pub overshoot: f64,
-    /// Seconds after it until |error| stays ≤ 0.05 (`null`: it never did).
+    /// Seconds after it until |error| stays within [`SETTLED_BAND_H`] (`null`: it never did).
     pub settling_time_s: Option<i64>,
 }
 
@@ -478,22 +495,34 @@ fn poisson(r: &mut ChaCha8Rng, lambda: f64) -> u64 {
     }
 }
 
-/// The ledger key of a line item's budget for a day.
-fn key(item: &SimItem, day: &LocalDay) -> String {
-    format!("{}:{}", item.li.id.as_str(), day.key)
+/// The ledger key of a line item's budget for a day: the run's namespace keeps runs sharing a
+/// Redis apart.
+fn key(ns: &str, item: &SimItem, day: &LocalDay) -> String {
+    format!(
+        "{ns}{}",
+        podium_pacing::budget_key(item.li.id.as_str(), Some(day))
+    )
 }
 
-/// Runs a scenario and reports on its last day.
-pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
+/// Runs a scenario and reports on its last day. Ledger keys are prefixed with `namespace`.
+pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>, namespace: &str) -> SimReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    let key = |item: &SimItem, day: &LocalDay| key(namespace, item, day);
     let (mut items, index) = market(cfg);
     let n = items.len();
     let mut r = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EED);
     let mut servers: Vec<Server> = (0..cfg.servers.max(1))
-        .map(|s| Server {
-            book: LeaseBook::new(s as u64, cfg.servers.max(1)),
-            forecast: TrafficForecast::new(),
-            controllers: items.iter().map(|it| Controller::new(it.mode.clone())).collect(),
-            states: vec![PacingState::default(); n],
+        .map(|_| Server {
+            book: LeaseBook::new(LeaseConfig {
+                servers: cfg.servers.max(1) as u32,
+                ..LeaseConfig::default()
+            }),
+            forecast: TrafficForecast::new(TimeZone::UTC),
+            controllers: items.iter().map(|it| Controller::new(it.mode)).collect(),
+            states: vec![PacingState::OPEN; n],
         })
         .collect();
     let last_day = START_MS + DAY_MS * i64::from(cfg.days.max(1) - 1);
@@ -504,36 +533,56 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
         let t = START_MS + t_s * 1000;
         let arrivals = poisson(&mut r, diurnal_rate(cfg.peak_rate, t));
         for (k, s) in servers.iter_mut().enumerate() {
-            let share = arrivals / servers_len(cfg) + u64::from((arrivals % servers_len(cfg)) > k as u64);
+            let share =
+                arrivals / servers_len(cfg) + u64::from((arrivals % servers_len(cfg)) > k as u64);
             s.forecast.observe(t, share);
         }
     }
 
-    let day = local_day(last_day, "UTC").expect("UTC is a time zone");
+    let day = local_day(last_day, TimeZone::UTC);
     let mut spent = vec![0i64; n];
     let mut impressions = vec![0u64; n];
+    // Guaranteed impressions placed and not yet back.
+    let mut in_flight = vec![0u64; n];
     let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut requests = 0u64;
     let mut supply: VecDeque<(i64, Vec<u32>)> = VecDeque::new();
-    let mut plan: Option<Plan> = None;
+    let mut plan: Option<Plan<u32>> = None;
     let mut series = Vec::new();
     let mut errors: Vec<Vec<(i64, f64)>> = vec![Vec::new(); n];
+    // What the PID loops are judged settling after: the live event, the budget edit, or the
+    // start of the day (a cold start: the controllers have not run before).
     let disturbance_s = match cfg.scenario {
         Scenario::LiveEvent => 20 * 3600,
         Scenario::BudgetChange => 12 * 3600,
-        _ => 3600,
+        _ => 0,
     };
-    let mut lowered_below_spent: Option<usize> = None;
+    // The guaranteed plan's first supply: a sample of requests like the day's, as yesterday's
+    // traffic would have given it.
+    let mut sample_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5A9);
+    for k in 0..2_000u64 {
+        let (req, _) = request(&mut sample_rng, k);
+        let g: Vec<u32> = index
+            .eligible(&req, last_day)
+            .into_iter()
+            .filter(|&i| items[i as usize].goal.is_some())
+            .collect();
+        supply.push_back((last_day, g));
+    }
+    // Line items whose budget was cut below what they had spent, with that spend: from then on
+    // only impressions already on their way may still count.
+    let mut cut_below_spend: Vec<(usize, i64)> = Vec::new();
 
     for t_s in 0..DAY_MS / 1000 {
         let t = last_day + t_s * 1000;
         // Impressions that came back by now: spend, confirmed once.
         while heap.peek().is_some_and(|p| p.0.at_ms <= t) {
             let Reverse(p) = heap.pop().expect("peeked");
+            in_flight[p.item] = in_flight[p.item].saturating_sub(1);
             let k = key(&items[p.item], &day);
+            // The lease book reports confirmed spend to the ledger at its next refill.
             servers[p.server].book.confirm(&k, Micros(p.cost));
-            let _ = ledger.record_spent(&k, Micros(p.cost));
             spent[p.item] += p.cost;
             impressions[p.item] += 1;
         }
@@ -555,12 +604,31 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                 .find(|(i, it)| it.budget.daily.is_some() && spent[*i] > 0)
             {
                 it.budget.daily = Some(Micros(spent[i] / 2));
-                lowered_below_spent = Some(i);
+            }
+            for (i, it) in items.iter().enumerate() {
+                if it.budget.daily.is_some_and(|b| b.0 <= spent[i]) {
+                    cut_below_spend.push((i, spent[i]));
+                }
             }
             for s in servers.iter_mut() {
                 for it in &items {
                     if let Some(b) = it.budget.daily {
-                        s.book.set_limit(&key(it, &day), b, ledger.as_ref());
+                        s.book.set_limit(&key(it, &day), b);
+                    }
+                }
+            }
+        }
+
+        // A lease running low is topped up at once, as a server's refill task would, not only at
+        // the next control tick.
+        if t_s % cfg.tick_s as i64 != 0 {
+            for s in servers.iter() {
+                for it in &items {
+                    if let Some(budget) = it.budget.daily {
+                        let k = key(it, &day);
+                        if s.book.needs(&k).is_some() {
+                            let _ = rt.block_on(s.book.refill(ledger.as_ref(), &k, budget, t));
+                        }
                     }
                 }
             }
@@ -572,13 +640,15 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                 let target = s.forecast.fraction_elapsed(&day, t);
                 for (i, it) in items.iter().enumerate() {
                     let Some(budget) = it.budget.daily else {
-                        s.states[i] = PacingState::default();
+                        s.states[i] = PacingState::OPEN;
                         continue;
                     };
                     let k = key(it, &day);
-                    let global = ledger.spent(&k).unwrap_or(Micros(spent[i]));
+                    // Each server paces on the fleet's spend as the ledger has it (what the
+                    // others reported at their last refill), falling back to its own view.
+                    let _ = rt.block_on(s.book.refill(ledger.as_ref(), &k, budget, t));
+                    let global = rt.block_on(ledger.spent(&k)).unwrap_or(Micros(spent[i]));
                     s.states[i] = s.controllers[i].update(t, global, budget, target);
-                    s.book.refill(ledger.as_ref(), &k, budget, t);
                 }
             }
             for (i, it) in items.iter().enumerate() {
@@ -591,27 +661,28 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
         // The guaranteed plan, every 15 minutes, from the last hour's supply scaled to what the
         // forecast says is left of the day.
         if t_s % 900 == 0 {
-            while supply.front().is_some_and(|(at, _)| *at < t - 3_600_000) {
+            while supply.len() > 2_000 && supply.front().is_some_and(|(at, _)| *at < t - 3_600_000)
+            {
                 supply.pop_front();
             }
-            let left = 1.0 - servers[0].forecast.fraction_elapsed(&day, t);
-            let day_total: f64 = servers
+            // Each sampled request stands for an equal share of the traffic still to come.
+            let remaining: f64 = servers
                 .iter()
-                .map(|s| s.forecast.expected(&day, day.start_ms, day.end_ms))
+                .map(|s| s.forecast.volume(t, day.end_ms))
                 .sum();
             let weight = if supply.is_empty() {
                 0.0
             } else {
-                day_total * left / supply.len() as f64
+                remaining / supply.len() as f64
             };
-            let samples: Vec<SupplySample> = supply
+            let samples: Vec<SupplySample<u32>> = supply
                 .iter()
                 .map(|(_, e)| SupplySample {
                     eligible: e.clone(),
                     weight,
                 })
                 .collect();
-            let contracts: Vec<Contract> = items
+            let contracts: Vec<Contract<u32>> = items
                 .iter()
                 .enumerate()
                 .filter_map(|(i, it)| {
@@ -637,17 +708,17 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                 .copied()
                 .filter(|&i| items[i as usize].goal.is_some())
                 .collect();
-            if requests % 8 == 0 && !guaranteed.is_empty() {
+            if requests % 8 == 0 {
                 supply.push_back((t, guaranteed.clone()));
             }
-            let chosen = plan
-                .as_ref()
-                .and_then(|p| p.serve(&guaranteed, r.random()));
+            let chosen = plan.as_ref().and_then(|p| p.serve(&guaranteed, r.random()));
             let mut cands = Vec::new();
             for &i in &eligible {
                 let it = &items[i as usize];
-                if it.goal.is_some() {
-                    if chosen == Some(i) {
+                if let Some(goal) = it.goal {
+                    // Delivered (or on its way) is enough: the plan is only refreshed every 15
+                    // minutes, the goal is checked on every request.
+                    if chosen == Some(i) && impressions[i as usize] + in_flight[i as usize] < goal {
                         cands.push(pod_candidate(i, &it.li, it.value, true));
                     }
                     continue;
@@ -658,7 +729,11 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                 }
                 let bid = Micros((it.value.0 as f64 * st.multiplier).round() as i64);
                 // Outside demand takes the slot unless we beat it; the lease must cover the bid.
-                if bid < floor || s.book.available(&key(it, &day)).0 < bid.0 / 1000 {
+                let available = s
+                    .book
+                    .status(&key(it, &day))
+                    .map_or(Micros::ZERO, |st| st.available);
+                if bid < floor || available.0 < bid.0 / 1000 {
                     continue;
                 }
                 cands.push(pod_candidate(i, &it.li, bid, false));
@@ -666,7 +741,13 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
             if cands.is_empty() {
                 continue;
             }
-            let out = solve_pod(&req.breaks[0], Micros::ZERO, &cands, |_| true, AuctionType::SecondPrice);
+            let out = solve_pod(
+                &req.breaks[0],
+                Micros::ZERO,
+                &cands,
+                |_| true,
+                AuctionType::SecondPrice,
+            );
             for p in out.placements {
                 let c = &cands[p.candidate];
                 let i = c.line_item as usize;
@@ -681,6 +762,7 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                     continue;
                 }
                 if r.random_bool(RENDER_RATE) {
+                    in_flight[i] += 1;
                     seq += 1;
                     heap.push(Reverse(Pending {
                         at_ms: t + r.random_range(5..=MAX_RENDER_DELAY_S) * 1000,
@@ -695,7 +777,7 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
 
         if t_s % 300 == 0 {
             let target = servers[0].forecast.fraction_elapsed(&day, t);
-            let done = items
+            let done: Vec<f64> = items
                 .iter()
                 .enumerate()
                 .map(|(i, it)| match (it.budget.daily, it.goal) {
@@ -711,7 +793,12 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
     while let Some(Reverse(p)) = heap.pop() {
         spent[p.item] += p.cost;
         impressions[p.item] += 1;
-        let _ = ledger.record_spent(&key(&items[p.item], &day), Micros(p.cost));
+        servers[p.server]
+            .book
+            .confirm(&key(&items[p.item], &day), Micros(p.cost));
+    }
+    for s in &servers {
+        let _ = rt.block_on(s.book.settle(ledger.as_ref()));
     }
 
     let reports: Vec<ItemReport> = items
@@ -728,10 +815,21 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                     .fold(0.0, f64::max)
             });
             let st = servers[0].states[i];
+            let top = match it.mode {
+                PacingMode::Pid(p) if p.target == PidTarget::BidMultiplier => p.max_multiplier,
+                _ => 1.0,
+            };
             let supply_limited = ratio.is_some_and(|x| x < 0.98)
                 && st.throttle >= 0.99
-                && st.multiplier >= podium_pacing::MAX_MULTIPLIER * 0.99;
-            let pid = matches!(it.mode, PacingMode::Pid { .. }).then(|| settling(&errors[i], disturbance_s));
+                && st.multiplier >= top * 0.99;
+            let pid = matches!(it.mode, PacingMode::Pid { .. })
+                .then(|| settling(&errors[i], disturbance_s));
+            // Cut below its spend: what counts is what it spent after the cut, as a share of the
+            // new budget (impressions already on their way when the cut came).
+            let after_cut = cut_below_spend
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|&(_, at)| (spent[i] - at) as f64 / budget.map_or(1, |b| b.0.max(1)) as f64);
             ItemReport {
                 id: it.li.id.to_string(),
                 mode: if it.goal.is_some() {
@@ -742,7 +840,8 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
                 budget: budget.map(Micros::as_units),
                 spent: Micros(spent[i]).as_units(),
                 delivery_ratio: ratio,
-                max_overspend: ratio.map(|x| (x - 1.0).max(0.0)),
+                max_overspend: after_cut.or(ratio.map(|x| (x - 1.0).max(0.0))),
+                cut_below_spend: after_cut.is_some(),
                 curve_deviation,
                 goal_attainment: it.goal.map(|g| impressions[i] as f64 / g.max(1) as f64),
                 impressions: impressions[i],
@@ -753,13 +852,16 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>) -> SimReport {
         .collect();
     let constrained: Vec<&ItemReport> = reports
         .iter()
-        .filter(|x| x.budget.is_some() && !x.supply_limited && Some(x.id.as_str()) != lowered_below_spent.map(|i| items[i].li.id.as_str()))
+        .filter(|x| x.budget.is_some() && !x.supply_limited && !x.cut_below_spend)
         .collect();
     let within = constrained
         .iter()
         .filter(|x| x.delivery_ratio.is_some_and(|d| (d - 1.0).abs() <= 0.02))
         .count();
-    let infeasible = plan.as_ref().map(|p| p.infeasible.clone()).unwrap_or_default();
+    let infeasible: Vec<u32> = plan
+        .as_ref()
+        .map(|p| p.infeasible.clone())
+        .unwrap_or_default();
     let guaranteed: Vec<&ItemReport> = reports
         .iter()
         .enumerate()
@@ -799,13 +901,16 @@ fn servers_len(cfg: &SimConfig) -> u64 {
     cfg.servers.max(1) as u64
 }
 
+/// A PID loop has settled once its error (hours of average spend behind plan) stays within this.
+pub const SETTLED_BAND_H: f64 = 0.1;
+
 /// Overshoot and settling time of a controller's error series after `from_s`.
 fn settling(errors: &[(i64, f64)], from_s: i64) -> Settling {
     let after: Vec<&(i64, f64)> = errors.iter().filter(|(t, _)| *t >= from_s).collect();
     let overshoot = after.iter().map(|(_, e)| e.abs()).fold(0.0, f64::max);
     let settled = after
         .iter()
-        .rposition(|(_, e)| e.abs() > 0.05)
+        .rposition(|(_, e)| e.abs() > SETTLED_BAND_H)
         .map_or(Some(0), |last| after.get(last + 1).map(|(t, _)| t - from_s));
     Settling {
         disturbance_s: from_s,
@@ -857,11 +962,7 @@ pub fn html(report: &SimReport) -> String {
         report.summary.guaranteed_feasible,
         report.summary.pass
     ));
-    let peak = report
-        .series
-        .iter()
-        .map(|s| s.1)
-        .fold(1e-9, f64::max);
+    let peak = report.series.iter().map(|s| s.1).fold(1e-9, f64::max);
     out.push_str(&format!(
         "<figure><svg width=\"{}\" height=\"{h}\"><polyline fill=\"none\" stroke=\"#555\" \
          points=\"{}\"/></svg><figcaption>requests/s over the day (peak {:.0})</figcaption></figure><br>",
@@ -870,7 +971,12 @@ pub fn html(report: &SimReport) -> String {
         peak
     ));
     for (i, item) in report.line_items.iter().enumerate() {
-        let done = polyline(report.series.iter().map(|s| (s.0 as f64, s.2[i])), w, h, 1.2);
+        let done = polyline(
+            report.series.iter().map(|s| (s.0 as f64, s.2[i])),
+            w,
+            h,
+            1.2,
+        );
         let target = polyline(report.series.iter().map(|s| (s.0 as f64, s.3)), w, h, 1.2);
         let full = h - h / 1.2;
         out.push_str(&format!(
