@@ -708,7 +708,7 @@ pub fn run(cfg: &SimConfig, ledger: Arc<dyn BudgetLedger>, namespace: &str) -> S
                 .copied()
                 .filter(|&i| items[i as usize].goal.is_some())
                 .collect();
-            if requests % 8 == 0 {
+            if requests.is_multiple_of(8) {
                 supply.push_back((t, guaranteed.clone()));
             }
             let chosen = plan.as_ref().and_then(|p| p.serve(&guaranteed, r.random()));
