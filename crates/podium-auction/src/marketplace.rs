@@ -250,6 +250,22 @@ pub struct LineItem {
     /// A slot it must play in (sponsors buy the first or last spot of a break).
     #[serde(default, skip_serializing_if = "is_any")]
     pub position: SlotPosition,
+    /// How its day budget is spent over the day: `{"mode": "even"}` (default), `asap`, or
+    /// `pid` (with its target and gains).
+    #[serde(default, skip_serializing_if = "is_even")]
+    pub pacing: podium_pacing::PacingMode,
+    /// Lifetime budget, flight dates and time zone of its budget days (`daily` here, when set,
+    /// overrides `daily_budget`).
+    #[serde(default, skip_serializing_if = "is_default_budget")]
+    pub budget: podium_pacing::BudgetSpec,
+}
+
+fn is_even(m: &podium_pacing::PacingMode) -> bool {
+    *m == podium_pacing::PacingMode::Even
+}
+
+fn is_default_budget(b: &podium_pacing::BudgetSpec) -> bool {
+    *b == podium_pacing::BudgetSpec::default()
 }
 
 fn is_any(p: &SlotPosition) -> bool {
@@ -380,6 +396,9 @@ impl Marketplace {
                     ));
                 }
             }
+            li.budget
+                .validate()
+                .map_err(|e| format!("line_items[{i}].budget: {e}"))?;
             for (j, d) in li.targeting.dayparts.iter().enumerate() {
                 d.check()
                     .map_err(|m| format!("line_items[{i}].targeting.dayparts[{j}]: {m}"))?;

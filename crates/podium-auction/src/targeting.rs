@@ -395,6 +395,8 @@ mod tests {
             domain: None,
             caps: Vec::new(),
             position: Default::default(),
+            pacing: Default::default(),
+            budget: Default::default(),
         }
     }
 

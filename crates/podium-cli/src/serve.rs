@@ -37,6 +37,13 @@ pub struct ServeArgs {
     /// [default: ./podium-data, or ./podium-data-standard with --workload standard].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where budgets are shared: `memory` (this process) or `redis://host:port`, the ledger a
+    /// fleet of servers takes budget leases from, so that together they cannot overspend.
+    #[arg(long, default_value = "memory")]
+    budget_ledger: String,
+    /// Servers in the fleet sharing the budget ledger (sizes the leases each takes).
+    #[arg(long, default_value_t = 1)]
+    fleet_size: u32,
     /// This server's address as players and exchanges reach it, for the tracking and notice
     /// URLs in VAST documents and bid responses [default: http://<listen address>].
     #[arg(long)]
@@ -327,6 +334,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let events = EventSource::parse(&args.events)?;
+    let budget_ledger: Option<Arc<dyn podium_pacing::BudgetLedger>> =
+        match args.budget_ledger.as_str() {
+            "memory" => None,
+            url if url.starts_with("redis://") => Some(Arc::new(
+                podium_pacing::RedisLedger::connect(url)
+                    .await
+                    .with_context(|| format!("--budget-ledger {url}: is Redis running?"))?,
+            )),
+            other => anyhow::bail!(
+                "--budget-ledger must be `memory` or redis://host:port, got {other:?}"
+            ),
+        };
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.fleet_size),
+        "--fleet-size must be between 1 and 10000"
+    );
+    let fleet_size = args.fleet_size;
     let (store, snapshot) = open_store(&args, &data_dir).await?;
     let logs = open_logs(&args, &data_dir, log)?;
     let features = FeatureSetup {
@@ -379,6 +403,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             loader_state.set_lifecycle(lifecycle);
         }
+        if let Some(ledger) = budget_ledger {
+            engine.use_budget_ledger(ledger, fleet_size);
+        }
+        // The pacing control loop: leases, spend reports and controllers, every second.
+        let pacer = engine.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                pacer.pacing_tick(podium_features::now_ms()).await;
+            }
+        });
+        engine.pacing_tick(podium_features::now_ms()).await;
         loader_state.set_engine(engine);
         anyhow::Ok(())
     });
@@ -563,7 +601,7 @@ fn start_stream(
                     e.entity_id(podium_features::Entity::User),
                     e.entity_id(podium_features::Entity::LineItem),
                 ) {
-                    engine.record_impression(user, li, e.ts_ms);
+                    engine.record_impression(user, li, e.ts_ms, e.value);
                 }
             }
         }))

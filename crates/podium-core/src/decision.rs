@@ -22,6 +22,17 @@ pub struct PlacedAd {
     /// The fixed slot of a structured pod it fills; `None` in the dynamic part.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// The pacing multiplier its bid was computed with (`ecpm` = value × multiplier).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub multiplier: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(m: &f64) -> bool {
+    *m == 1.0
 }
 
 /// The ads of one break, in play order.

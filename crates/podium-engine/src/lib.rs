@@ -9,6 +9,7 @@
 mod demo;
 pub mod experiments;
 mod features;
+mod pacing;
 mod pipeline;
 mod standard;
 

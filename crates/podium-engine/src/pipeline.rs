@@ -357,6 +357,7 @@ struct Inner {
     hydrator: Hydrator,
     spend: Arc<dyn SpendStore>,
     freq: Arc<dyn FrequencyStore>,
+    pacing: ArcSwap<crate::pacing::Pacing>,
     sink: Arc<dyn DecisionSink>,
     pool: ComputePool,
 }
@@ -443,16 +444,25 @@ impl Engine {
                 freq: Arc::new(MemoryFrequencyStore::new(
                     podium_auction::MAX_CAP_WINDOW_S as i64 * 1000,
                 )),
+                pacing: ArcSwap::from_pointee(crate::pacing::Pacing::embedded()),
                 sink,
                 pool,
             }),
         }
     }
 
-    /// Counts an impression of a line item (from the event path, after deduplication) toward
-    /// the viewer's frequency caps. An id the marketplace does not know is ignored (it may be
-    /// from before a marketplace change); returns whether it was counted.
-    pub fn record_impression(&self, user: &str, line_item: &str, ts_ms: i64) -> bool {
+    /// An impression of a line item played (from the event path, after deduplication): it
+    /// counts toward the viewer's frequency caps and, when the event carries its price (`value`,
+    /// the CPM paid), confirms the spend reserved when it was decided. An id the marketplace does
+    /// not know is ignored (it may be from before a marketplace change); returns whether it was
+    /// counted.
+    pub fn record_impression(
+        &self,
+        user: &str,
+        line_item: &str,
+        ts_ms: i64,
+        price_cpm: Option<f64>,
+    ) -> bool {
         let market = self.inner.market.load();
         let Some(i) = market.position(&line_item.into()) else {
             return false;
@@ -460,7 +470,38 @@ impl Engine {
         self.inner
             .freq
             .record(user, &market.keys[i as usize].caps, ts_ms);
+        if let Some(price) = price_cpm.filter(|p| p.is_finite() && *p >= 0.0) {
+            let cost = Micros::from_units(price).cpm_to_impression_cost();
+            self.inner.pacing.load().confirm(&market, i, cost, ts_ms);
+            let li = &market.marketplace.line_items[i as usize];
+            let (day, _) = Day::of_ms(ts_ms);
+            let total = self.inner.spend.add(day, &li.id, cost);
+            if !has_budget(total, li.daily_budget) {
+                self.open_set(&market).close(i);
+            }
+        }
         true
+    }
+
+    /// Uses a shared budget ledger (Redis) for a fleet of about `servers`: leases are then taken
+    /// by the control loop ([`Engine::pacing_tick`]), never on the request path.
+    pub fn use_budget_ledger(&self, ledger: Arc<dyn podium_pacing::BudgetLedger>, servers: u32) {
+        self.inner
+            .pacing
+            .store(Arc::new(crate::pacing::Pacing::shared(ledger, servers)));
+    }
+
+    /// One step of the pacing control loop (every second or so): reports spend, refills budget
+    /// leases, learns traffic and updates every line item's throttle and bid multiplier.
+    pub async fn pacing_tick(&self, now_ms: i64) {
+        let market = self.market();
+        let pacing = self.inner.pacing.load_full();
+        pacing.tick(&market, now_ms).await;
+    }
+
+    /// Whether the budget ledger answered at the last control step.
+    pub fn budget_ledger_up(&self) -> bool {
+        self.inner.pacing.load().ledger_up()
     }
 
     /// Scores the shadows whose share `req`'s user falls in, on the pool after the request's own
@@ -656,6 +697,16 @@ impl Engine {
             .index
             .eligible_where(&req, ts_ms as i64, |w| open.word(w));
         let history = market.admit(&req, &mut eligible, inner.freq.as_ref(), ts_ms as i64);
+        let pacing = inner.pacing.load_full();
+        pacing.saw_request();
+        // Pacing throttles best-effort line items: each takes part with its throttle probability
+        // (a draw of its own, not the guaranteed allocation's).
+        eligible.retain(|&i| {
+            market.goals[i as usize].is_some() || {
+                let t = pacing.state(&market, i, ts_ms as i64).throttle;
+                t >= 1.0 || podium_pacing::draw(req.request_id.as_str(), i ^ 0x5A5A_0000) < t
+            }
+        });
         let retrieve_us = us(t.elapsed());
         let eligible_count = eligible.len();
 
@@ -687,14 +738,8 @@ impl Engine {
             .await;
         degraded.extend(computed.degraded);
 
-        for &(li, price_cpm) in &computed.bookings {
-            let item = &market.marketplace.line_items[li as usize];
-            let total = inner
-                .spend
-                .add(day, &item.id, price_cpm.cpm_to_impression_cost());
-            if !has_budget(total, item.daily_budget) {
-                open.close(li);
-            }
+        // Spend is counted when impressions confirm it; here the guaranteed delivery counters.
+        for &(li, _) in &computed.bookings {
             if market.goals[li as usize].is_some() {
                 market.delivery.delivered(li);
             }
@@ -847,6 +892,8 @@ impl Engine {
 
         // Value: eCPM from bid type and the calibrated predictions.
         let t = Instant::now();
+        let pacing = inner.pacing.load_full();
+        let mut multipliers = Vec::with_capacity(top.len());
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
         let (ctr, completion, conversion) =
             (by_task("ctr"), by_task("completion"), by_task("conversion"));
@@ -859,8 +906,17 @@ impl Engine {
                 let p_click = ctr.map_or(f32::NAN, |v| v[r]);
                 let p_complete = completion.map_or(market.completion_priors[i as usize], |v| v[r]);
                 let p_conversion = conversion.map_or(li.priors.conversion_rate_7d, |v| v[r]);
-                let value = ecpm(li.bid, p_click, p_complete, p_conversion);
                 let guaranteed = market.goals[i as usize].is_some();
+                // Best-effort bids are the value times the pacing multiplier (clipped by the
+                // controller); guaranteed ones bid their contract.
+                let multiplier = if guaranteed {
+                    1.0
+                } else {
+                    pacing.state(market, i, now_ms).multiplier
+                };
+                multipliers.push(multiplier);
+                let raw = ecpm(li.bid, p_click, p_complete, p_conversion);
+                let value = Micros((raw.0 as f64 * multiplier).round() as i64);
                 PodCandidate {
                     line_item: i,
                     value: if guaranteed {
@@ -887,6 +943,13 @@ impl Engine {
                 }
             })
             .collect();
+        // What each candidate's budget lease may still hand out on this server: an ad whose bid
+        // it cannot cover does not take part.
+        let mut available = Vec::with_capacity(candidates.len());
+        for c in &candidates {
+            let want = c.ecpm.cpm_to_impression_cost();
+            available.push(pacing.available(market, c.line_item, now_ms, want).await);
+        }
         let value_us = us(t.elapsed());
 
         // Pod: each break in playback order, solved exactly, a line item at most once per
@@ -921,7 +984,8 @@ impl Engine {
             );
             let allowed = |c: usize| {
                 let i = candidates[c].line_item;
-                !placed.contains(&i)
+                available[c] >= candidates[c].ecpm.cpm_to_impression_cost()
+                    && !placed.contains(&i)
                     && (line_items[i as usize].caps.is_empty()
                         || !market.capped(i, history, now_ms, &placed))
             };
@@ -952,6 +1016,16 @@ impl Engine {
             let ads = outcome
                 .placements
                 .into_iter()
+                .filter(|p| {
+                    // The lease is this ad's right to spend; a race that lost it drops the ad.
+                    let cand = &candidates[p.candidate];
+                    pacing.reserve(
+                        market,
+                        cand.line_item,
+                        p.price_cpm.cpm_to_impression_cost(),
+                        now_ms,
+                    )
+                })
                 .map(|p| {
                     let cand = &candidates[p.candidate];
                     let li = &line_items[cand.line_item as usize];
@@ -966,6 +1040,7 @@ impl Engine {
                         price_cpm: p.price_cpm,
                         ecpm: cand.ecpm,
                         slot: p.slot.map(|j| b.rules.slots[j].id.clone()),
+                        multiplier: multipliers[p.candidate],
                     }
                 })
                 .collect();

@@ -142,29 +142,38 @@ async fn an_expired_deadline_still_answers_with_a_well_formed_decision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_item_that_reaches_its_daily_budget_stops_serving() {
+async fn a_line_item_never_reserves_more_than_its_daily_budget() {
     let tmp = tempfile::tempdir().unwrap();
     drop(engine(tmp.path()).await);
-    // Every line item can afford exactly one impression: whatever serves once must not serve again.
+    // Budgets of 5 cents: one or two impressions each at the demo's prices.
     let path = tmp.path().join("marketplace.json");
     let mut market = podium_auction::Marketplace::read(&path).unwrap();
+    let budget = podium_core::Micros::from_units(0.05);
     for li in &mut market.line_items {
-        li.daily_budget = podium_core::Micros(1);
+        li.daily_budget = budget;
     }
     market.write(&path).unwrap();
     let (engine, _) = engine(tmp.path()).await;
-    let mut served = HashSet::new();
-    for i in 0..5 {
+    let mut reserved: std::collections::HashMap<_, podium_core::Micros> = Default::default();
+    let mut filled = 0;
+    for i in 0..8 {
         let d = engine
             .decide(request(&format!("r-{i}"), &[(4, 90)]), Instant::now())
             .await;
-        assert!(!d.breaks[0].ads.is_empty(), "decision {i} has no fill");
         for a in &d.breaks[0].ads {
-            assert!(
-                served.insert(a.line_item_id.clone()),
-                "{} served again after spending its budget",
-                a.line_item_id
-            );
+            filled += 1;
+            *reserved.entry(a.line_item_id.clone()).or_default() +=
+                a.price_cpm.cpm_to_impression_cost();
         }
     }
+    assert!(filled > 0, "small budgets still buy an impression");
+    for (li, spent) in &reserved {
+        assert!(
+            *spent <= budget,
+            "{li} reserved {spent:?} of a {budget:?} budget"
+        );
+    }
+    // An impression confirms spend; its line item closes once its budget is spent.
+    let (li, _) = reserved.iter().next().unwrap();
+    assert!(engine.record_impression("u-42", li.as_str(), 1, Some(50.0)));
 }

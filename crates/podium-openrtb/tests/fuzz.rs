@@ -161,6 +161,7 @@ fn ad(k: usize, dur: u32, slot: Option<String>) -> PlacedAd {
         price_cpm: Micros(1_000_000_000),
         ecpm: Micros(1_000_000_000),
         slot,
+        multiplier: 1.0,
     }
 }
 

@@ -500,6 +500,7 @@ fn placed(li: &str, cr: &str, adv: &str, dur: u32, cpm: f64, slot: Option<&str>)
         price_cpm: Micros::from_units(cpm),
         ecpm: Micros::from_units(cpm),
         slot: slot.map(str::to_owned),
+        multiplier: 1.0,
     }
 }
 

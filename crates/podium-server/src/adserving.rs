@@ -68,20 +68,22 @@ struct TrackContext<'a> {
 impl TrackContext<'_> {
     fn url(&self, event: &str, break_id: &str, seq: usize, ad: &PlacedAd) -> String {
         let seq = seq.to_string();
-        format!(
-            "{}/v1/track?{}",
-            self.urls.base,
-            query(&[
-                ("e", event),
-                ("r", self.request_id),
-                ("b", break_id),
-                ("s", &seq),
-                ("li", ad.line_item_id.as_str()),
-                ("adv", ad.advertiser_id.as_str()),
-                ("u", self.user_id),
-                ("c", self.content_id),
-            ])
-        )
+        let mut pairs = vec![
+            ("e", event),
+            ("r", self.request_id),
+            ("b", break_id),
+            ("s", &seq),
+            ("li", ad.line_item_id.as_str()),
+            ("adv", ad.advertiser_id.as_str()),
+            ("u", self.user_id),
+            ("c", self.content_id),
+        ];
+        // The impression carries its price: it is what confirms the spend.
+        let price = format!("{:.6}", ad.price_cpm.as_units());
+        if event == "impression" {
+            pairs.push(("p", &price));
+        }
+        format!("{}/v1/track?{}", self.urls.base, query(&pairs))
     }
 
     /// The VAST ad for the `seq`-th (from 1) ad of a break.
@@ -444,9 +446,10 @@ const TRACKED: [&str; 8] = [
     "error",
 ];
 
-/// `GET /v1/track?e=EVENT&r=REQUEST&b=BREAK&s=SEQ&li=…&adv=…&u=…&c=…`: a tracking pixel. The
-/// event joins the stream with id `trk:<r>:<b>:<s>:<e>`, so a player that fires twice counts
-/// once. Answers 204.
+/// `GET /v1/track?e=EVENT&r=REQUEST&b=BREAK&s=SEQ&li=…&adv=…&u=…&c=…[&p=PRICE]`: a tracking
+/// pixel. The event joins the stream with id `trk:<r>:<b>:<s>:<e>`, so a player that fires twice
+/// counts once; an impression's `p` (its CPM) becomes the event's `value`, the spend it confirms.
+/// Answers 204.
 pub async fn track(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -473,7 +476,9 @@ pub async fn track(
         "line_item_id": opt("li"),
         "advertiser_id": opt("adv"),
         "content_id": opt("c"),
-        "value": q.get("code").and_then(|c| c.parse::<f64>().ok()),
+        // An impression's value is its price (CPM): it confirms the spend reserved for it.
+        "value": if event == "impression" { q.get("p") } else { q.get("code") }
+            .and_then(|c| c.parse::<f64>().ok()),
     });
     let ingest = state.events().ok_or_else(|| {
         ApiError::new(

@@ -186,6 +186,8 @@ pub fn marketplace(cfg: &DemoConfig) -> Marketplace {
                 domain: Some(format!("adv-{adv}.example")),
                 caps: Vec::new(),
                 position: SlotPosition::Any,
+                pacing: Default::default(),
+                budget: Default::default(),
             }
         })
         .collect();

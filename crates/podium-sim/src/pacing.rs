@@ -296,6 +296,8 @@ fn market(cfg: &SimConfig) -> (Vec<SimItem>, TargetingIndex) {
                 domain: None,
                 caps: Vec::new(),
                 position: SlotPosition::Any,
+                pacing: Default::default(),
+                budget: Default::default(),
             };
             SimItem {
                 li,

@@ -609,6 +609,8 @@ pub fn marketplace(seed: u64) -> Marketplace {
                 domain: Some(format!("adv-{adv}.example")),
                 caps: Vec::new(),
                 position: Default::default(),
+                pacing: Default::default(),
+                budget: Default::default(),
             }
         })
         .collect();

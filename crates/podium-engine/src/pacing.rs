@@ -1,0 +1,233 @@
+//! Pacing in the live engine: each line item's pacing state (throttle, bid multiplier) read on
+//! the request path, budget leases that every placed ad reserves against, and the control loop
+//! that refills leases and updates the controllers.
+//!
+//! Spend is counted from impressions: a decision reserves an ad's cost against this server's
+//! lease; the impression event confirms it (the ad played); a reservation never confirmed expires
+//! back into the lease. The ledger (embedded, or Redis shared by a fleet) never allocates past a
+//! budget, and nothing is reserved outside a lease, so servers together cannot overspend.
+
+use crate::pipeline::MarketSnapshot;
+use arc_swap::ArcSwap;
+use podium_core::Micros;
+use podium_pacing::{
+    budget_key, BudgetLedger, Controller, LeaseBook, LeaseConfig, LocalDay, MemoryLedger,
+    PacingState, TrafficForecast,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The keys and states of one market snapshot on one local day.
+struct Period {
+    /// Day key of each line item (line items may sit in different time zones).
+    keys: Vec<String>,
+    states: Vec<PacingState>,
+}
+
+/// Pacing of one engine.
+pub struct Pacing {
+    ledger: Arc<dyn BudgetLedger>,
+    /// The embedded ledger answers without I/O: leases are taken on the request path when
+    /// missing, instead of waiting for the control loop.
+    local: bool,
+    book: LeaseBook,
+    period: ArcSwap<Period>,
+    controllers: Mutex<Vec<Controller>>,
+    forecast: Mutex<TrafficForecast>,
+    requests: AtomicU64,
+    ledger_up: AtomicBool,
+}
+
+impl Pacing {
+    /// Pacing over the embedded ledger.
+    pub fn embedded() -> Self {
+        Self::new(Arc::new(MemoryLedger::new()), true, 1)
+    }
+
+    /// Pacing over a shared ledger, for a fleet of about `servers`.
+    pub fn shared(ledger: Arc<dyn BudgetLedger>, servers: u32) -> Self {
+        Self::new(ledger, false, servers)
+    }
+
+    fn new(ledger: Arc<dyn BudgetLedger>, local: bool, servers: u32) -> Self {
+        Self {
+            ledger,
+            local,
+            book: LeaseBook::new(LeaseConfig {
+                servers: servers.max(1),
+                ..LeaseConfig::default()
+            }),
+            period: ArcSwap::from_pointee(Period {
+                keys: Vec::new(),
+                states: Vec::new(),
+            }),
+            controllers: Mutex::new(Vec::new()),
+            forecast: Mutex::new(TrafficForecast::new(podium_pacing::TimeZone::UTC)),
+            requests: AtomicU64::new(0),
+            ledger_up: AtomicBool::new(true),
+        }
+    }
+
+    /// Whether the last ledger call succeeded.
+    pub fn ledger_up(&self) -> bool {
+        self.ledger_up.load(Ordering::Relaxed)
+    }
+
+    fn day_of(market: &MarketSnapshot, i: usize, now_ms: i64) -> LocalDay {
+        market.marketplace.line_items[i].budget.day(now_ms)
+    }
+
+    /// The day budget of line item `i` (its daily cap, or its lifetime budget's share).
+    fn day_budget(market: &MarketSnapshot, i: usize, now_ms: i64) -> Micros {
+        let li = &market.marketplace.line_items[i];
+        let mut spec = li.budget.clone();
+        if spec.daily.is_none() {
+            spec.daily = Some(li.daily_budget);
+        }
+        // Lifetime spend before today is not tracked per day yet: the daily cap applies.
+        spec.day_budget(Micros::ZERO, now_ms)
+            .unwrap_or(li.daily_budget)
+    }
+
+    /// Makes sure the keys match `market` and today; cheap when they already do.
+    fn period(&self, market: &MarketSnapshot, now_ms: i64) -> Arc<Period> {
+        let p = self.period.load_full();
+        let n = market.marketplace.line_items.len();
+        let fresh = p.keys.len() == n
+            && (n == 0 || p.keys[0].ends_with(&Self::day_of(market, 0, now_ms).key));
+        if fresh {
+            return p;
+        }
+        let keys = (0..n)
+            .map(|i| {
+                let li = &market.marketplace.line_items[i];
+                budget_key(li.id.as_str(), Some(&Self::day_of(market, i, now_ms)))
+            })
+            .collect();
+        let mut controllers = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+        if controllers.len() != n {
+            *controllers = market
+                .marketplace
+                .line_items
+                .iter()
+                .map(|li| Controller::new(li.pacing))
+                .collect();
+        }
+        let period = Arc::new(Period {
+            keys,
+            states: vec![PacingState::OPEN; n],
+        });
+        self.period.store(period.clone());
+        period
+    }
+
+    /// What line item `i` may do now: its throttle and bid multiplier.
+    pub fn state(&self, market: &MarketSnapshot, i: u32, now_ms: i64) -> PacingState {
+        self.period(market, now_ms)
+            .states
+            .get(i as usize)
+            .copied()
+            .unwrap_or(PacingState::OPEN)
+    }
+
+    /// Counts a request for the traffic forecast.
+    pub fn saw_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What this server's lease for line item `i` may still hand out, asking for at least
+    /// `want` (a bid's cost): a lease too small for it records the refusal, so the next refill
+    /// covers one impression whatever the lease sizing says. With the embedded ledger the refill
+    /// happens here; with a shared one, at the next control step.
+    pub async fn available(
+        &self,
+        market: &MarketSnapshot,
+        i: u32,
+        now_ms: i64,
+        want: Micros,
+    ) -> Micros {
+        let p = self.period(market, now_ms);
+        let key = &p.keys[i as usize];
+        let avail = || self.book.status(key).map_or(Micros::ZERO, |s| s.available);
+        if self.local && (self.book.status(key).is_none() || self.book.needs(key).is_some()) {
+            let limit = Self::day_budget(market, i as usize, now_ms);
+            let _ = self
+                .book
+                .refill(self.ledger.as_ref(), key, limit, now_ms)
+                .await;
+        }
+        if avail() < want && self.book.status(key).is_some() {
+            // Fails (the lease is short) and remembers the cost it could not cover.
+            let _ = self.book.reserve(key, want, now_ms);
+            if self.local {
+                let limit = Self::day_budget(market, i as usize, now_ms);
+                let _ = self
+                    .book
+                    .refill(self.ledger.as_ref(), key, limit, now_ms)
+                    .await;
+            }
+        }
+        avail()
+    }
+
+    /// Reserves an ad's cost against line item `i`'s lease; false if the lease does not cover it.
+    pub fn reserve(&self, market: &MarketSnapshot, i: u32, cost: Micros, now_ms: i64) -> bool {
+        let p = self.period(market, now_ms);
+        self.book.reserve(&p.keys[i as usize], cost, now_ms)
+    }
+
+    /// An impression of line item `i` that cost `cost` played.
+    pub fn confirm(&self, market: &MarketSnapshot, i: u32, cost: Micros, now_ms: i64) {
+        let p = self.period(market, now_ms);
+        self.book.confirm(&p.keys[i as usize], cost);
+    }
+
+    /// The control loop's step: expire stale reservations, report spend and refill leases,
+    /// learn the traffic, and update every controller from the fleet's spend.
+    pub async fn tick(&self, market: &MarketSnapshot, now_ms: i64) {
+        let p = self.period(market, now_ms);
+        self.book.expire(now_ms);
+        let seen = self.requests.swap(0, Ordering::Relaxed);
+        let target = {
+            let mut f = self.forecast.lock().unwrap_or_else(|e| e.into_inner());
+            f.observe(now_ms, seen);
+            f.fraction_elapsed(&Self::day_of(market, 0, now_ms), now_ms)
+        };
+        let mut spent = Vec::with_capacity(p.keys.len());
+        let mut up = true;
+        for (i, key) in p.keys.iter().enumerate() {
+            let limit = Self::day_budget(market, i, now_ms);
+            if self
+                .book
+                .refill(self.ledger.as_ref(), key, limit, now_ms)
+                .await
+                .is_err()
+            {
+                up = false;
+            }
+            spent.push(match self.ledger.spent(key).await {
+                Ok(s) => s,
+                Err(_) => {
+                    up = false;
+                    self.book.status(key).map_or(Micros::ZERO, |s| s.spent)
+                }
+            });
+        }
+        self.ledger_up.store(up, Ordering::Relaxed);
+        let states = {
+            let mut controllers = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
+            controllers
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| {
+                    let limit = Self::day_budget(market, i, now_ms);
+                    c.update(now_ms, spent[i], limit, target)
+                })
+                .collect()
+        };
+        self.period.store(Arc::new(Period {
+            keys: p.keys.clone(),
+            states,
+        }));
+    }
+}
