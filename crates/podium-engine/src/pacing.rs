@@ -11,8 +11,8 @@ use crate::pipeline::MarketSnapshot;
 use arc_swap::ArcSwap;
 use podium_core::Micros;
 use podium_pacing::{
-    budget_key, BudgetLedger, Controller, LeaseBook, LeaseConfig, LocalDay, MemoryLedger,
-    PacingState, TrafficForecast,
+    budget_key, local_day, BudgetLedger, Controller, LeaseBook, LeaseConfig, LocalDay,
+    MemoryLedger, PacingState, TimeZone, TrafficForecast,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,8 @@ pub struct Pacing {
     forecast: Mutex<TrafficForecast>,
     requests: AtomicU64,
     ledger_up: AtomicBool,
+    /// Minute of the last guaranteed-delivery plan.
+    planned_minute: AtomicU64,
 }
 
 impl Pacing {
@@ -62,9 +64,10 @@ impl Pacing {
                 states: Vec::new(),
             }),
             controllers: Mutex::new(Vec::new()),
-            forecast: Mutex::new(TrafficForecast::new(podium_pacing::TimeZone::UTC)),
+            forecast: Mutex::new(TrafficForecast::new(TimeZone::UTC)),
             requests: AtomicU64::new(0),
             ledger_up: AtomicBool::new(true),
+            planned_minute: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -74,7 +77,10 @@ impl Pacing {
     }
 
     fn day_of(market: &MarketSnapshot, i: usize, now_ms: i64) -> LocalDay {
-        market.marketplace.line_items[i].budget.day(now_ms)
+        market.marketplace.line_items.get(i).map_or_else(
+            || local_day(now_ms, TimeZone::UTC),
+            |li| li.budget.day(now_ms),
+        )
     }
 
     /// The day budget of line item `i` (its daily cap, or its lifetime budget's share).
@@ -128,6 +134,21 @@ impl Pacing {
             .get(i as usize)
             .copied()
             .unwrap_or(PacingState::OPEN)
+    }
+
+    /// Whether the guaranteed-delivery plan is due (once a minute); claims it when it is.
+    pub fn replan_due(&self, now_ms: i64) -> bool {
+        let minute = (now_ms / 60_000).max(0) as u64;
+        self.planned_minute.swap(minute, Ordering::Relaxed) != minute
+    }
+
+    /// Requests the forecast expects on this server for the rest of the day.
+    pub fn remaining_requests(&self, market: &MarketSnapshot, now_ms: i64) -> f64 {
+        let day = Self::day_of(market, 0, now_ms);
+        self.forecast
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .volume(now_ms, day.end_ms)
     }
 
     /// Counts a request for the traffic forecast.

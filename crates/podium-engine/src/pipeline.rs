@@ -80,7 +80,19 @@ pub struct MarketSnapshot {
     delivery: Delivery,
     /// Reserves learned from this market's winning bids, when the marketplace asks for them.
     dynamic_reserve: Option<DynamicReserve>,
+    /// Eligible guaranteed line items of sampled requests (the supply the plan allocates).
+    supply: std::sync::Mutex<std::collections::VecDeque<Vec<u32>>>,
+    /// Requests that had a guaranteed line item eligible, and all requests.
+    supply_seen: AtomicU64,
+    requests_seen: AtomicU64,
+    /// The high-water-mark plan, once the control loop has computed one.
+    plan: ArcSwap<Option<podium_pacing::Plan<u32>>>,
 }
+
+/// One request in this many with a guaranteed line item eligible is sampled for the plan.
+const SUPPLY_SAMPLE_EVERY: u64 = 8;
+/// Samples the plan is computed from (the latest).
+const SUPPLY_SAMPLES: usize = 4096;
 
 impl MarketSnapshot {
     /// Indexes a marketplace; `features` gives a line item's candidate feature values.
@@ -132,6 +144,10 @@ impl MarketSnapshot {
             any_caps: items.iter().any(|li| !li.caps.is_empty()),
             delivery: Delivery::new(items.len()),
             dynamic_reserve: marketplace.dynamic_reserve.clone().map(DynamicReserve::new),
+            supply: Default::default(),
+            supply_seen: AtomicU64::new(0),
+            requests_seen: AtomicU64::new(0),
+            plan: ArcSwap::from_pointee(None),
             marketplace,
             index,
             candidate_features,
@@ -201,6 +217,8 @@ impl MarketSnapshot {
         now_ms: i64,
     ) -> Vec<(u64, i64)> {
         let items = &self.marketplace.line_items;
+        self.requests_seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !req.blocked_categories.is_empty() || !req.blocked_advertisers.is_empty() {
             eligible.retain(|&i| {
                 let li = &items[i as usize];
@@ -221,15 +239,92 @@ impl MarketSnapshot {
         }
         let (day, elapsed) = Day::of_ms(now_ms);
         self.delivery.roll(day);
-        eligible.retain(|&i| match self.goals[i as usize] {
-            None => true,
-            Some(goal) => {
-                self.delivery.saw(i);
-                podium_pacing::draw(req.request_id.as_str(), i)
-                    < self.delivery.rate(i, goal, elapsed)
+        let guaranteed: Vec<u32> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| self.goals[i as usize].is_some())
+            .collect();
+        if guaranteed.is_empty() {
+            return history;
+        }
+        for &i in &guaranteed {
+            self.delivery.saw(i);
+        }
+        let n = self
+            .supply_seen
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(SUPPLY_SAMPLE_EVERY) {
+            let mut s = self.supply.lock().unwrap_or_else(|e| e.into_inner());
+            s.push_back(guaranteed.clone());
+            if s.len() > SUPPLY_SAMPLES {
+                s.pop_front();
             }
-        });
+        }
+        let u = podium_pacing::draw(req.request_id.as_str(), u32::MAX);
+        let plan = self.plan.load();
+        match plan.as_ref() {
+            // The high-water-mark plan picks at most one guaranteed line item per request.
+            Some(plan) => {
+                let chosen = plan.serve(&guaranteed, u);
+                eligible.retain(|&i| self.goals[i as usize].is_none() || Some(i) == chosen);
+            }
+            // Before the first plan: each at its own rate (remaining goal ÷ forecast supply).
+            None => eligible.retain(|&i| match self.goals[i as usize] {
+                None => true,
+                Some(goal) => {
+                    podium_pacing::draw(req.request_id.as_str(), i)
+                        < self.delivery.rate(i, goal, elapsed)
+                }
+            }),
+        }
         history
+    }
+
+    /// Recomputes the guaranteed-delivery plan from the sampled supply: each sample stands for
+    /// an equal share of the `remaining` requests the forecast expects today.
+    pub(crate) fn replan(&self, remaining: f64) {
+        let samples: Vec<podium_pacing::SupplySample<u32>> = {
+            let s = self.supply.lock().unwrap_or_else(|e| e.into_inner());
+            if s.is_empty() {
+                return;
+            }
+            // Sampled among requests with a guaranteed line item eligible; scale to all traffic
+            // by the share of requests that had one.
+            let weight = remaining * self.guaranteed_share() / s.len() as f64;
+            s.iter()
+                .map(|e| podium_pacing::SupplySample {
+                    eligible: e.clone(),
+                    weight,
+                })
+                .collect()
+        };
+        let contracts: Vec<podium_pacing::Contract<u32>> = self
+            .goals
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| {
+                g.map(|goal| podium_pacing::Contract {
+                    id: i as u32,
+                    demand: goal.saturating_sub(self.delivery.counts(i as u32).1) as f64,
+                })
+            })
+            .collect();
+        self.plan.store(Arc::new(Some(podium_pacing::hwm_plan(
+            &contracts, &samples,
+        ))));
+    }
+
+    /// Share of requests that had a guaranteed line item eligible.
+    fn guaranteed_share(&self) -> f64 {
+        let with = self.supply_seen.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let all = self
+            .requests_seen
+            .load(std::sync::atomic::Ordering::Relaxed) as f64;
+        if all == 0.0 {
+            1.0
+        } else {
+            (with / all).min(1.0)
+        }
     }
 
     /// Whether line item `i` is at one of its caps, counting the viewer's history and the ads
@@ -497,6 +592,9 @@ impl Engine {
         let market = self.market();
         let pacing = self.inner.pacing.load_full();
         pacing.tick(&market, now_ms).await;
+        if pacing.replan_due(now_ms) {
+            market.replan(pacing.remaining_requests(&market, now_ms));
+        }
     }
 
     /// Whether the budget ledger answered at the last control step.

@@ -180,6 +180,20 @@ async fn caps_blocks_separation_and_guaranteed_priority() {
     r.blocked_advertisers = vec!["adv-a".into()];
     let d = e.decide(r, Instant::now()).await;
     assert_eq!(placed(&d), ["deal", "rival"]);
+
+    // Once the control loop has planned guaranteed delivery (high-water mark), the deal, whose
+    // goal exceeds the supply, is served on every request it is eligible for (best-effort line
+    // items are now paced, so what follows it varies).
+    e.pacing_tick(now_ms()).await;
+    for k in 0..3 {
+        let d = e
+            .decide(
+                request(&format!("plan-{k}"), "u9", 4, 60, PodRules::default()),
+                Instant::now(),
+            )
+            .await;
+        assert_eq!(placed(&d)[0], "deal", "{:?}", d.degraded);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
