@@ -31,7 +31,7 @@ enum Command {
     ///   podium serve --listen 127.0.0.1:8080 --data-dir ./podium-data
     ///   podium serve --workload standard --seed 1
     #[command(verbatim_doc_comment)]
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send open-loop load to a decision server and report latency percentiles.
     ///
     /// Requests leave on a fixed schedule; latency counts from the scheduled send time, so a
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             .init();
     }
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Model(cmd) => model::run(cmd),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Sim(cmd) => sim::run(cmd),

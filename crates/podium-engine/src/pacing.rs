@@ -116,7 +116,7 @@ impl Pacing {
                 .marketplace
                 .line_items
                 .iter()
-                .map(|li| Controller::new(li.pacing))
+                .map(|li| Controller::starting_open(li.pacing))
                 .collect();
         }
         let period = Arc::new(Period {

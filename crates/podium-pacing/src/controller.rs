@@ -167,6 +167,16 @@ impl Controller {
         }
     }
 
+    /// A controller for a server starting in the middle of a day: even pacing begins at full
+    /// participation (the line item is behind plan, having spent nothing here yet) and throttles
+    /// down as it learns the market, instead of the midnight cold start's 10%.
+    pub fn starting_open(mode: PacingMode) -> Self {
+        Self {
+            throttle: 1.0,
+            ..Self::new(mode)
+        }
+    }
+
     /// The mode it runs.
     pub fn mode(&self) -> PacingMode {
         self.mode
