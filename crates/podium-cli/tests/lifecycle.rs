@@ -6,83 +6,27 @@ use podium_model::linear::LinearWeights;
 use podium_model::{BundleWriter, Manifest};
 use podium_registry::{Registry, Stage};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+
+mod common;
+
+use common::Server;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    async fn start(data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_podium"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("podium starts");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let base = line
-            .trim()
-            .strip_prefix("podium listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        let server = Server { child, base };
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = reqwest::get(server.url("/readyz")).await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            assert!(started.elapsed() < Duration::from_secs(90), "never ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        reqwest::get(self.url(path))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
+/// Resident memory of the server process, kB.
+fn rss_kb(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// A data directory with the demo world's models trained (a first start of the server).
 async fn demo_data() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
-    drop(Server::start(data.path(), &[]).await);
+    drop(Server::start_in(data.path(), &[]).await);
     data
 }
 
@@ -178,7 +122,7 @@ fn version_of(decision: &Value, model: &str) -> Option<String> {
 async fn wait_for(server: &Server, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
     loop {
-        let v = server.get("/v1/lifecycle").await;
+        let v = server.get_json("/v1/lifecycle").await;
         if ok(&v) {
             return v;
         }
@@ -211,7 +155,7 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
         .await
         .unwrap();
 
-    let server = Server::start(
+    let server = Server::start_in(
         data.path(),
         &[
             "--registry",
@@ -225,9 +169,9 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
         ],
     )
     .await;
-    let ready = server.get("/readyz").await;
+    let ready = server.get_json("/readyz").await;
     assert_eq!(ready["registry"]["reachable"], true, "{ready}");
-    let meta = server.get("/v2/models/ctr").await;
+    let meta = server.get_json("/v2/models/ctr").await;
     assert_eq!(meta["versions"], json!(["10"]), "{meta}");
 
     // Twenty swaps between 10 and 11 while decisions flow: none fails, each names one of them.
@@ -289,7 +233,7 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
         serving(v, "ctr")["canary"]["version"] == "12"
     })
     .await;
-    let meta = server.get("/v2/models/ctr").await;
+    let meta = server.get_json("/v2/models/ctr").await;
     assert_eq!(meta["versions"], json!(["10", "12"]), "{meta}");
     let answers = load(&server, 100, Duration::from_secs(2)).await;
     assert!(answers
@@ -329,7 +273,7 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
     std::fs::write(reg_dir.path(), b"not a directory").unwrap();
     let started = Instant::now();
     loop {
-        let r = server.get("/readyz").await;
+        let r = server.get_json("/readyz").await;
         if r["registry"]["reachable"] == false {
             assert!(r["registry"]["last_error"].is_string(), "{r}");
             break;
@@ -375,13 +319,13 @@ async fn memory_returns_after_fifty_swaps_of_a_large_model() {
         .promote("big", "1", Stage::Production, None, "test", "first")
         .await
         .unwrap();
-    let server = Server::start(
+    let server = Server::start_in(
         data.path(),
         &["--registry", &url, "--registry-poll-ms", "20"],
     )
     .await;
     let swaps = |v: &Value| v["registry"]["swaps"].as_u64().unwrap_or(0);
-    let mut count = swaps(&server.get("/v1/lifecycle").await);
+    let mut count = swaps(&server.get_json("/v1/lifecycle").await);
     let mut after_first = 0;
     for i in 0..50 {
         let version = if i % 2 == 0 { "2" } else { "1" };
@@ -391,13 +335,13 @@ async fn memory_returns_after_fifty_swaps_of_a_large_model() {
             .unwrap();
         wait_for(&server, "a swap", |v| swaps(v) > count).await;
         count += 1;
-        let meta = server.get("/v2/models/big").await;
+        let meta = server.get_json("/v2/models/big").await;
         assert_eq!(meta["versions"], json!([version]), "{meta}");
         if i == 0 {
-            after_first = server.rss_kb();
+            after_first = rss_kb(&server);
         }
     }
-    let after_fifty = server.rss_kb();
+    let after_fifty = rss_kb(&server);
     assert!(
         (after_fifty as f64) < after_first as f64 * 1.10,
         "RSS {after_first} kB after the first swap, {after_fifty} kB after fifty"
@@ -445,7 +389,7 @@ auction = { reserve_multiplier = 3.0 }
         serde_json::from_slice(&std::fs::read(data.path().join("marketplace.json")).unwrap())
             .unwrap();
     let reserve = market["reserve_cpm"].as_f64().unwrap() / 1e6;
-    let server = Server::start(
+    let server = Server::start_in(
         data.path(),
         &[
             "--registry",

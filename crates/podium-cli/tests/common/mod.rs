@@ -55,7 +55,7 @@ impl Server {
                 }
             }
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_secs(90),
                 "server never became ready"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
