@@ -19,9 +19,19 @@ use std::sync::{Arc, Mutex};
 
 /// The keys and states of one market snapshot on one local day.
 struct Period {
+    /// The market snapshot they belong to (its address: a new snapshot is a new period).
+    market: usize,
+    /// Until when every key is today's (the earliest end of day over the line items' zones).
+    valid_until_ms: i64,
     /// Day key of each line item (line items may sit in different time zones).
     keys: Vec<String>,
     states: Vec<PacingState>,
+}
+
+impl AsRef<[PacingState]> for Period {
+    fn as_ref(&self) -> &[PacingState] {
+        &self.states
+    }
 }
 
 /// Pacing of one engine.
@@ -60,6 +70,8 @@ impl Pacing {
                 ..LeaseConfig::default()
             }),
             period: ArcSwap::from_pointee(Period {
+                market: 0,
+                valid_until_ms: i64::MIN,
                 keys: Vec::new(),
                 states: Vec::new(),
             }),
@@ -95,23 +107,25 @@ impl Pacing {
             .unwrap_or(li.daily_budget)
     }
 
-    /// Makes sure the keys match `market` and today; cheap when they already do.
+    /// The keys and states for `market` today: one load and two comparisons when they are
+    /// current, rebuilt (time zones resolved) only when the market or a day changes.
     fn period(&self, market: &MarketSnapshot, now_ms: i64) -> Arc<Period> {
         let p = self.period.load_full();
+        let id = market as *const MarketSnapshot as usize;
         let n = market.marketplace.line_items.len();
-        let fresh = p.keys.len() == n
-            && (n == 0 || p.keys[0].ends_with(&Self::day_of(market, 0, now_ms).key));
-        if fresh {
+        if p.market == id && p.keys.len() == n && now_ms < p.valid_until_ms {
             return p;
         }
-        let keys = (0..n)
-            .map(|i| {
-                let li = &market.marketplace.line_items[i];
-                budget_key(li.id.as_str(), Some(&Self::day_of(market, i, now_ms)))
-            })
+        let days: Vec<LocalDay> = (0..n).map(|i| Self::day_of(market, i, now_ms)).collect();
+        let keys = market
+            .marketplace
+            .line_items
+            .iter()
+            .zip(&days)
+            .map(|(li, day)| budget_key(li.id.as_str(), Some(day)))
             .collect();
         let mut controllers = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
-        if controllers.len() != n {
+        if controllers.len() != n || p.market != id {
             *controllers = market
                 .marketplace
                 .line_items
@@ -119,21 +133,29 @@ impl Pacing {
                 .map(|li| Controller::starting_open(li.pacing))
                 .collect();
         }
+        // A new day keeps the controllers' states; a new market starts open.
+        let states = if p.market == id && p.states.len() == n {
+            p.states.clone()
+        } else {
+            vec![PacingState::OPEN; n]
+        };
         let period = Arc::new(Period {
+            market: id,
+            valid_until_ms: days
+                .iter()
+                .map(|d| d.end_ms)
+                .min()
+                .unwrap_or(now_ms + 60_000),
             keys,
-            states: vec![PacingState::OPEN; n],
+            states,
         });
         self.period.store(period.clone());
         period
     }
 
-    /// What line item `i` may do now: its throttle and bid multiplier.
-    pub fn state(&self, market: &MarketSnapshot, i: u32, now_ms: i64) -> PacingState {
+    /// The pacing states of every line item of `market` now, for one request to read.
+    pub fn states(&self, market: &MarketSnapshot, now_ms: i64) -> Arc<impl AsRef<[PacingState]>> {
         self.period(market, now_ms)
-            .states
-            .get(i as usize)
-            .copied()
-            .unwrap_or(PacingState::OPEN)
     }
 
     /// Whether the guaranteed-delivery plan is due (once a minute); claims it when it is.
@@ -247,6 +269,8 @@ impl Pacing {
                 .collect()
         };
         self.period.store(Arc::new(Period {
+            market: p.market,
+            valid_until_ms: p.valid_until_ms,
             keys: p.keys.clone(),
             states,
         }));

@@ -797,11 +797,13 @@ impl Engine {
         let history = market.admit(&req, &mut eligible, inner.freq.as_ref(), ts_ms as i64);
         let pacing = inner.pacing.load_full();
         pacing.saw_request();
+        let states = pacing.states(&market, ts_ms as i64);
+        let states = (*states).as_ref();
         // Pacing throttles best-effort line items: each takes part with its throttle probability
         // (a draw of its own, not the guaranteed allocation's).
         eligible.retain(|&i| {
             market.goals[i as usize].is_some() || {
-                let t = pacing.state(&market, i, ts_ms as i64).throttle;
+                let t = states.get(i as usize).map_or(1.0, |s| s.throttle);
                 t >= 1.0 || podium_pacing::draw(req.request_id.as_str(), i ^ 0x5A5A_0000) < t
             }
         });
@@ -991,6 +993,8 @@ impl Engine {
         // Value: eCPM from bid type and the calibrated predictions.
         let t = Instant::now();
         let pacing = inner.pacing.load_full();
+        let states = pacing.states(market, now_ms);
+        let states = (*states).as_ref();
         let mut multipliers = Vec::with_capacity(top.len());
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
         let (ctr, completion, conversion) =
@@ -1010,7 +1014,7 @@ impl Engine {
                 let multiplier = if guaranteed {
                     1.0
                 } else {
-                    pacing.state(market, i, now_ms).multiplier
+                    states.get(i as usize).map_or(1.0, |s| s.multiplier)
                 };
                 multipliers.push(multiplier);
                 let raw = ecpm(li.bid, p_click, p_complete, p_conversion);
