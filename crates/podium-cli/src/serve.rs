@@ -596,6 +596,19 @@ fn start_stream(
     let caps = |a: Aggregator| {
         let engine = engine.clone();
         a.with_applied(Box::new(move |e: &Event| {
+            // Tracking events name the ad they report on (`trk:<request>:<break>:<seq>:<event>`):
+            // impressions and outcomes join the models' predictions for it.
+            if let Some((ad, _)) = e.id.strip_prefix("trk:").and(e.id.rsplit_once(':')) {
+                let calibration = engine.calibration();
+                match e.kind {
+                    podium_features::EventType::Impression => calibration.impression(ad, e.ts_ms),
+                    podium_features::EventType::Click => calibration.outcome(ad, "ctr", e.ts_ms),
+                    podium_features::EventType::Completion => {
+                        calibration.outcome(ad, "completion", e.ts_ms)
+                    }
+                    _ => {}
+                }
+            }
             if e.kind == podium_features::EventType::Impression {
                 if let (Some(user), Some(li)) = (
                     e.entity_id(podium_features::Entity::User),

@@ -264,6 +264,7 @@ async fn vast_pods_validate_and_their_impressions_count_toward_caps() {
 
     let mut served: HashMap<String, u64> = HashMap::new();
     let mut fired = 0;
+    let mut clicks = 0.0;
     for i in 0..25 {
         let (status, doc) = vast(
             &server,
@@ -293,6 +294,16 @@ async fn vast_pods_validate_and_their_impressions_count_toward_caps() {
             }
             fired += 1;
         }
+        // The viewer clicks the first ad of every other break (a click counts once too).
+        if i % 2 == 0 {
+            if let Some(url) = cdata_of(&doc, "ClickTracking").first() {
+                for _ in 0..2 {
+                    assert_eq!(reqwest::get(url).await.unwrap().status(), 204);
+                }
+                fired += 1;
+                clicks += 1.0;
+            }
+        }
         let started = Instant::now();
         while applied(&server).await < fired {
             assert!(started.elapsed() < Duration::from_secs(10));
@@ -311,6 +322,23 @@ async fn vast_pods_validate_and_their_impressions_count_toward_caps() {
         }
     }
     assert!(binding > 0, "no cap was reached: {served:?}");
+
+    // Calibration joined each impression and click with the CTR model's prediction for that ad.
+    let impressions: u64 = served.values().sum();
+    let report = server.get_json("/v1/monitor/calibration?hours=1").await;
+    let ctr = report["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "ctr" && r["segment"] == "all")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(ctr["impressions"], impressions as f64, "{ctr}");
+    assert_eq!(ctr["observed"], clicks, "{ctr}");
+    assert!(ctr["calibration_ratio"].as_f64().unwrap() > 0.0, "{ctr}");
+    let bad = reqwest::get(server.url("/v1/monitor/calibration?hours=99"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 
     // No fill (no creative is a second long) is an empty, valid VAST.
     let (status, doc) = vast(

@@ -453,6 +453,7 @@ struct Inner {
     spend: Arc<dyn SpendStore>,
     freq: Arc<dyn FrequencyStore>,
     pacing: ArcSwap<crate::pacing::Pacing>,
+    calibration: Arc<podium_monitor::Calibration>,
     sink: Arc<dyn DecisionSink>,
     pool: ComputePool,
 }
@@ -540,6 +541,7 @@ impl Engine {
                     podium_auction::MAX_CAP_WINDOW_S as i64 * 1000,
                 )),
                 pacing: ArcSwap::from_pointee(crate::pacing::Pacing::embedded()),
+                calibration: Arc::new(podium_monitor::Calibration::new(Default::default())),
                 sink,
                 pool,
             }),
@@ -595,6 +597,11 @@ impl Engine {
         if pacing.replan_due(now_ms) {
             market.replan(pacing.remaining_requests(&market, now_ms));
         }
+    }
+
+    /// Calibration of the models against what viewers did with the ads they placed.
+    pub fn calibration(&self) -> &Arc<podium_monitor::Calibration> {
+        &self.inner.calibration
     }
 
     /// Whether the budget ledger answered at the last control step.
@@ -996,6 +1003,9 @@ impl Engine {
         let states = pacing.states(market, now_ms);
         let states = (*states).as_ref();
         let mut multipliers = Vec::with_capacity(top.len());
+        let mut predicted: Vec<(f32, Option<f32>)> = Vec::with_capacity(top.len());
+        let model_of = |task: &str| models.scorer_for(task).map(|i| scores[i].model.clone());
+        let (ctr_model, completion_model) = (model_of("ctr"), model_of("completion"));
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
         let (ctr, completion, conversion) =
             (by_task("ctr"), by_task("completion"), by_task("conversion"));
@@ -1007,6 +1017,7 @@ impl Engine {
                 let keys = &market.keys[i as usize];
                 let p_click = ctr.map_or(f32::NAN, |v| v[r]);
                 let p_complete = completion.map_or(market.completion_priors[i as usize], |v| v[r]);
+                predicted.push((p_click, completion.map(|v| v[r])));
                 let p_conversion = conversion.map_or(li.priors.conversion_rate_7d, |v| v[r]);
                 let guaranteed = market.goals[i as usize].is_some();
                 // Best-effort bids are the value times the pacing multiplier (clipped by the
@@ -1115,6 +1126,7 @@ impl Engine {
                     d.observe(&segment, top, competitors);
                 }
             }
+            let mut placed_here: Vec<usize> = Vec::new();
             let ads = outcome
                 .placements
                 .into_iter()
@@ -1132,6 +1144,7 @@ impl Engine {
                     let cand = &candidates[p.candidate];
                     let li = &line_items[cand.line_item as usize];
                     let creative = &li.creatives[p.creative as usize];
+                    placed_here.push(p.candidate);
                     placed.push(cand.line_item);
                     bookings.push((cand.line_item, p.price_cpm));
                     PlacedAd {
@@ -1146,6 +1159,39 @@ impl Engine {
                     }
                 })
                 .collect();
+            // What the models predicted for each ad that plays, under the key its tracking
+            // events carry, so outcomes can be joined to it.
+            for (k, p) in placed_here.iter().enumerate() {
+                let (p_click, p_complete) = predicted[*p];
+                let mut preds = Vec::with_capacity(2);
+                if let (Some((name, version)), false) = (&ctr_model, p_click.is_nan()) {
+                    preds.push(podium_monitor::Prediction {
+                        task: "ctr".into(),
+                        model: name.clone(),
+                        version: version.clone(),
+                        p: p_click,
+                    });
+                }
+                if let (Some((name, version)), Some(pc)) = (&completion_model, p_complete) {
+                    preds.push(podium_monitor::Prediction {
+                        task: "completion".into(),
+                        model: name.clone(),
+                        version: version.clone(),
+                        p: pc,
+                    });
+                }
+                inner.calibration.predicted(
+                    format!(
+                        "trk:{}:{}:{}",
+                        req.request_id.as_str(),
+                        b.id.as_str(),
+                        k + 1
+                    ),
+                    now_ms,
+                    req.user.device.as_str(),
+                    preds,
+                );
+            }
             breaks.push(BreakDecision {
                 break_id: b.id.clone(),
                 ads,

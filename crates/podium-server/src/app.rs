@@ -212,6 +212,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openrtb/win", get(crate::adserving::win))
         .route("/v1/openrtb/loss", get(crate::adserving::loss))
         .route("/v1/auction/state", get(crate::adserving::auction_state))
+        .route("/v1/monitor/calibration", get(crate::monitor::calibration))
+        .route("/v1/monitor/alerts", get(crate::monitor::alerts))
         .route("/v1/features/stats", get(crate::events::stats))
         .route("/metrics", get(crate::metrics::render))
         .route("/v1/features/hydrate", post(crate::events::hydrate))

@@ -8,6 +8,7 @@ pub mod api;
 mod app;
 pub mod events;
 pub mod metrics;
+pub mod monitor;
 pub mod oip;
 
 pub use admin::admin_router;
