@@ -39,7 +39,9 @@ impl Default for EngineConfig {
         Self {
             default_tmax: Duration::from_millis(20),
             hydrate_budget: Duration::from_millis(5),
-            response_reserve: Duration::from_millis(1),
+            // Pricing, the exact pod optimiser and the lease checks of ~100 candidates: tens of
+            // microseconds in release, a few milliseconds in a debug build on a busy machine.
+            response_reserve: Duration::from_millis(3),
         }
     }
 }
