@@ -619,6 +619,44 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     ] {
         assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
     }
+    // Every metric the Grafana dashboard in deploy/ queries is one this server exports.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/podium.json"),
+    )
+    .unwrap();
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("podium_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|m| *m != "podium_json")
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 10, "{queried:?}");
+    let exporter = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../podium-server/src/metrics.rs"),
+    )
+    .unwrap();
+    for m in queried {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| m.strip_suffix(s))
+            .unwrap_or(m);
+        assert!(
+            exporter.contains(&format!("\"{base}\"")),
+            "the dashboard queries {m}, which Podium does not export"
+        );
+        // Registry metrics need --registry, degraded counts a degraded decision: the rest are
+        // in this server's exposition now.
+        if !base.starts_with("podium_registry") && base != "podium_decision_degraded_total" {
+            assert!(metrics.contains(m), "{m} not in\n{metrics}");
+        }
+    }
 
     // A body that is not JSON is refused whole, naming where.
     let (status, body) = server.post("/v1/events", "{\"id\": 1}\nnot json").await;
