@@ -99,6 +99,23 @@ async fn refresh(state: &AppState) {
         let up = store["reachable"].as_bool().unwrap_or(false);
         metrics::gauge!("podium_features_store_up", "backend" => store["backend"].as_str().unwrap_or("unknown").to_string())
             .set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("podium_budget_ledger_up").set(if engine.budget_ledger_up() {
+            1.0
+        } else {
+            0.0
+        });
+        // Each model version's calibration over the last day, all segments together.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let calibration = engine.calibration();
+        for row in calibration.report(now, 24) {
+            if let (true, Some(ratio)) = (row.segment == "all", row.calibration_ratio) {
+                metrics::gauge!("podium_model_calibration_ratio", "model" => row.model, "version" => row.version, "task" => row.task)
+                    .set(ratio);
+            }
+        }
+        metrics::gauge!("podium_model_calibration_alerts").set(calibration.alerts().len() as f64);
     }
     let stream = state
         .events()
