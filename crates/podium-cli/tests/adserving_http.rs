@@ -335,12 +335,7 @@ async fn vast_pods_validate_and_their_impressions_count_toward_caps() {
     assert_eq!(ctr["impressions"], impressions as f64, "{ctr}");
     assert_eq!(ctr["observed"], clicks, "{ctr}");
     assert!(ctr["calibration_ratio"].as_f64().unwrap() > 0.0, "{ctr}");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("podium_model_calibration_ratio{model=\"ctr\""),
         "{metrics}"

@@ -603,12 +603,7 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     assert!(hydration["requests"].as_u64().unwrap() >= 1, "{stats}");
 
     // The same counters, and the decision's latencies, in Prometheus text.
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     for needle in [
         "podium_decision_duration_seconds_bucket",
         "podium_decision_stage_duration_seconds_bucket{stage=\"hydrate\"",
@@ -725,15 +720,6 @@ fn feature(hydration: &Value, name: &str) -> f64 {
         .unwrap()
 }
 
-async fn get_json(server: &Server, path: &str) -> Value {
-    reqwest::get(server.url(path))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_returns() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -744,7 +730,7 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
     let mut redis = Redis::start(port);
     let url = format!("redis://127.0.0.1:{port}");
     let server = Server::start_with_args(|_| {}, &["--feature-store", &url]).await;
-    let ready = get_json(&server, "/readyz").await;
+    let ready = server.get_json("/readyz").await;
     assert_eq!(ready["features"]["backend"], "redis", "{ready}");
     assert_eq!(ready["features"]["reachable"], true, "{ready}");
 
@@ -772,14 +758,9 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
         );
         assert!(!d["breaks"][0]["ads"].as_array().unwrap().is_empty(), "{d}");
     }
-    let ready = get_json(&server, "/readyz").await;
+    let ready = server.get_json("/readyz").await;
     assert_eq!(ready["features"]["reachable"], false, "{ready}");
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.get_text("/metrics").await;
     assert!(
         metrics.contains("podium_features_store_up{backend=\"redis\"} 0"),
         "{metrics}"
@@ -788,7 +769,7 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
         metrics.contains("podium_decision_degraded_total{reason=\"hydrate\"}"),
         "{metrics}"
     );
-    let stats = get_json(&server, "/v1/features/stats").await;
+    let stats = server.get_json("/v1/features/stats").await;
     assert!(
         stats["hydration"]["store_errors"].as_u64().unwrap() >= 5,
         "{stats}"
@@ -807,7 +788,7 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
         assert!(started.elapsed() < Duration::from_secs(10), "{h}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ready = get_json(&server, "/readyz").await;
+    let ready = server.get_json("/readyz").await;
     assert_eq!(ready["features"]["reachable"], true, "{ready}");
 }
 
@@ -825,7 +806,7 @@ async fn a_restart_is_warm_from_the_feature_snapshot() {
     let snapshot = dir.join("features.snapshot");
     let started = Instant::now();
     loop {
-        let s = get_json(&first, "/v1/features/stats").await;
+        let s = first.get_json("/v1/features/stats").await;
         if s["stream"]["applied"] == 1 {
             break;
         }
@@ -903,7 +884,7 @@ async fn a_live_server_logs_what_it_served_and_the_backfill_agrees() {
             .await;
         assert_eq!(status, 202);
         let started = Instant::now();
-        while get_json(&server, "/v1/features/stats").await["stream"]["applied"] != n {
+        while server.get_json("/v1/features/stats").await["stream"]["applied"] != n {
             assert!(started.elapsed() < Duration::from_secs(10));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -912,13 +893,13 @@ async fn a_live_server_logs_what_it_served_and_the_backfill_agrees() {
         // second after an entity's first event is served its defaults, and the report would
         // count that as missing).
         let refreshes = |s: Value| s["hydration"]["candidate_refreshes"].as_u64().unwrap();
-        let before = refreshes(get_json(&server, "/v1/features/stats").await);
+        let before = refreshes(server.get_json("/v1/features/stats").await);
         tokio::time::sleep(Duration::from_millis(1_050)).await;
         loop {
             server
                 .post("/v1/features/hydrate", example().to_string())
                 .await;
-            if refreshes(get_json(&server, "/v1/features/stats").await) > before {
+            if refreshes(server.get_json("/v1/features/stats").await) > before {
                 break;
             }
             assert!(started.elapsed() < Duration::from_secs(10));

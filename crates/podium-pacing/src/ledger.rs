@@ -42,12 +42,18 @@ pub trait BudgetLedger: Send + Sync {
         -> Result<Micros, LedgerError>;
 
     /// Gives back `amount` of a lease that will not be spent (allocated never goes below 0).
-    async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError>;
+    async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
+        let script = self.scripts.1.clone();
+        self.add("release", &script, Self::allocated_key(key), key, amount)
+            .await
+    }
 
-    /// Adds confirmed spend (the lease it came from stays allocated).
-    async fn record_spent(&self, key: &str, amount: Micros) -> Result<(), LedgerError>;
+    async fn record_spent(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
+        let script = self.scripts.2.clone();
+        self.add("record_spent", &script, Self::spent_key(key), key, amount)
+            .await
+    }
 
-    /// Confirmed spend of `key` across the fleet.
     async fn spent(&self, key: &str) -> Result<Micros, LedgerError>;
 
     /// What is allocated of `key`: spent plus leases outstanding.
@@ -260,6 +266,24 @@ impl RedisLedger {
         let cmd = redis::cmd("GET").arg(redis_key).to_owned();
         let call = async move { cmd.query_async::<Option<i64>>(&mut conn).await };
         Ok(Micros(self.finish(what, key, call).await?.unwrap_or(0)))
+    }
+
+    /// Adds a positive `amount` to a counter with `script` (release or confirmed spend).
+    async fn add(
+        &self,
+        what: &str,
+        script: &Script,
+        redis_key: String,
+        key: &str,
+        amount: Micros,
+    ) -> Result<(), LedgerError> {
+        if amount.0 <= 0 {
+            return Ok(());
+        }
+        let _: i64 = self
+            .run(what, key, script, redis_key, &[amount.0, self.expiry_ms])
+            .await?;
+        Ok(())
     }
 }
 

@@ -97,6 +97,16 @@ impl Server {
         }
     }
 
+    /// GETs a text document (the Prometheus exposition).
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GETs a JSON document.
     pub async fn get_json(&self, path: &str) -> Value {
         reqwest::get(self.url(path))
