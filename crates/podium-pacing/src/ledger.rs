@@ -42,18 +42,12 @@ pub trait BudgetLedger: Send + Sync {
         -> Result<Micros, LedgerError>;
 
     /// Gives back `amount` of a lease that will not be spent (allocated never goes below 0).
-    async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
-        let script = self.scripts.1.clone();
-        self.add("release", &script, Self::allocated_key(key), key, amount)
-            .await
-    }
+    async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError>;
 
-    async fn record_spent(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
-        let script = self.scripts.2.clone();
-        self.add("record_spent", &script, Self::spent_key(key), key, amount)
-            .await
-    }
+    /// Adds confirmed spend (the lease it came from stays allocated).
+    async fn record_spent(&self, key: &str, amount: Micros) -> Result<(), LedgerError>;
 
+    /// Confirmed spend of `key` across the fleet.
     async fn spent(&self, key: &str) -> Result<Micros, LedgerError>;
 
     /// What is allocated of `key`: spent plus leases outstanding.
@@ -307,27 +301,15 @@ impl BudgetLedger for RedisLedger {
     }
 
     async fn release(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
-        if amount.0 <= 0 {
-            return Ok(());
-        }
-        let scripts = self.scripts.clone();
-        let args = [amount.0, self.expiry_ms];
-        let _: i64 = self
-            .run("release", key, &scripts.1, Self::allocated_key(key), &args)
-            .await?;
-        Ok(())
+        let script = self.scripts.1.clone();
+        self.add("release", &script, Self::allocated_key(key), key, amount)
+            .await
     }
 
     async fn record_spent(&self, key: &str, amount: Micros) -> Result<(), LedgerError> {
-        if amount.0 <= 0 {
-            return Ok(());
-        }
-        let scripts = self.scripts.clone();
-        let args = [amount.0, self.expiry_ms];
-        let _: i64 = self
-            .run("record_spent", key, &scripts.2, Self::spent_key(key), &args)
-            .await?;
-        Ok(())
+        let script = self.scripts.2.clone();
+        self.add("record_spent", &script, Self::spent_key(key), key, amount)
+            .await
     }
 
     async fn spent(&self, key: &str) -> Result<Micros, LedgerError> {
