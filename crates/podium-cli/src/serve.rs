@@ -90,12 +90,19 @@ pub struct ServeArgs {
     /// Bearer token of the admin API (`/v1/admin/...`); without one the admin API is off.
     #[arg(long, env = "PODIUM_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Canary guardrail: batches a canary scores before it is judged.
-    #[arg(long, default_value_t = 200)]
-    guardrail_min_batches: u64,
-    /// Canary guardrail: largest prediction shift (PSI) against production before rollback.
-    #[arg(long, default_value_t = 0.25)]
-    guardrail_max_psi: f64,
+    /// Canary regression rules (TOML: `min_batches` and `[[rule]]` entries of metric latency |
+    /// latency_p99 | errors | score_shift | calibration, alpha, threshold, action rollback |
+    /// alert; see docs/monitoring.md) [default: the built-in rules].
+    #[arg(long)]
+    monitor_rules: Option<PathBuf>,
+    /// Canary guardrail: batches a canary (and production) score before it is judged
+    /// [default: 200, or the rule file's min_batches].
+    #[arg(long)]
+    guardrail_min_batches: Option<u64>,
+    /// Canary guardrail: largest prediction shift (PSI) against production before rollback
+    /// (the score_shift rules' threshold) [default: 0.25, or the rule file's].
+    #[arg(long)]
+    guardrail_max_psi: Option<f64>,
     /// Promote a canary after this many seconds without a breach (0 = never automatically).
     #[arg(long, default_value_t = 0)]
     canary_promote_after_s: u64,
@@ -326,11 +333,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         poll: Duration::from_millis(args.registry_poll_ms.max(10)),
         cache_dir: data_dir.join("registry-cache"),
         guardrails: podium_lifecycle::Guardrails {
-            min_batches: args.guardrail_min_batches,
-            max_psi: args.guardrail_max_psi,
+            rules: monitor_rules(&args)?,
             promote_after: (args.canary_promote_after_s > 0)
                 .then(|| Duration::from_secs(args.canary_promote_after_s)),
-            ..podium_lifecycle::Guardrails::default()
         },
     };
     let events = EventSource::parse(&args.events)?;
@@ -713,4 +718,29 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The canary rules: the file's or the built-in ones, with the command line's overrides.
+fn monitor_rules(args: &ServeArgs) -> anyhow::Result<podium_monitor::Rules> {
+    let mut rules = match &args.monitor_rules {
+        Some(path) => {
+            podium_monitor::Rules::read(path).map_err(|e| anyhow::anyhow!("--monitor-rules {e}"))?
+        }
+        None => podium_monitor::Rules::default(),
+    };
+    if let Some(n) = args.guardrail_min_batches {
+        rules.min_batches = n;
+    }
+    if let Some(max) = args.guardrail_max_psi {
+        anyhow::ensure!(
+            max.is_finite() && max > 0.0,
+            "--guardrail-max-psi must be a number above 0"
+        );
+        for r in &mut rules.rules {
+            if r.metric == podium_monitor::regression::Metric::ScoreShift {
+                r.threshold = max;
+            }
+        }
+    }
+    Ok(rules)
 }

@@ -16,6 +16,7 @@ mod standard;
 pub use demo::{build_demo, build_demo_with, DemoError};
 pub use experiments::{Assignment, Experiments, ExperimentsError};
 pub use features::{FeatureSetup, PreparedFeatures};
+pub use pacing::PacingView;
 pub use pipeline::{Engine, EngineConfig, HydrationReport, MarketSnapshot, ShadowRecord};
 pub use standard::{
     build_standard, build_standard_with, FloorSample, LoadTimings, StandardWorld, WorkloadError,

@@ -34,6 +34,27 @@ impl AsRef<[PacingState]> for Period {
     }
 }
 
+/// One line item's pacing at the last control step, for monitoring.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PacingView {
+    /// Line item id.
+    pub line_item: String,
+    /// Campaign id, when it has one.
+    pub campaign: Option<String>,
+    /// Whether it is a guaranteed line item.
+    pub guaranteed: bool,
+    /// Today's budget, micros.
+    pub budget_micros: i64,
+    /// Spent today (the ledger's, across the fleet), micros.
+    pub spent_micros: i64,
+    /// Where even delivery along the traffic forecast would have spend now, micros.
+    pub target_micros: i64,
+    /// Bid multiplier.
+    pub multiplier: f64,
+    /// Share of requests the line item may take part in.
+    pub throttle: f64,
+}
+
 /// Pacing of one engine.
 pub struct Pacing {
     ledger: Arc<dyn BudgetLedger>,
@@ -48,6 +69,8 @@ pub struct Pacing {
     ledger_up: AtomicBool,
     /// Minute of the last guaranteed-delivery plan.
     planned_minute: AtomicU64,
+    /// Every line item at the last control step.
+    view: Mutex<Vec<PacingView>>,
 }
 
 impl Pacing {
@@ -80,7 +103,13 @@ impl Pacing {
             requests: AtomicU64::new(0),
             ledger_up: AtomicBool::new(true),
             planned_minute: AtomicU64::new(u64::MAX),
+            view: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Every line item's pacing at the last control step.
+    pub fn view(&self) -> Vec<PacingView> {
+        self.view.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Whether the last ledger call succeeded.
@@ -257,7 +286,7 @@ impl Pacing {
             });
         }
         self.ledger_up.store(up, Ordering::Relaxed);
-        let states = {
+        let states: Vec<PacingState> = {
             let mut controllers = self.controllers.lock().unwrap_or_else(|e| e.into_inner());
             controllers
                 .iter_mut()
@@ -268,6 +297,28 @@ impl Pacing {
                 })
                 .collect()
         };
+        let view = market
+            .marketplace
+            .line_items
+            .iter()
+            .zip(&states)
+            .zip(&spent)
+            .enumerate()
+            .map(|(i, ((li, state), spent))| {
+                let budget = Self::day_budget(market, i, now_ms).0;
+                PacingView {
+                    line_item: li.id.as_str().to_string(),
+                    campaign: li.campaign_id.clone(),
+                    guaranteed: matches!(li.goal, podium_auction::Goal::Guaranteed { .. }),
+                    budget_micros: budget,
+                    spent_micros: spent.0,
+                    target_micros: (budget as f64 * target) as i64,
+                    multiplier: state.multiplier,
+                    throttle: state.throttle,
+                }
+            })
+            .collect();
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
         self.period.store(Arc::new(Period {
             market: p.market,
             valid_until_ms: p.valid_until_ms,

@@ -606,6 +606,11 @@ impl Engine {
         &self.inner.calibration
     }
 
+    /// Every line item's pacing at the last control step: budget, spend, target, state.
+    pub fn pacing_view(&self) -> Vec<crate::pacing::PacingView> {
+        self.inner.pacing.load().view()
+    }
+
     /// Whether the budget ledger answered at the last control step.
     pub fn budget_ledger_up(&self) -> bool {
         self.inner.pacing.load().ledger_up()
@@ -631,9 +636,7 @@ impl Engine {
             let (model, frame, stats) = (
                 shadow.model.clone(),
                 frame.clone(),
-                models
-                    .stats
-                    .of(shadow.model.model().name(), shadow.model.model().version()),
+                models.stats.of_model(shadow.model.model()),
             );
             let log = self.inner.shadow_log.clone();
             let record = ShadowRecord {
@@ -647,7 +650,7 @@ impl Engine {
             self.inner.pool.spawn(move || {
                 let t = Instant::now();
                 let answer = model.try_score(&frame);
-                stats.record(t.elapsed(), answer.as_deref().ok());
+                stats.record_scored(t.elapsed(), &model, &frame, answer.as_deref().ok());
                 if let Ok(values) = answer {
                     log.push(ShadowRecord {
                         shadow: values,

@@ -21,8 +21,10 @@ use podium_core::FrameSchema;
 use podium_engine::Engine;
 use podium_model::bundle::read_golden;
 use podium_model::{load_bundle, Columns, Model};
+use podium_monitor::regression::{Action, Side, TestResult};
+use podium_monitor::Rules;
 use podium_registry::{Registry, Stage, Stages};
-use podium_serving::{psi, BoundModel, ModelSet, StatsSnapshot, Variant};
+use podium_serving::{BoundModel, ModelSet, StatsSnapshot, Variant};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,15 +34,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Canary guardrails: when a canary is worse than production, and when it has earned promotion.
 #[derive(Clone, Debug, Serialize)]
 pub struct Guardrails {
-    /// Batches a canary must have scored before it is judged.
-    pub min_batches: u64,
-    /// Largest population stability index between the canary's predictions and production's
-    /// over the same window (0.25 is the usual "major shift" band).
-    pub max_psi: f64,
-    /// Largest rise of the canary's error rate over production's, as a share of batches.
-    pub max_error_rate_increase: f64,
-    /// Largest ratio of the canary's P99 batch latency to production's.
-    pub max_p99_ratio: f64,
+    /// The regression rules, each a statistical test of the canary against production over the
+    /// canary's window (latency, errors, prediction shift, calibration), with its action.
+    /// `rules.min_batches` is how many batches each side must have scored before a verdict.
+    pub rules: Rules,
     /// Promote a canary to production after this long without a breach (never when `None`).
     pub promote_after: Option<Duration>,
 }
@@ -48,10 +45,7 @@ pub struct Guardrails {
 impl Default for Guardrails {
     fn default() -> Self {
         Self {
-            min_batches: 200,
-            max_psi: 0.25,
-            max_error_rate_increase: 0.02,
-            max_p99_ratio: 3.0,
+            rules: Rules::default(),
             promote_after: None,
         }
     }
@@ -79,11 +73,13 @@ pub struct Alert {
     pub model: String,
     /// The canary version judged.
     pub version: String,
-    /// Which rule: `psi`, `error_rate`, `latency`, or `clean` for a promotion.
+    /// Which rule: `psi` (prediction shift), `error_rate`, `latency`, `latency_p99`,
+    /// `calibration`, or `clean` for a promotion.
     pub rule: String,
     /// The figures behind it.
     pub detail: String,
-    /// What was done: `rollback`, `promote`, or why nothing could be.
+    /// What was done: `rollback`, `promote`, `alert` (a rule that only alerts), or why nothing
+    /// could be.
     pub action: String,
 }
 
@@ -104,6 +100,29 @@ pub struct Status {
     pub swaps: u64,
     /// Guardrail decisions, newest last (bounded).
     pub alerts: Vec<Alert>,
+    /// Each canary now judged against production: the tests of the last poll.
+    pub canaries: Vec<CanaryComparison>,
+}
+
+/// A canary against production over its window: every rule's test.
+#[derive(Clone, Debug, Serialize)]
+pub struct CanaryComparison {
+    /// Model name.
+    pub model: String,
+    /// The canary version.
+    pub canary_version: String,
+    /// The production version it is compared with.
+    pub production_version: String,
+    /// Share of traffic the canary takes, %.
+    pub percent: f64,
+    /// Seconds since the canary started.
+    pub window_s: f64,
+    /// Batches each side scored in the window.
+    pub batches: (u64, u64),
+    /// `waiting` (too few batches), `ok`, or `breach`.
+    pub verdict: String,
+    /// One result per rule.
+    pub tests: Vec<TestResult>,
 }
 
 /// A running watcher's shared status.
@@ -214,9 +233,12 @@ fn map_large_allocations() {
 /// A canary being watched: when it started and production's figures then.
 struct CanaryWindow {
     version: String,
+    percent: f64,
     started: Instant,
     production_version: String,
     production_at_start: Option<StatsSnapshot>,
+    /// Alert-only rules already reported for this canary.
+    alerted: Vec<&'static str>,
 }
 
 struct Watcher {
@@ -434,6 +456,8 @@ impl Watcher {
                 name.clone(),
                 CanaryWindow {
                     version: canary.version.clone(),
+                    percent: canary.percent,
+                    alerted: Vec::new(),
                     started: Instant::now(),
                     production_version: production.clone(),
                     production_at_start: stats.get(name, production),
@@ -445,26 +469,105 @@ impl Watcher {
     /// Judges every canary against production over its window.
     async fn guard(&mut self) {
         let stats = self.engine.models().stats.clone();
-        let rules = self.config.guardrails.clone();
+        let rules = self.config.guardrails.rules.clone();
+        let now = now_ms();
+        let calibration = self.engine.calibration().report(now as i64, 1);
+        let outcomes = |name: &str, version: &str| {
+            let rows: Vec<_> = calibration
+                .iter()
+                .filter(|r| r.model == name && r.version == version && r.segment == "all")
+                .collect();
+            (!rows.is_empty()).then(|| {
+                (
+                    rows.iter().map(|r| r.observed).sum::<f64>(),
+                    rows.iter().map(|r| r.predicted).sum::<f64>(),
+                )
+            })
+        };
         let mut verdicts = Vec::new();
-        for (name, w) in &self.canaries {
-            let Some(canary) = stats.get(name, &w.version) else {
-                continue;
-            };
-            if canary.batches < rules.min_batches {
-                continue;
-            }
+        let mut comparisons = Vec::new();
+        for (name, w) in &mut self.canaries {
+            let canary = stats.get(name, &w.version);
             let production = stats
                 .get(name, &w.production_version)
                 .map(|now| window(&now, w.production_at_start.as_ref()));
-            if let Some(verdict) = judge(&rules, &canary, production.as_ref(), w.started.elapsed())
-            {
-                verdicts.push((name.clone(), w.version.clone(), verdict));
+            let mut comparison = CanaryComparison {
+                model: name.clone(),
+                canary_version: w.version.clone(),
+                production_version: w.production_version.clone(),
+                percent: w.percent,
+                window_s: w.started.elapsed().as_secs_f64(),
+                batches: (
+                    canary.as_ref().map_or(0, |c| c.batches),
+                    production.as_ref().map_or(0, |p| p.batches),
+                ),
+                verdict: "waiting".into(),
+                tests: Vec::new(),
+            };
+            let (Some(canary), Some(production)) = (canary, production) else {
+                comparisons.push(comparison);
+                continue;
+            };
+            if canary.batches < rules.min_batches || production.batches < rules.min_batches {
+                comparisons.push(comparison);
+                continue;
             }
+            let side = |s: &StatsSnapshot, version: &str| Side {
+                batches: s.batches,
+                failures: s.failures,
+                latencies_us: s.recent_us.iter().map(|&v| v as f64).collect(),
+                p99_us: s.p99_us as f64,
+                bins: s.bins.clone(),
+                outcomes: outcomes(name, version),
+            };
+            let tests = podium_monitor::regression::evaluate(
+                &rules,
+                &side(&canary, &w.version),
+                &side(&production, &w.production_version),
+            );
+            let breach = tests
+                .iter()
+                .find(|t| t.breach && t.action == Action::Rollback);
+            comparison.verdict = if tests.iter().any(|t| t.breach) {
+                "breach".into()
+            } else {
+                "ok".into()
+            };
+            if let Some(t) = breach {
+                verdicts.push((name.clone(), w.version.clone(), t.rule, t.detail.clone()));
+            } else {
+                for t in tests.iter().filter(|t| t.breach) {
+                    if !w.alerted.contains(&t.rule) {
+                        w.alerted.push(t.rule);
+                        verdicts.push((
+                            name.clone(),
+                            w.version.clone(),
+                            t.rule,
+                            format!("alert only: {}", t.detail),
+                        ));
+                    }
+                }
+                match self.config.guardrails.promote_after {
+                    Some(after) if w.started.elapsed() >= after => verdicts.push((
+                        name.clone(),
+                        w.version.clone(),
+                        "clean",
+                        format!(
+                            "no breach in {} s over {} batches",
+                            w.started.elapsed().as_secs(),
+                            canary.batches
+                        ),
+                    )),
+                    _ => {}
+                }
+            }
+            comparison.tests = tests;
+            comparisons.push(comparison);
         }
-        for (name, version, (rule, detail)) in verdicts {
-            let promote = rule == "clean";
-            let outcome = if promote {
+        comparisons.sort_by(|a, b| a.model.cmp(&b.model));
+        self.lifecycle.update(|s| s.canaries = comparisons);
+        for (name, version, rule, detail) in verdicts {
+            let outcome = if rule == "clean" {
                 self.registry
                     .promote(
                         &name,
@@ -476,6 +579,8 @@ impl Watcher {
                     )
                     .await
                     .map(|_| "promote".to_string())
+            } else if detail.starts_with("alert only") {
+                Ok("alert".to_string())
             } else {
                 self.registry
                     .rollback(&name, "guardrail", &format!("{rule}: {detail}"))
@@ -484,8 +589,13 @@ impl Watcher {
             };
             let action = outcome.unwrap_or_else(|e| format!("failed: {e}"));
             tracing::warn!(model = %name, version = %version, rule = %rule, detail = %detail, action = %action, "canary guardrail");
-            self.canaries.remove(&name);
+            if action != "alert" {
+                self.canaries.remove(&name);
+            }
             self.lifecycle.update(|s| {
+                if action != "alert" {
+                    s.canaries.retain(|c| c.model != name);
+                }
                 s.alerts.push(Alert {
                     at_ms: now_ms(),
                     model: name.clone(),
@@ -525,73 +635,8 @@ fn window(now: &StatsSnapshot, start: Option<&StatsSnapshot>) -> StatsSnapshot {
             .zip(&start.bins)
             .map(|(a, b)| a.saturating_sub(*b))
             .collect(),
+        recent_us: now.recent_us.clone(),
     }
-}
-
-/// A breach as `(rule, detail)`, a clean window as `("clean", detail)` when promotion is due,
-/// or nothing to do yet.
-fn judge(
-    rules: &Guardrails,
-    canary: &StatsSnapshot,
-    production: Option<&StatsSnapshot>,
-    age: Duration,
-) -> Option<(&'static str, String)> {
-    let production = production.filter(|p| p.batches >= rules.min_batches)?;
-    let shift = psi(&production.bins, &canary.bins);
-    if shift > rules.max_psi {
-        return Some((
-            "psi",
-            format!(
-                "prediction shift PSI {shift:.3} > {} over {} canary batches",
-                rules.max_psi, canary.batches
-            ),
-        ));
-    }
-    let rise = canary.error_rate - production.error_rate;
-    if rise > rules.max_error_rate_increase && significant(canary, production) {
-        return Some((
-            "error_rate",
-            format!(
-                "error rate {:.2} % vs production {:.2} %",
-                canary.error_rate * 100.0,
-                production.error_rate * 100.0
-            ),
-        ));
-    }
-    // Sub-millisecond P99s differ by scheduling noise; only a slower canary above 1 ms counts.
-    if canary.p99_us > 1_000
-        && canary.p99_us as f64 > rules.max_p99_ratio * production.p99_us.max(1) as f64
-    {
-        return Some((
-            "latency",
-            format!(
-                "P99 {} µs vs production {} µs (limit {}×)",
-                canary.p99_us, production.p99_us, rules.max_p99_ratio
-            ),
-        ));
-    }
-    match rules.promote_after {
-        Some(after) if age >= after => Some((
-            "clean",
-            format!(
-                "no breach in {} s over {} batches (PSI {shift:.3})",
-                age.as_secs(),
-                canary.batches
-            ),
-        )),
-        _ => None,
-    }
-}
-
-/// Two-proportion z-test of the canary's error rate above production's, one-sided at 99 %.
-fn significant(canary: &StatsSnapshot, production: &StatsSnapshot) -> bool {
-    let (n1, n2) = (canary.batches as f64, production.batches as f64);
-    let pooled = (canary.failures + production.failures) as f64 / (n1 + n2);
-    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
-    if se == 0.0 {
-        return canary.error_rate > production.error_rate;
-    }
-    (canary.error_rate - production.error_rate) / se > 2.326
 }
 
 /// Runs the bundle's golden rows, tiled to a batch of 100, until the batch time is steady: the
@@ -647,65 +692,28 @@ fn warm_up(model: &Model, dir: &std::path::Path) {
 mod tests {
     use super::*;
 
-    fn snap(batches: u64, failures: u64, p99_us: u64, bins: Vec<u64>) -> StatsSnapshot {
+    fn snap(batches: u64, failures: u64, bins: Vec<u64>) -> StatsSnapshot {
         StatsSnapshot {
             batches,
             failures,
             rows: bins.iter().sum(),
             error_rate: failures as f64 / batches as f64,
-            p50_us: p99_us / 2,
-            p99_us,
+            p50_us: 250,
+            p99_us: 500,
             bins,
+            recent_us: vec![300; 10],
         }
     }
 
     #[test]
-    fn a_shifted_canary_breaches_and_a_healthy_one_waits_or_is_promoted() {
-        let rules = Guardrails {
-            promote_after: Some(Duration::from_secs(60)),
-            ..Guardrails::default()
-        };
-        let prod = snap(1000, 0, 500, vec![700, 200, 80, 20]);
-        let same = snap(300, 0, 520, vec![210, 60, 24, 6]);
-        let shifted = snap(300, 0, 520, vec![6, 24, 60, 210]);
-        assert_eq!(
-            judge(&rules, &shifted, Some(&prod), Duration::ZERO)
-                .unwrap()
-                .0,
-            "psi"
-        );
-        assert!(judge(&rules, &same, Some(&prod), Duration::from_secs(10)).is_none());
-        assert_eq!(
-            judge(&rules, &same, Some(&prod), Duration::from_secs(61))
-                .unwrap()
-                .0,
-            "clean"
-        );
-        let failing = snap(300, 30, 520, vec![210, 60, 24, 6]);
-        assert_eq!(
-            judge(&rules, &failing, Some(&prod), Duration::ZERO)
-                .unwrap()
-                .0,
-            "error_rate"
-        );
-        let slow = snap(300, 0, 5_000, vec![210, 60, 24, 6]);
-        assert_eq!(
-            judge(&rules, &slow, Some(&prod), Duration::ZERO).unwrap().0,
-            "latency"
-        );
-        // Too little production traffic in the window: no verdict either way.
-        let thin = snap(10, 0, 500, vec![7, 2, 1, 0]);
-        assert!(judge(&rules, &shifted, Some(&thin), Duration::ZERO).is_none());
-    }
-
-    #[test]
     fn production_is_judged_over_the_canary_window_only() {
-        let start = snap(1000, 10, 500, vec![100, 0]);
-        let now = snap(1500, 10, 500, vec![100, 500]);
+        let start = snap(1000, 10, vec![100, 0]);
+        let now = snap(1500, 10, vec![100, 500]);
         let w = window(&now, Some(&start));
         assert_eq!(
             (w.batches, w.failures, w.bins.clone()),
             (500, 0, vec![0, 500])
         );
+        assert_eq!(w.recent_us, now.recent_us);
     }
 }

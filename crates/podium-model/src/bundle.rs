@@ -49,7 +49,14 @@ pub fn load_bundle(dir: &Path) -> Result<Model, ModelError> {
             &manifest.output,
         )?),
     };
-    let model = Model::new(manifest, runtime)?;
+    let mut model = Model::new(manifest, runtime)?;
+    let reference_path = dir.join("reference.json");
+    if reference_path.exists() {
+        model = model.with_reference(crate::reference::Reference::read(
+            &reference_path,
+            &input_names,
+        )?);
+    }
     let golden_path = dir.join("golden.csv");
     if golden_path.exists() {
         let rows = read_golden(&golden_path, &input_names)?;

@@ -80,6 +80,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 pub struct Model {
     manifest: Arc<Manifest>,
     runtime: Arc<dyn Runtime>,
+    reference: Option<Arc<reference::Reference>>,
 }
 
 impl Model {
@@ -96,7 +97,20 @@ impl Model {
         Ok(Self {
             manifest: Arc::new(manifest),
             runtime,
+            reference: None,
         })
+    }
+
+    /// The same model with reference distributions of its inputs and output (the bundle's
+    /// `reference.json`), the baseline drift monitoring compares live traffic with.
+    pub fn with_reference(mut self, reference: reference::Reference) -> Self {
+        self.reference = Some(Arc::new(reference));
+        self
+    }
+
+    /// The reference distributions, when the bundle has them.
+    pub fn reference(&self) -> Option<&Arc<reference::Reference>> {
+        self.reference.as_ref()
     }
 
     /// The bundle's manifest.

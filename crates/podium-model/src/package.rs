@@ -7,7 +7,7 @@ use crate::error::ModelError;
 use crate::gbdt;
 use crate::linear::LinearWeights;
 use crate::manifest::{InputSpec, Link, Manifest, ModelKind, OutputSpec, ServingSpec};
-use crate::reference::{Histogram, Reference};
+use crate::reference::Reference;
 use crate::table::FeatureTable;
 use crate::{Columns, Model};
 use std::path::{Path, PathBuf};
@@ -153,15 +153,9 @@ pub fn package(opts: &PackageOptions) -> Result<PackageReport, ModelError> {
             manifest.serving.fallback_prior =
                 golden.iter().map(|r| r.expected).sum::<f64>() / golden.len() as f64;
         }
-        let reference = Reference {
-            rows: golden.len(),
-            inputs: features
-                .iter()
-                .enumerate()
-                .map(|(i, n)| Histogram::of(n, golden.iter().map(|r| r.inputs[i] as f64)))
-                .collect(),
-            output: Histogram::of("prediction", golden.iter().map(|r| r.expected)),
-        };
+        let inputs: Vec<Vec<f32>> = golden.iter().map(|r| r.inputs.clone()).collect();
+        let outputs: Vec<f64> = golden.iter().map(|r| r.expected).collect();
+        let reference = Reference::of_rows(&features, &inputs, &outputs);
         let mut writer = BundleWriter::new(&opts.out, manifest.clone()).weights(weights.clone());
         if !golden.is_empty() {
             writer = writer.golden(&golden).file(

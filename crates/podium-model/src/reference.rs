@@ -1,7 +1,9 @@
 //! Reference histograms of a model's inputs and output, stored in the bundle as `reference.json`
 //! when it is packaged, so that drift monitoring has a baseline from the model's own data.
 
+use crate::error::ModelError;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// Number of quantile bins of a reference histogram.
 pub const REFERENCE_BINS: usize = 10;
@@ -45,20 +47,49 @@ impl Histogram {
             edges.push(edges[0]);
         }
         let bins = edges.len().saturating_sub(1);
-        let mut counts = vec![0u64; bins];
-        for v in &present {
-            let i = edges
-                .partition_point(|e| e <= v)
-                .saturating_sub(1)
-                .min(bins - 1);
-            counts[i] += 1;
-        }
-        Self {
+        let mut h = Self {
             name: name.to_string(),
             edges,
-            counts,
+            counts: vec![0u64; bins],
             missing,
+        };
+        for &v in &present {
+            if let Some(i) = h.bin(v) {
+                h.counts[i] += 1;
+            }
         }
+        h
+    }
+
+    /// The bin a value falls in: values below the first edge count in the first bin, above
+    /// the last in the last, as when the histogram was built. `None` for a missing value or a
+    /// histogram without bins.
+    pub fn bin(&self, v: f64) -> Option<usize> {
+        let bins = self.counts.len();
+        if v.is_nan() || bins == 0 {
+            return None;
+        }
+        Some(
+            self.edges
+                .partition_point(|e| *e <= v)
+                .saturating_sub(1)
+                .min(bins - 1),
+        )
+    }
+
+    fn check(&self, what: &str) -> Result<(), String> {
+        let ascending = self.edges.windows(2).all(|w| w[0] <= w[1]);
+        if self.edges.iter().any(|e| !e.is_finite()) || !ascending {
+            return Err(format!("{what}: edges must be finite and ascending"));
+        }
+        if !self.counts.is_empty() && self.edges.len() != self.counts.len() + 1 {
+            return Err(format!(
+                "{what}: {} edges for {} counts (want one more edge than counts)",
+                self.edges.len(),
+                self.counts.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -71,6 +102,43 @@ pub struct Reference {
     pub inputs: Vec<Histogram>,
     /// The model's output over the same rows.
     pub output: Histogram,
+}
+
+impl Reference {
+    /// Histograms of reference rows (inputs in `names` order) and of the model's output on them.
+    pub fn of_rows(names: &[String], rows: &[Vec<f32>], outputs: &[f64]) -> Self {
+        Self {
+            rows: rows.len(),
+            inputs: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Histogram::of(n, rows.iter().map(|r| r[i] as f64)))
+                .collect(),
+            output: Histogram::of("prediction", outputs.iter().copied()),
+        }
+    }
+
+    /// Reads a bundle's `reference.json`, checking that it covers the model's inputs in order
+    /// and that every histogram is well formed; errors name the file and the problem.
+    pub fn read(path: &Path, inputs: &[String]) -> Result<Self, ModelError> {
+        let parse = |message: String| ModelError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        let reference: Reference =
+            serde_json::from_slice(&text).map_err(|e| parse(e.to_string()))?;
+        let names: Vec<&str> = reference.inputs.iter().map(|h| h.name.as_str()).collect();
+        if names != inputs.iter().map(String::as_str).collect::<Vec<_>>() {
+            return Err(parse(format!(
+                "histograms for {names:?} but the model's inputs are {inputs:?}"
+            )));
+        }
+        for h in reference.inputs.iter().chain([&reference.output]) {
+            h.check(&h.name).map_err(parse)?;
+        }
+        Ok(reference)
+    }
 }
 
 #[cfg(test)]
@@ -87,5 +155,44 @@ mod tests {
         assert_eq!(flag.counts.iter().sum::<u64>(), 4);
         let constant = Histogram::of("c", [3.0, 3.0].into_iter());
         assert_eq!(constant.counts, vec![2]);
+    }
+
+    #[test]
+    fn bins_a_value_as_the_histogram_was_built() {
+        let values: Vec<f64> = (0..100).map(|i| (i * i) as f64).collect();
+        let h = Histogram::of("x", values.iter().copied());
+        let mut recount = vec![0u64; h.counts.len()];
+        for &v in &values {
+            recount[h.bin(v).unwrap()] += 1;
+        }
+        assert_eq!(recount, h.counts);
+        assert_eq!(h.bin(-5.0), Some(0));
+        assert_eq!(h.bin(1e9), Some(h.counts.len() - 1));
+        assert_eq!(h.bin(f64::NAN), None);
+    }
+
+    #[test]
+    fn reading_names_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reference.json");
+        let names = vec!["a".to_string()];
+        let good = Reference::of_rows(&names, &[vec![1.0], vec![2.0]], &[0.1, 0.2]);
+        std::fs::write(&path, serde_json::to_vec(&good).unwrap()).unwrap();
+        assert_eq!(Reference::read(&path, &names).unwrap(), good);
+        let err = Reference::read(&path, &["b".to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reference.json") && err.contains("inputs"),
+            "{err}"
+        );
+        std::fs::write(&path, b"{\"rows\": 1").unwrap();
+        let err = Reference::read(&path, &names).unwrap_err().to_string();
+        assert!(err.contains("reference.json"), "{err}");
+        let mut bad = good.clone();
+        bad.inputs[0].edges = vec![2.0, 1.0];
+        std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let err = Reference::read(&path, &names).unwrap_err().to_string();
+        assert!(err.contains("ascending"), "{err}");
     }
 }

@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use podium_auction::BidShader;
 use podium_core::{
-    AdBreak, AdRequest, BreakDecision, BreakPosition, Content, Decision, Device, DurationRule,
-    Micros, PlacedAd, PodRules, User,
+    AdBreak, AdRequest, BreakDecision, BreakPosition, Content, Device, DurationRule, Micros,
+    PlacedAd, PodRules, User,
 };
 use podium_engine::{Engine, MarketSnapshot};
 use podium_openrtb::{
@@ -147,13 +147,6 @@ fn engine(state: &AppState) -> Result<&Engine, ApiError> {
     })
 }
 
-fn record(decision: &Decision) {
-    crate::metrics::record_decision(&decision.timings);
-    if !decision.degraded.is_empty() {
-        crate::metrics::record_degraded(&decision.degraded);
-    }
-}
-
 /// The bid shader's segment for a request: device × genre.
 pub fn shading_segment(req: &AdRequest) -> String {
     format!("{}|{}", req.user.device.as_str(), req.content.genre)
@@ -173,7 +166,7 @@ pub async fn openrtb_auction(
     };
     let engine = engine(&state)?;
     let decision = engine.decide(bid.request.clone(), received).await;
-    record(&decision);
+    state.observe(&decision);
     let market = engine.market();
     let urls = state.public_urls();
     let req = &bid.request;
@@ -401,7 +394,7 @@ pub async fn vast(
     let req = vast_request(&q)?;
     let engine = engine(&state)?;
     let decision = engine.decide(req.clone(), received).await;
-    record(&decision);
+    state.observe(&decision);
     let market = engine.market();
     let urls = state.public_urls();
     let ctx = TrackContext {

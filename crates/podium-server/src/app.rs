@@ -42,6 +42,8 @@ pub struct AppState {
     stream_stats: Arc<OnceLock<Arc<podium_features::StreamStats>>>,
     public_urls: Arc<OnceLock<crate::adserving::PublicUrls>>,
     shader: Arc<podium_auction::BidShader>,
+    live: Arc<crate::live::Live>,
+    alerts: Arc<podium_monitor::AlertLog>,
 }
 
 impl Default for AppState {
@@ -69,7 +71,29 @@ impl AppState {
             stream_stats: Arc::default(),
             public_urls: Arc::default(),
             shader: Arc::new(crate::adserving::default_shader()),
+            live: Arc::default(),
+            alerts: Arc::default(),
         }
+    }
+
+    /// Records a decision in the metrics and the live series.
+    pub fn observe(&self, decision: &podium_core::Decision) {
+        crate::metrics::record_decision(&decision.timings);
+        if !decision.degraded.is_empty() {
+            crate::metrics::record_degraded(&decision.degraded);
+        }
+        self.live
+            .record(&decision.timings, !decision.degraded.is_empty());
+    }
+
+    /// The live time series of the dashboard.
+    pub fn live(&self) -> &crate::live::Live {
+        &self.live
+    }
+
+    /// The drift alerts raised (calibration and guardrail alerts live with their monitors).
+    pub fn alert_log(&self) -> &podium_monitor::AlertLog {
+        &self.alerts
     }
 
     /// Sets where tracking and notice URLs point (this server as players reach it).
@@ -214,6 +238,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auction/state", get(crate::adserving::auction_state))
         .route("/v1/monitor/calibration", get(crate::monitor::calibration))
         .route("/v1/monitor/alerts", get(crate::monitor::alerts))
+        .route("/v1/monitor/drift", get(crate::monitor::drift))
+        .route("/v1/monitor/canaries", get(crate::monitor::canaries))
+        .route("/v1/monitor/live", get(crate::monitor::live))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/{file}", get(crate::dashboard::asset))
         .route("/v1/features/stats", get(crate::events::stats))
         .route("/metrics", get(crate::metrics::render))
         .route("/v1/features/hydrate", post(crate::events::hydrate))
@@ -259,10 +288,7 @@ async fn decide(
         )
     })?;
     let decision = engine.decide(request, received).await;
-    crate::metrics::record_decision(&decision.timings);
-    if !decision.degraded.is_empty() {
-        crate::metrics::record_degraded(&decision.degraded);
-    }
+    state.observe(&decision);
     Ok(Json(decision.into()))
 }
 
@@ -388,7 +414,10 @@ pub async fn serve_with(
     extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).merge(extra))
+    let monitor = crate::monitor::spawn(state.clone());
+    let served = axum::serve(listener, router(state).merge(extra))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    monitor.abort();
+    served
 }

@@ -116,6 +116,8 @@ async fn refresh(state: &AppState) {
             }
         }
         metrics::gauge!("podium_model_calibration_alerts").set(calibration.alerts().len() as f64);
+        model_figures(engine, now as i64);
+        pacing_figures(engine);
     }
     let stream = state
         .events()
@@ -141,5 +143,57 @@ async fn refresh(state: &AppState) {
         metrics::gauge!("podium_registry_up").set(if status.reachable { 1.0 } else { 0.0 });
         metrics::counter!("podium_registry_swaps_total").absolute(status.swaps);
         metrics::gauge!("podium_registry_guardrail_alerts").set(status.alerts.len() as f64);
+    }
+}
+
+/// Each model version's batches, failures and drift against its reference over the last hour.
+fn model_figures(engine: &podium_engine::Engine, now_ms: i64) {
+    let set = engine.models();
+    for (model, version, s) in set.stats.all() {
+        let labels = [("model", model.clone()), ("version", version.clone())];
+        metrics::counter!("podium_model_batches_total", &labels).absolute(s.batches);
+        metrics::counter!("podium_model_failures_total", &labels).absolute(s.failures);
+    }
+    for (model, version, stats) in set.stats.versions() {
+        let Some(drift) = stats.drift() else {
+            continue;
+        };
+        let r = drift.report(now_ms, podium_monitor::drift::WINDOW_MINUTES);
+        let labels = [("model", model.clone()), ("version", version.clone())];
+        if let Some(psi) = r.prediction.psi_reference {
+            metrics::gauge!("podium_model_prediction_psi", &labels).set(psi);
+        }
+        for f in &r.features {
+            let labels = [
+                ("model", model.clone()),
+                ("version", version.clone()),
+                ("feature", f.name.clone()),
+            ];
+            if let Some(psi) = f.psi {
+                metrics::gauge!("podium_model_feature_psi", &labels).set(psi);
+            }
+            metrics::gauge!("podium_model_feature_missing_ratio", &labels).set(f.missing_share);
+        }
+    }
+}
+
+/// Pacing over all line items, and spend against budget for the largest.
+fn pacing_figures(engine: &podium_engine::Engine) {
+    let view = engine.pacing_view();
+    let (budget, spent): (i64, i64) = view.iter().fold((0, 0), |(b, s), v| {
+        (b + v.budget_micros, s + v.spent_micros)
+    });
+    metrics::gauge!("podium_pacing_budget_dollars").set(budget as f64 / 1e6);
+    metrics::gauge!("podium_pacing_spent_dollars").set(spent as f64 / 1e6);
+    metrics::gauge!("podium_pacing_throttled_line_items")
+        .set(view.iter().filter(|v| v.throttle < 1.0).count() as f64);
+    for li in crate::live::largest(&view) {
+        let labels = [("line_item", li.line_item.clone())];
+        metrics::gauge!("podium_pacing_spent_ratio", &labels)
+            .set(li.spent_micros as f64 / li.budget_micros.max(1) as f64);
+        metrics::gauge!("podium_pacing_target_ratio", &labels)
+            .set(li.target_micros as f64 / li.budget_micros.max(1) as f64);
+        metrics::gauge!("podium_pacing_multiplier", &labels).set(li.multiplier);
+        metrics::gauge!("podium_pacing_throttle", &labels).set(li.throttle);
     }
 }

@@ -21,4 +21,4 @@ pub use pool::ComputePool;
 pub use remote::{RemoteConfig, RemoteModel};
 pub use set::ModelSet;
 pub use slot::{run_stage, ModelSlot, Scored, Tier, Variant};
-pub use stats::{bucket, psi, ModelStats, StatsSnapshot, VersionStats};
+pub use stats::{bucket, psi, ModelStats, StatsSnapshot, VersionStats, SCORE_BINS};

@@ -340,9 +340,16 @@ impl ModelSlot {
         }
     }
 
+    /// Counts an answer served by a tier below the primary, by the tier that served.
+    fn count_fallback(&self, tier: String) {
+        metrics::counter!("podium_model_fallback_total", "model" => self.name(), "tier" => tier)
+            .increment(1);
+    }
+
     /// The prior tier's answer.
     fn prior(&self, rows: usize, reasons: Vec<String>, started: Instant) -> Scored {
         let first = &self.tiers[0];
+        self.count_fallback("prior".to_string());
         Scored {
             values: vec![self.prior_value(); rows],
             tier: self.tiers.len() as u8,
@@ -417,6 +424,9 @@ impl ModelSlot {
         started: Instant,
     ) -> Scored {
         let model = &self.tiers[tier];
+        if tier > 0 {
+            self.count_fallback(model.name());
+        }
         Scored {
             values,
             tier: tier as u8,
@@ -509,7 +519,7 @@ pub async fn run_stage(
             frame.clone(),
             slot.stalled[0].clone(),
         );
-        let version_stats = stats.of(model.model().name(), model.model().version());
+        let version_stats = stats.of_model(model.model());
         pool.spawn(move || {
             // A job that starts after its deadline is not worth running: its caller has gone.
             let answer = if deadline.remaining().is_zero() {
@@ -517,7 +527,7 @@ pub async fn run_stage(
             } else {
                 let t = Instant::now();
                 let answer = model.try_score(&frame);
-                version_stats.record(t.elapsed(), answer.as_deref().ok());
+                version_stats.record_scored(t.elapsed(), &model, &frame, answer.as_deref().ok());
                 answer
             };
             let failed = answer.is_err();
@@ -596,9 +606,9 @@ pub async fn run_stage(
                 {
                     slot.stalled[0].fetch_add(1, Ordering::AcqRel);
                     if let Tier::Local(m) = &slot.tiers[0] {
-                        stats
-                            .of(m.model().name(), m.model().version())
-                            .record(budget, None);
+                        stats.of_model(m.model()).record(budget, None);
+                        metrics::counter!("podium_model_timeouts_total", "model" => m.model().name().to_string())
+                            .increment(1);
                     }
                 }
                 let reason = match jobs.take(job) {

@@ -1,8 +1,11 @@
 //! Live statistics per model version, as served: batches, failures, latency and the distribution
 //! of predictions. Canary guardrails compare a canary's figures with production's.
 
+use crate::BoundModel;
 use dashmap::DashMap;
 use hdrhistogram::Histogram;
+use podium_core::FeatureFrame;
+use podium_monitor::DriftSketch;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,27 +13,69 @@ use std::time::Duration;
 /// Bins of the prediction histogram: predictions are mostly probabilities, so 20 equal bins
 /// over [0, 1]; values outside fall into the end bins.
 pub const SCORE_BINS: usize = 20;
+/// Batch latencies kept per version for the canary's rank test.
+pub const RECENT_LATENCIES: usize = 2_048;
+/// Rows of each batch whose inputs the drift sketch samples.
+pub const DRIFT_ROWS_PER_BATCH: usize = 4;
+
+#[derive(Debug)]
+struct Latency {
+    histogram: Histogram<u64>,
+    /// The last [`RECENT_LATENCIES`] batch latencies, µs, as a ring.
+    recent: Vec<u32>,
+    next: usize,
+}
 
 /// Figures of one model version since it started serving (or since the last reset).
-#[derive(Debug)]
 pub struct VersionStats {
     batches: AtomicU64,
     failures: AtomicU64,
     rows: AtomicU64,
     bins: [AtomicU64; SCORE_BINS],
-    latency_us: Mutex<Histogram<u64>>,
+    latency: Mutex<Latency>,
+    drift: Option<DriftSketch>,
+    inference_seconds: metrics::Histogram,
+    batch_rows: metrics::Histogram,
 }
 
-impl Default for VersionStats {
-    fn default() -> Self {
+impl std::fmt::Debug for VersionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionStats")
+            .field("batches", &self.batches)
+            .field("failures", &self.failures)
+            .field("drift", &self.drift.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VersionStats {
+    /// Empty figures for a version; `reference` (the bundle's) turns on drift sketching.
+    pub fn new(
+        name: &str,
+        version: &str,
+        reference: Option<Arc<podium_model::reference::Reference>>,
+    ) -> Self {
+        let labels = [
+            ("model", name.to_string()),
+            ("version", version.to_string()),
+        ];
         Self {
             batches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             bins: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
+            latency: Mutex::new(Latency {
+                histogram: Histogram::new_with_bounds(1, 60_000_000, 2)
+                    .expect("valid histogram bounds"),
+                recent: Vec::new(),
+                next: 0,
+            }),
+            drift: reference.map(|r| DriftSketch::new(r, DRIFT_ROWS_PER_BATCH)),
+            inference_seconds: metrics::histogram!(
+                "podium_model_inference_duration_seconds",
+                &labels
             ),
+            batch_rows: metrics::histogram!("podium_model_batch_rows", &labels),
         }
     }
 }
@@ -52,17 +97,31 @@ pub struct StatsSnapshot {
     pub p99_us: u64,
     /// Prediction counts per bin of [0, 1].
     pub bins: Vec<u64>,
+    /// The most recent batch latencies, µs (at most [`RECENT_LATENCIES`]).
+    #[serde(skip)]
+    pub recent_us: Vec<u32>,
 }
 
 impl VersionStats {
     /// Records one batch: its wall time and its predictions, or that it failed.
     pub fn record(&self, elapsed: Duration, predictions: Option<&[f32]>) {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut h) = self.latency_us.lock() {
-            let _ = h.record((elapsed.as_micros() as u64).max(1));
+        let us = (elapsed.as_micros() as u64).max(1);
+        self.inference_seconds.record(elapsed.as_secs_f64());
+        if let Ok(mut l) = self.latency.lock() {
+            let _ = l.histogram.record(us);
+            let v = us.min(u32::MAX as u64) as u32;
+            if l.recent.len() < RECENT_LATENCIES {
+                l.recent.push(v);
+            } else {
+                let i = l.next;
+                l.recent[i] = v;
+            }
+            l.next = (l.next + 1) % RECENT_LATENCIES;
         }
         match predictions {
             Some(values) => {
+                self.batch_rows.record(values.len() as f64);
                 self.rows.fetch_add(values.len() as u64, Ordering::Relaxed);
                 let mut counts = [0u64; SCORE_BINS];
                 for &v in values {
@@ -80,15 +139,45 @@ impl VersionStats {
         }
     }
 
+    /// Records one batch scored from `frame` by `model`: as [`record`](Self::record), and a
+    /// sample of its inputs (as served, missing values included) and predictions for drift.
+    pub fn record_scored(
+        &self,
+        elapsed: Duration,
+        model: &BoundModel,
+        frame: &FeatureFrame,
+        predictions: Option<&[f32]>,
+    ) {
+        self.record(elapsed, predictions);
+        if let (Some(sketch), Some(values)) = (&self.drift, predictions) {
+            let inputs: Vec<&[f32]> = model.columns().iter().map(|&c| frame.column(c)).collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            sketch.record(now, &inputs, values);
+        }
+    }
+
+    /// The drift sketch, when the version's bundle has a reference.
+    pub fn drift(&self) -> Option<&DriftSketch> {
+        self.drift.as_ref()
+    }
+
     /// The figures now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let batches = self.batches.load(Ordering::Relaxed);
         let failures = self.failures.load(Ordering::Relaxed);
-        let (p50_us, p99_us) = self
-            .latency_us
+        let (p50_us, p99_us, recent_us) = self
+            .latency
             .lock()
-            .map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
-            .unwrap_or((0, 0));
+            .map(|l| {
+                (
+                    l.histogram.value_at_quantile(0.5),
+                    l.histogram.value_at_quantile(0.99),
+                    l.recent.clone(),
+                )
+            })
+            .unwrap_or_default();
         StatsSnapshot {
             batches,
             failures,
@@ -105,6 +194,7 @@ impl VersionStats {
                 .iter()
                 .map(|b| b.load(Ordering::Relaxed))
                 .collect(),
+            recent_us,
         }
     }
 }
@@ -129,7 +219,40 @@ impl ModelStats {
         if let Some(s) = self.versions.get(&key) {
             return s.clone();
         }
-        self.versions.entry(key).or_default().clone()
+        self.versions
+            .entry(key)
+            .or_insert_with(|| Arc::new(VersionStats::new(name, version, None)))
+            .clone()
+    }
+
+    /// The figures of a model's version, created on first use with drift sketching against the
+    /// bundle's reference when it has one.
+    pub fn of_model(&self, model: &podium_model::Model) -> Arc<VersionStats> {
+        let key = (model.name().to_string(), model.version().to_string());
+        if let Some(s) = self.versions.get(&key) {
+            return s.clone();
+        }
+        self.versions
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(VersionStats::new(
+                    model.name(),
+                    model.version(),
+                    model.reference().cloned(),
+                ))
+            })
+            .clone()
+    }
+
+    /// Every version's live figures, sorted by name and version.
+    pub fn versions(&self) -> Vec<(String, String, Arc<VersionStats>)> {
+        let mut out: Vec<_> = self
+            .versions
+            .iter()
+            .map(|e| (e.key().0.clone(), e.key().1.clone(), e.value().clone()))
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
     }
 
     /// The figures of a version, if it has served.
@@ -157,26 +280,10 @@ impl ModelStats {
     }
 }
 
-/// Population stability index between two histograms over the same bins (counts, not shares).
-/// Empty bins get a small floor so that the index stays finite. Bands: < 0.1 stable,
-/// 0.1–0.25 moderate shift, > 0.25 major shift.
+/// Population stability index between two histograms over the same bins (counts, not shares);
+/// 0 when either is empty. Bands: < 0.1 stable, 0.1–0.25 moderate shift, > 0.25 major shift.
 pub fn psi(expected: &[u64], actual: &[u64]) -> f64 {
-    let (te, ta) = (
-        expected.iter().sum::<u64>() as f64,
-        actual.iter().sum::<u64>() as f64,
-    );
-    if te == 0.0 || ta == 0.0 {
-        return 0.0;
-    }
-    const FLOOR: f64 = 1e-4;
-    expected
-        .iter()
-        .zip(actual)
-        .map(|(&e, &a)| {
-            let (pe, pa) = ((e as f64 / te).max(FLOOR), (a as f64 / ta).max(FLOOR));
-            (pa - pe) * (pa / pe).ln()
-        })
-        .sum()
+    podium_monitor::stat::psi(expected, actual).unwrap_or(0.0)
 }
 
 /// Deterministic assignment of a unit (a user) to a bucket in [0, 100) per salt (a model, an
@@ -202,7 +309,7 @@ mod tests {
 
     #[test]
     fn records_batches_failures_and_the_score_distribution() {
-        let s = VersionStats::default();
+        let s = VersionStats::new("m", "1", None);
         s.record(
             Duration::from_micros(100),
             Some(&[0.01, 0.5, 0.99, 2.0, f32::NAN]),

@@ -526,13 +526,31 @@ fn train(
             .inputs
             .iter()
             .map(|n| n.to_string())
-            .zip(weights)
+            .zip(weights.iter().copied())
             .collect(),
         hashed: None,
     };
+    // The training rows' distributions: the baseline drift monitoring compares traffic with.
+    let names: Vec<String> = spec.inputs.iter().map(|n| n.to_string()).collect();
+    let inputs: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| spec.inputs.iter().map(|n| r.get(n) as f32).collect())
+        .collect();
+    let outputs: Vec<f64> = x
+        .chunks(d)
+        .map(|row| {
+            let z = intercept + row.iter().zip(&weights).map(|(v, w)| v * w).sum::<f64>();
+            1.0 / (1.0 + (-z).exp())
+        })
+        .collect();
+    let reference = podium_model::reference::Reference::of_rows(&names, &inputs, &outputs);
     BundleWriter::new(bundle, manifest)
         .weights(serde_json::to_vec_pretty(&file).expect("weights serialise"))
         .golden(&golden)
+        .file(
+            "reference.json",
+            serde_json::to_vec_pretty(&reference).expect("reference serialises"),
+        )
         .write()?;
     Ok(())
 }
