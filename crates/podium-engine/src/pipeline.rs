@@ -32,6 +32,9 @@ pub struct EngineConfig {
     pub hydrate_budget: Duration,
     /// Time kept back from model scoring for pricing, pod construction and the response.
     pub response_reserve: Duration,
+    /// Model monitoring on the request path: predictions kept for calibration against
+    /// outcomes, and sampled inputs and predictions for drift (off only to measure its cost).
+    pub monitoring: bool,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +45,7 @@ impl Default for EngineConfig {
             // Pricing, the exact pod optimiser and the lease checks of ~100 candidates: tens of
             // microseconds in release, a few milliseconds in a debug build on a busy machine.
             response_reserve: Duration::from_millis(3),
+            monitoring: true,
         }
     }
 }
@@ -529,6 +533,7 @@ impl Engine {
         pool: ComputePool,
     ) -> Self {
         let market = Arc::new(market);
+        models.stats.set_drift(config.monitoring);
         Self {
             inner: Arc::new(Inner {
                 shadow_log: Arc::default(),
@@ -1166,7 +1171,12 @@ impl Engine {
                 .collect();
             // What the models predicted for each ad that plays, under the key its tracking
             // events carry, so outcomes can be joined to it.
-            for (k, p) in placed_here.iter().enumerate() {
+            let monitored = if inner.config.monitoring {
+                placed_here.as_slice()
+            } else {
+                &[]
+            };
+            for (k, p) in monitored.iter().enumerate() {
                 let (p_click, p_complete) = predicted[*p];
                 let mut preds = Vec::with_capacity(2);
                 if let (Some((name, version)), false) = (&ctr_model, p_click.is_nan()) {

@@ -22,8 +22,9 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// A histogram of `values` over (at most) [`REFERENCE_BINS`] quantile bins; repeated
-    /// quantiles collapse, so a binary feature gets one or two bins.
+    /// A histogram of `values` over (at most) [`REFERENCE_BINS`] quantile bins (repeated
+    /// quantiles collapse); a feature with at most that many distinct values gets one bin per
+    /// value, so that a flag's share is followed.
     pub fn of(name: &str, values: impl Iterator<Item = f64>) -> Self {
         let mut present = Vec::new();
         let mut missing = 0;
@@ -35,17 +36,25 @@ impl Histogram {
             }
         }
         present.sort_by(f64::total_cmp);
-        let mut edges: Vec<f64> = if present.is_empty() {
+        let mut distinct = present.clone();
+        distinct.dedup();
+        let edges: Vec<f64> = if present.is_empty() {
             Vec::new()
+        } else if distinct.len() <= REFERENCE_BINS {
+            // A discrete feature (a flag, a category code): one bin per value, the last closed.
+            let last = distinct[distinct.len() - 1];
+            distinct.push(last);
+            distinct
         } else {
-            (0..=REFERENCE_BINS)
+            let mut edges: Vec<f64> = (0..=REFERENCE_BINS)
                 .map(|q| present[(q * (present.len() - 1)) / REFERENCE_BINS])
-                .collect()
+                .collect();
+            edges.dedup();
+            if edges.len() == 1 {
+                edges.push(edges[0]);
+            }
+            edges
         };
-        edges.dedup();
-        if edges.len() == 1 {
-            edges.push(edges[0]);
-        }
         let bins = edges.len().saturating_sub(1);
         let mut h = Self {
             name: name.to_string(),
@@ -151,8 +160,11 @@ mod tests {
         assert_eq!(h.counts.iter().sum::<u64>(), 1000);
         assert_eq!(h.missing, 1);
         assert_eq!(h.counts.len(), REFERENCE_BINS);
-        let flag = Histogram::of("flag", [0.0, 1.0, 1.0, 0.0].into_iter());
-        assert_eq!(flag.counts.iter().sum::<u64>(), 4);
+        let flag = Histogram::of("flag", [0.0, 1.0, 1.0, 1.0].into_iter());
+        assert_eq!(flag.counts, vec![1, 3]);
+        assert_eq!((flag.bin(0.0), flag.bin(1.0)), (Some(0), Some(1)));
+        let codes = Histogram::of("code", [2.0, 0.0, 1.0, 2.0].into_iter());
+        assert_eq!(codes.counts, vec![1, 1, 2]);
         let constant = Histogram::of("c", [3.0, 3.0].into_iter());
         assert_eq!(constant.counts, vec![2]);
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 /// Minutes of counts kept.
 pub const WINDOW_MINUTES: usize = 60;
 /// Fewer sampled values than this in a window give no band ("too few rows").
-pub const MIN_ROWS: u64 = 200;
+pub const MIN_ROWS: u64 = 1_000;
 const MINUTE_MS: i64 = 60_000;
 
 #[derive(Clone, Default)]
@@ -308,7 +308,7 @@ mod tests {
 
     fn feed(s: &DriftSketch, now: i64, seed: u64, shift_b: f32, missing_a: bool) {
         let mut u = lcg(seed);
-        for _ in 0..200 {
+        for _ in 0..400 {
             let a: Vec<f32> = (0..50)
                 .map(|_| if missing_a { f32::NAN } else { u() })
                 .collect();
@@ -324,7 +324,7 @@ mod tests {
         let now = 10 * MINUTE_MS;
         feed(&s, now, 7, 0.0, false);
         let r = s.report(now, 60);
-        assert_eq!(r.sampled_rows, 200 * 8);
+        assert_eq!(r.sampled_rows, 400 * 8);
         assert_eq!(r.features[0].band, "stable", "{r:?}");
         assert_eq!(r.features[1].band, "stable", "{r:?}");
         assert_eq!(r.prediction.band, "stable", "{r:?}");
@@ -340,7 +340,7 @@ mod tests {
         let rules: Vec<String> = findings(&r, 0.1).into_iter().map(|f| f.0).collect();
         assert_eq!(rules, vec!["missing_values", "feature_drift"]);
         // The hour window still holds the clean minute.
-        assert_eq!(s.report(later, 60).sampled_rows, 2 * 200 * 8);
+        assert_eq!(s.report(later, 60).sampled_rows, 2 * 400 * 8);
     }
 
     #[test]
@@ -350,7 +350,7 @@ mod tests {
         let hour_later = WINDOW_MINUTES as i64 * MINUTE_MS;
         assert_eq!(s.report(hour_later, 60).sampled_rows, 0);
         feed(&s, hour_later, 2, 0.0, false);
-        assert_eq!(s.report(hour_later, 60).sampled_rows, 200 * 4);
+        assert_eq!(s.report(hour_later, 60).sampled_rows, 400 * 4);
         assert_eq!(s.report(hour_later, 60).prediction.band, "stable");
     }
 

@@ -273,7 +273,7 @@ pub async fn live(
 }
 
 /// Seconds between drift checks of the alert loop.
-const DRIFT_EVERY_S: i64 = 30;
+const DRIFT_EVERY_S: i64 = 10;
 /// Window of the drift alert checks, minutes.
 const DRIFT_WINDOW_MINUTES: usize = 15;
 /// Largest rise of an input's missing share over its reference before an alert.

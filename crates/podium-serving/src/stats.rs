@@ -210,6 +210,7 @@ fn bin_of(v: f32) -> usize {
 #[derive(Debug, Default)]
 pub struct ModelStats {
     versions: DashMap<(String, String), Arc<VersionStats>>,
+    no_drift: std::sync::atomic::AtomicBool,
 }
 
 impl ModelStats {
@@ -225,6 +226,15 @@ impl ModelStats {
             .clone()
     }
 
+    /// Turns drift sketching of versions created from now on (and those already created) on or
+    /// off; off, only batches, failures, latency and the prediction histogram are recorded.
+    pub fn set_drift(&self, on: bool) {
+        self.no_drift.store(!on, Ordering::Relaxed);
+        if !on {
+            self.versions.clear();
+        }
+    }
+
     /// The figures of a model's version, created on first use with drift sketching against the
     /// bundle's reference when it has one.
     pub fn of_model(&self, model: &podium_model::Model) -> Arc<VersionStats> {
@@ -235,11 +245,12 @@ impl ModelStats {
         self.versions
             .entry(key)
             .or_insert_with(|| {
-                Arc::new(VersionStats::new(
-                    model.name(),
-                    model.version(),
-                    model.reference().cloned(),
-                ))
+                let reference = if self.no_drift.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    model.reference().cloned()
+                };
+                Arc::new(VersionStats::new(model.name(), model.version(), reference))
             })
             .clone()
     }

@@ -358,7 +358,9 @@ fn simulate(cfg: &DemoConfig, market: &Marketplace) -> Vec<Row> {
         .map(|_| {
             let u = &users[rng.random_range(0..users.len())].1;
             let li = &market.line_items[rng.random_range(0..market.line_items.len())];
-            let device = rng.random_range(0..4);
+            // Devices as the demo traffic has them (half on the TV), so that the models'
+            // reference distributions match what they will serve.
+            let device = [0, 0, 0, 1, 2, 3][rng.random_range(0..6)];
             let c = candidate_features(li);
             Row {
                 tv: (device == 0) as u8 as f64,
