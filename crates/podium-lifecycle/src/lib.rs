@@ -512,18 +512,10 @@ impl Watcher {
                 comparisons.push(comparison);
                 continue;
             }
-            let side = |s: &StatsSnapshot, version: &str| Side {
-                batches: s.batches,
-                failures: s.failures,
-                latencies_us: s.recent_us.iter().map(|&v| v as f64).collect(),
-                p99_us: s.p99_us as f64,
-                bins: s.bins.clone(),
-                outcomes: outcomes(name, version),
-            };
             let tests = podium_monitor::regression::evaluate(
                 &rules,
-                &side(&canary, &w.version),
-                &side(&production, &w.production_version),
+                &side(&canary, outcomes(name, &w.version)),
+                &side(&production, outcomes(name, &w.production_version)),
             );
             let breach = tests
                 .iter()
@@ -608,6 +600,19 @@ impl Watcher {
                 s.alerts.drain(..excess);
             });
         }
+    }
+}
+
+/// One side of a canary comparison from a version's live figures and its joined outcomes
+/// (observed, Σ predicted).
+fn side(s: &StatsSnapshot, outcomes: Option<(f64, f64)>) -> Side {
+    Side {
+        batches: s.batches,
+        failures: s.failures,
+        latencies_us: s.recent_us.iter().map(|&v| v as f64).collect(),
+        p99_us: s.p99_us as f64,
+        bins: s.bins.clone(),
+        outcomes,
     }
 }
 
@@ -703,6 +708,95 @@ mod tests {
             bins,
             recent_us: vec![300; 10],
         }
+    }
+
+    /// Echoes its input after `delay` of work.
+    #[derive(Debug)]
+    struct Timed(Duration);
+
+    impl podium_model::Runtime for Timed {
+        fn num_inputs(&self) -> usize {
+            1
+        }
+        fn predict_raw(
+            &self,
+            input: &Columns<'_>,
+            out: &mut [f32],
+        ) -> Result<(), podium_model::ModelError> {
+            let t = Instant::now();
+            while t.elapsed() < self.0 {
+                std::hint::spin_loop();
+            }
+            out.copy_from_slice(input.column(0));
+            Ok(())
+        }
+    }
+
+    fn bound(version: &str, delay: Duration, schema: &FrameSchema) -> BoundModel {
+        use podium_model::manifest::{OutputSpec, ServingSpec};
+        let manifest = podium_model::Manifest {
+            name: "m".into(),
+            version: version.into(),
+            kind: podium_model::ModelKind::Linear,
+            task: "ctr".into(),
+            weights: "w".into(),
+            inputs: vec![podium_model::InputSpec {
+                name: "x".into(),
+                kind: "f32".into(),
+                default: None,
+            }],
+            output: OutputSpec {
+                link: podium_model::Link::Identity,
+                ..OutputSpec::default()
+            },
+            serving: ServingSpec {
+                latency_budget_us: 100_000,
+                fallback_prior: 0.1,
+            },
+            calibration: None,
+        };
+        let model = Model::new(manifest, Arc::new(Timed(delay))).unwrap();
+        BoundModel::bind(model, schema).unwrap()
+    }
+
+    #[test]
+    fn a_canary_with_added_latency_is_flagged_from_its_live_figures() {
+        let schema = Arc::new(FrameSchema::new(["x"]));
+        let stats = podium_serving::ModelStats::default();
+        let mut frame = podium_core::FeatureFrame::new(schema.clone(), 8);
+        frame.column_mut(0).fill(0.1);
+        let score = |m: &BoundModel, n: usize| {
+            let s = stats.of_model(m.model());
+            for _ in 0..n {
+                let t = Instant::now();
+                let answer = m.try_score(&frame);
+                s.record_scored(t.elapsed(), m, &frame, answer.as_deref().ok());
+            }
+        };
+        let production = bound("1", Duration::from_micros(300), &schema);
+        let same = bound("2", Duration::from_micros(300), &schema);
+        let slow = bound("3", Duration::from_micros(900), &schema);
+        score(&production, 400);
+        score(&same, 250);
+        score(&slow, 250);
+        let rules = Rules {
+            min_batches: 200,
+            ..Rules::default()
+        };
+        let snap = |v: &str| side(&stats.get("m", v).unwrap(), None);
+        let judged = |v: &str| {
+            podium_monitor::regression::evaluate(&rules, &snap(v), &snap("1"))
+                .into_iter()
+                .filter(|t| t.breach)
+                .map(|t| t.rule)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            !judged("2").contains(&"latency"),
+            "same speed flagged: {:?}",
+            podium_monitor::regression::evaluate(&rules, &snap("2"), &snap("1"))
+        );
+        assert!(judged("3").contains(&"latency"), "{:?}", judged("3"));
     }
 
     #[test]
