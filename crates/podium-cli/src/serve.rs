@@ -140,6 +140,13 @@ pub struct ServeArgs {
     /// consistency`; `off` for none [default: <data-dir>/logs].
     #[arg(long)]
     log_dir: Option<String>,
+    /// Export decision traces (a `decide` span with a span per stage) over OTLP/HTTP (JSON) to
+    /// this collector: a base URL (`http://collector:4318`) or the full traces URL.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of decisions whose traces are exported (with --otlp-endpoint).
+    #[arg(long, default_value_t = 0.01)]
+    otlp_sample_ratio: f64,
     /// Events more than this many seconds behind the newest are rejected as late.
     #[arg(long, default_value_t = 3600)]
     event_lateness_s: u64,
@@ -275,6 +282,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     admission.max_wait = Duration::from_millis(args.max_queue_wait_ms);
     let state = AppState::new(admission, Duration::from_millis(args.tmax_ms));
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let tracer = podium_server::otlp::DecisionTracer::start(&podium_server::otlp::OtlpConfig {
+            endpoint: endpoint.clone(),
+            sample_ratio: args.otlp_sample_ratio,
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+        state.set_tracer(tracer);
+    }
     let log = MemoryLog::spawn(args.log_capacity.max(1));
     state.set_log(log.clone());
     let public = args
@@ -301,6 +316,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     let loader_state = state.clone();
+    let traces = state.clone();
     let data_dir = world.dir().to_path_buf();
     let config = EngineConfig {
         default_tmax: Duration::from_millis(args.tmax_ms),
@@ -442,6 +458,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let served = server.await.context("serving HTTP");
+    let _ = tokio::task::spawn_blocking(move || traces.flush_traces()).await;
     stop_stream().await;
     if let Some(s) = &snapshot {
         s.save_now().await;

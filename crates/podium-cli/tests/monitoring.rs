@@ -242,3 +242,90 @@ async fn the_dashboard_draws_live_data_in_a_browser() {
     // Pacing curves of the largest line items.
     assert!(charts["pacing"]["series"].as_u64().unwrap() >= 2, "{check}");
 }
+
+/// A collector that answers 200 to every OTLP/HTTP export and keeps the JSON bodies.
+fn collector() -> (String, Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    kept.lock().unwrap().push(v);
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (url, bodies)
+}
+
+#[tokio::test]
+async fn decisions_are_traced_over_otlp_with_a_span_per_stage() {
+    let (url, bodies) = collector();
+    let mut server = Server::start_with_args(
+        |_| {},
+        &["--otlp-endpoint", &url, "--otlp-sample-ratio", "1"],
+    )
+    .await;
+    for i in 0..5 {
+        let (status, _) = server.post("/v1/decide", request(9_000 + i, "tv")).await;
+        assert_eq!(status, 200);
+    }
+    // The batch processor sends within its delay; a graceful stop flushes in any case.
+    server.stop_gracefully().await;
+    let started = Instant::now();
+    let spans: Vec<Value> = loop {
+        let spans: Vec<Value> = bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if spans.iter().filter(|s| s["name"] == "decide").count() >= 5
+            || started.elapsed() > Duration::from_secs(15)
+        {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let roots: Vec<&Value> = spans.iter().filter(|s| s["name"] == "decide").collect();
+    assert!(roots.len() >= 5, "{} spans: {spans:?}", spans.len());
+    let root =
+        roots
+            .iter()
+            .find(|r| {
+                r["attributes"].as_array().unwrap().iter().any(|a| {
+                    a["key"] == "podium.request_id" && a["value"]["stringValue"] == "m-9000"
+                })
+            })
+            .unwrap_or_else(|| panic!("no trace of m-9000: {roots:?}"));
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["traceId"] == root["traceId"] && s["parentSpanId"] == root["spanId"])
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for stage in [
+        "admit", "retrieve", "hydrate", "rank", "score", "value", "pod",
+    ] {
+        assert!(children.contains(&stage), "{stage} missing: {children:?}");
+    }
+}

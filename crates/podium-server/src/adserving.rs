@@ -166,7 +166,7 @@ pub async fn openrtb_auction(
     };
     let engine = engine(&state)?;
     let decision = engine.decide(bid.request.clone(), received).await;
-    state.observe(&decision);
+    state.observe(&decision, "/openrtb2/auction");
     let market = engine.market();
     let urls = state.public_urls();
     let req = &bid.request;
@@ -394,7 +394,7 @@ pub async fn vast(
     let req = vast_request(&q)?;
     let engine = engine(&state)?;
     let decision = engine.decide(req.clone(), received).await;
-    state.observe(&decision);
+    state.observe(&decision, "/v1/vast");
     let market = engine.market();
     let urls = state.public_urls();
     let ctx = TrackContext {

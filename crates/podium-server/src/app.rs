@@ -44,6 +44,7 @@ pub struct AppState {
     shader: Arc<podium_auction::BidShader>,
     live: Arc<crate::live::Live>,
     alerts: Arc<podium_monitor::AlertLog>,
+    tracer: Arc<OnceLock<crate::otlp::DecisionTracer>>,
 }
 
 impl Default for AppState {
@@ -73,17 +74,35 @@ impl AppState {
             shader: Arc::new(crate::adserving::default_shader()),
             live: Arc::default(),
             alerts: Arc::default(),
+            tracer: Arc::default(),
+        }
+    }
+
+    /// Exports sampled decisions' traces over OTLP from now on.
+    pub fn set_tracer(&self, tracer: crate::otlp::DecisionTracer) {
+        let _ = self.tracer.set(tracer);
+    }
+
+    /// Sends the traces still queued (at shutdown).
+    pub fn flush_traces(&self) {
+        if let Some(t) = self.tracer.get() {
+            t.flush();
         }
     }
 
     /// Records a decision in the metrics and the live series.
-    pub fn observe(&self, decision: &podium_core::Decision) {
+    pub fn observe(&self, decision: &podium_core::Decision, endpoint: &'static str) {
         crate::metrics::record_decision(&decision.timings);
         if !decision.degraded.is_empty() {
             crate::metrics::record_degraded(&decision.degraded);
         }
         self.live
             .record(&decision.timings, !decision.degraded.is_empty());
+        if let Some(tracer) = self.tracer.get() {
+            let received =
+                std::time::SystemTime::now() - Duration::from_micros(decision.timings.total_us);
+            tracer.record(received, decision, endpoint);
+        }
     }
 
     /// The live time series of the dashboard.
@@ -288,7 +307,7 @@ async fn decide(
         )
     })?;
     let decision = engine.decide(request, received).await;
-    state.observe(&decision);
+    state.observe(&decision, "/v1/decide");
     Ok(Json(decision.into()))
 }
 

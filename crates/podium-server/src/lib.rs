@@ -12,6 +12,7 @@ pub mod live;
 pub mod metrics;
 pub mod monitor;
 pub mod oip;
+pub mod otlp;
 
 pub use admin::admin_router;
 pub use admission::{Admission, AdmissionConfig};
