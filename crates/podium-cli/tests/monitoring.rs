@@ -15,7 +15,7 @@ const DEVICES: [&str; 6] = ["tv", "tv", "tv", "mobile", "tablet", "desktop"];
 fn request(i: u64, device: &str) -> String {
     json!({"request_id": format!("m-{i}"),
            "user": {"id": format!("u-{}", i % 5_000), "country": "US", "device": device},
-           "content": {"id": format!("t-{}", i % 300), "genre": "drama", "live": i % 7 == 0},
+           "content": {"id": format!("t-{}", i % 300), "genre": "drama", "live": i.is_multiple_of(7)},
            "breaks": [{"id": "b1", "position": "midroll", "max_ads": 4, "max_duration_s": 90}]})
     .to_string()
 }

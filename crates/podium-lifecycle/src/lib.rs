@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Canary guardrails: when a canary is worse than production, and when it has earned promotion.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Guardrails {
     /// The regression rules, each a statistical test of the canary against production over the
     /// canary's window (latency, errors, prediction shift, calibration), with its action.
@@ -40,15 +40,6 @@ pub struct Guardrails {
     pub rules: Rules,
     /// Promote a canary to production after this long without a breach (never when `None`).
     pub promote_after: Option<Duration>,
-}
-
-impl Default for Guardrails {
-    fn default() -> Self {
-        Self {
-            rules: Rules::default(),
-            promote_after: None,
-        }
-    }
 }
 
 /// How the watcher runs.

@@ -90,12 +90,15 @@ impl Window {
     }
 }
 
+/// A version's counters at its last sample (batches, rows, Unix ms) and its samples.
+type VersionSeries = ((u64, u64, i64), VecDeque<ModelPoint>);
+
 struct Series {
     last_tick_ms: i64,
     last_shed: u64,
     points: VecDeque<Point>,
     /// Per version: the counters at the last sample, and the samples.
-    models: HashMap<(String, String), ((u64, u64, i64), VecDeque<ModelPoint>)>,
+    models: HashMap<(String, String), VersionSeries>,
     pacing: HashMap<String, VecDeque<PacingPoint>>,
 }
 

@@ -116,7 +116,7 @@ async fn refresh(state: &AppState) {
             }
         }
         metrics::gauge!("podium_model_calibration_alerts").set(calibration.alerts().len() as f64);
-        model_figures(engine, now as i64);
+        model_figures(engine, now);
         pacing_figures(engine);
     }
     let stream = state

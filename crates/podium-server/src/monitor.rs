@@ -135,7 +135,7 @@ fn whole(
             .ok()
             .filter(|v| (1..=max).contains(v))
             .ok_or_else(|| {
-                ApiError::field(name, &format!("must be a whole number from 1 to {max}"))
+                ApiError::field(name, format!("must be a whole number from 1 to {max}"))
             }),
     }
 }

@@ -97,7 +97,11 @@ impl DecisionTracer {
 
     /// Exports a decision's trace when it is sampled. `received` is when the request arrived.
     pub fn record(&self, received: SystemTime, decision: &Decision, endpoint: &'static str) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % self.every != 0 {
+        if !self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.every)
+        {
             return;
         }
         let t = &decision.timings;
