@@ -291,10 +291,15 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
         })
     };
     let mut scored = 0;
+    let status = server.get_json("/v1/lifecycle").await;
     for (s, d) in &answers {
         assert_eq!(*s, 200, "{d}");
         if !shed(d) {
-            assert_eq!(version_of(d, "ctr").as_deref(), Some("11"), "{d}");
+            assert_eq!(
+                version_of(d, "ctr").as_deref(),
+                Some("11"),
+                "{d}\nlifecycle: {status}"
+            );
             scored += 1;
         }
     }

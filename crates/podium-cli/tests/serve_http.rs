@@ -633,10 +633,18 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     queried.sort();
     queried.dedup();
     assert!(queried.len() >= 10, "{queried:?}");
-    let exporter = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../podium-server/src/metrics.rs"),
-    )
-    .unwrap();
+    // Where metrics are named: the exporter, and the serving tier's per-model recorders.
+    let exporter: String = [
+        "../podium-server/src/metrics.rs",
+        "../podium-server/src/monitor.rs",
+        "../podium-serving/src/stats.rs",
+        "../podium-serving/src/slot.rs",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap()
+    })
+    .collect();
     for m in queried {
         let base = ["_bucket", "_count", "_sum"]
             .iter()
@@ -648,9 +656,13 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
         );
         // Registry metrics need --registry, degraded counts a degraded decision, calibration an
         // observed outcome: the rest are in this server's exposition now.
+        // Fallbacks, timeouts and drift alerts count events this test does not cause.
         let conditional = base.starts_with("podium_registry")
             || base == "podium_decision_degraded_total"
-            || base == "podium_model_calibration_ratio";
+            || base == "podium_model_calibration_ratio"
+            || base == "podium_model_fallback_total"
+            || base == "podium_model_timeouts_total"
+            || base == "podium_model_drift_alerts_total";
         if !conditional {
             assert!(metrics.contains(m), "{m} not in\n{metrics}");
         }

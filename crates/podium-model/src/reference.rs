@@ -36,9 +36,12 @@ impl Histogram {
             }
         }
         present.sort_by(f64::total_cmp);
-        let mut distinct = present.clone();
+        // Edges from the finite values (JSON has no infinities); an infinite value counts in
+        // the end bin on its side.
+        let finite: Vec<f64> = present.iter().copied().filter(|v| v.is_finite()).collect();
+        let mut distinct = finite.clone();
         distinct.dedup();
-        let edges: Vec<f64> = if present.is_empty() {
+        let edges: Vec<f64> = if finite.is_empty() {
             Vec::new()
         } else if distinct.len() <= REFERENCE_BINS {
             // A discrete feature (a flag, a category code): one bin per value, the last closed.
@@ -47,7 +50,7 @@ impl Histogram {
             distinct
         } else {
             let mut edges: Vec<f64> = (0..=REFERENCE_BINS)
-                .map(|q| present[(q * (present.len() - 1)) / REFERENCE_BINS])
+                .map(|q| finite[(q * (finite.len() - 1)) / REFERENCE_BINS])
                 .collect();
             edges.dedup();
             if edges.len() == 1 {
@@ -165,6 +168,17 @@ mod tests {
         assert_eq!((flag.bin(0.0), flag.bin(1.0)), (Some(0), Some(1)));
         let codes = Histogram::of("code", [2.0, 0.0, 1.0, 2.0].into_iter());
         assert_eq!(codes.counts, vec![1, 1, 2]);
+        // Infinities count in the end bins; the edges stay finite (JSON has no infinity).
+        let wide = Histogram::of(
+            "w",
+            (0..100)
+                .map(|i| i as f64)
+                .chain([f64::NEG_INFINITY, f64::INFINITY]),
+        );
+        assert!(wide.edges.iter().all(|e| e.is_finite()));
+        assert_eq!(wide.counts.iter().sum::<u64>(), 102);
+        let json = serde_json::to_string(&wide).unwrap();
+        assert_eq!(serde_json::from_str::<Histogram>(&json).unwrap(), wide);
         let constant = Histogram::of("c", [3.0, 3.0].into_iter());
         assert_eq!(constant.counts, vec![2]);
     }

@@ -1,6 +1,6 @@
 //! Live time series for the dashboard: per second, the decision rate, shed and degraded rates
 //! and latency percentiles of the whole decision and each stage; every 5 s each model version's
-//! rate and P99; every 10 s the pacing of the largest line items. Kept in memory for the last
+//! rate and P99; every 10 s the pacing of the line items spending most. Kept in memory for the last
 //! five minutes (pacing: the last hour).
 
 use hdrhistogram::Histogram;
@@ -235,12 +235,12 @@ impl Live {
         }
     }
 
-    /// Samples pacing: the line items with the largest budgets.
+    /// Samples pacing: the line items spending most.
     pub fn sample_pacing(&self, now_ms: i64, view: &[podium_engine::PacingView]) {
         let Ok(mut s) = self.series.lock() else {
             return;
         };
-        for li in largest(view) {
+        for li in spending_most(view) {
             let series = s.pacing.entry(li.line_item.clone()).or_default();
             series.push_back(PacingPoint {
                 t_ms: now_ms,
@@ -287,12 +287,13 @@ impl Live {
     }
 }
 
-/// The line items with budgets, largest first.
-pub fn largest(view: &[podium_engine::PacingView]) -> Vec<&podium_engine::PacingView> {
+/// The line items with budgets that spent most today, then the largest budgets.
+pub fn spending_most(view: &[podium_engine::PacingView]) -> Vec<&podium_engine::PacingView> {
     let mut items: Vec<_> = view.iter().filter(|v| v.budget_micros > 0).collect();
     items.sort_by(|a, b| {
-        b.budget_micros
-            .cmp(&a.budget_micros)
+        b.spent_micros
+            .cmp(&a.spent_micros)
+            .then_with(|| b.budget_micros.cmp(&a.budget_micros))
             .then_with(|| a.line_item.cmp(&b.line_item))
     });
     items.truncate(PACING_ITEMS);

@@ -177,7 +177,7 @@ fn model_figures(engine: &podium_engine::Engine, now_ms: i64) {
     }
 }
 
-/// Pacing over all line items, and spend against budget for the largest.
+/// Pacing over all line items, and spend against budget for the line items spending most.
 fn pacing_figures(engine: &podium_engine::Engine) {
     let view = engine.pacing_view();
     let (budget, spent): (i64, i64) = view.iter().fold((0, 0), |(b, s), v| {
@@ -187,7 +187,7 @@ fn pacing_figures(engine: &podium_engine::Engine) {
     metrics::gauge!("podium_pacing_spent_dollars").set(spent as f64 / 1e6);
     metrics::gauge!("podium_pacing_throttled_line_items")
         .set(view.iter().filter(|v| v.throttle < 1.0).count() as f64);
-    for li in crate::live::largest(&view) {
+    for li in crate::live::spending_most(&view) {
         let labels = [("line_item", li.line_item.clone())];
         metrics::gauge!("podium_pacing_spent_ratio", &labels)
             .set(li.spent_micros as f64 / li.budget_micros.max(1) as f64);

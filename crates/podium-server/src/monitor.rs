@@ -228,7 +228,7 @@ pub async fn canaries(State(state): State<AppState>) -> Result<Response, ApiErro
 }
 
 /// `GET /v1/monitor/live?seconds=N` (default 300): per-second decision rate and latency
-/// percentiles per stage, each model version's rate and latency, and the largest line items'
+/// percentiles per stage, each model version's rate and latency, and the line items spending most:
 /// pacing curves.
 pub async fn live(
     State(state): State<AppState>,
@@ -257,7 +257,7 @@ pub async fn live(
             }));
         }
         let view = engine.pacing_view();
-        for li in crate::live::largest(&view) {
+        for li in crate::live::spending_most(&view) {
             let mut row = serde_json::to_value(li).unwrap_or_default();
             row["series"] = json!(live.pacing_series(&li.line_item));
             pacing.push(row);
