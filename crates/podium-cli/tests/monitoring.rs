@@ -188,8 +188,26 @@ async fn the_dashboard_draws_live_data_in_a_browser() {
             i
         })
     };
-    // Enough seconds of series and one model sample (every 5 s) before the page loads.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Enough seconds of series and a model sample (every 5 s, a rate needs two) before the
+    // page loads.
+    let started = Instant::now();
+    loop {
+        let live = server.get_json("/v1/monitor/live?seconds=300").await;
+        let sampled = live["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| !m["series"].as_array().unwrap().is_empty())
+            .count();
+        if sampled >= 3 && live["points"].as_array().unwrap().len() >= 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no model series yet: {live}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let url = server.url("/dashboard");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(browser)
