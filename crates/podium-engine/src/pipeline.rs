@@ -1014,7 +1014,17 @@ impl Engine {
         let states = (*states).as_ref();
         let mut multipliers = Vec::with_capacity(top.len());
         let mut predicted: Vec<(f32, Option<f32>)> = Vec::with_capacity(top.len());
-        let model_of = |task: &str| models.scorer_for(task).map(|i| scores[i].model.clone());
+        // Shared by every placed ad's calibration record: one allocation per decision, not per ad.
+        let model_of = |task: &str| {
+            models.scorer_for(task).map(|i| {
+                let (name, version) = &scores[i].model;
+                (
+                    Arc::<str>::from(name.as_str()),
+                    Arc::<str>::from(version.as_str()),
+                    Arc::<str>::from(task),
+                )
+            })
+        };
         let (ctr_model, completion_model) = (model_of("ctr"), model_of("completion"));
         let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
         let (ctr, completion, conversion) =
@@ -1179,17 +1189,18 @@ impl Engine {
             for (k, p) in monitored.iter().enumerate() {
                 let (p_click, p_complete) = predicted[*p];
                 let mut preds = Vec::with_capacity(2);
-                if let (Some((name, version)), false) = (&ctr_model, p_click.is_nan()) {
+                if let (Some((name, version, task)), false) = (&ctr_model, p_click.is_nan()) {
                     preds.push(podium_monitor::Prediction {
-                        task: "ctr".into(),
+                        task: task.clone(),
                         model: name.clone(),
                         version: version.clone(),
                         p: p_click,
                     });
                 }
-                if let (Some((name, version)), Some(pc)) = (&completion_model, p_complete) {
+                if let (Some((name, version, task)), Some(pc)) = (&completion_model, p_complete)
+                {
                     preds.push(podium_monitor::Prediction {
-                        task: "completion".into(),
+                        task: task.clone(),
                         model: name.clone(),
                         version: version.clone(),
                         p: pc,

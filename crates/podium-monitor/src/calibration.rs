@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Bins of the reliability curve (predictions in [0, 1]).
 const BINS: usize = 10;
@@ -14,11 +14,11 @@ const EPS: f64 = 1e-6;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Prediction {
     /// What it predicts: `ctr` (a click follows) or `completion` (the ad plays to its end).
-    pub task: String,
+    pub task: Arc<str>,
     /// Model name.
-    pub model: String,
+    pub model: Arc<str>,
     /// Model version that served.
-    pub version: String,
+    pub version: Arc<str>,
     /// The probability predicted.
     pub p: f32,
 }
@@ -34,6 +34,9 @@ pub struct CalibrationConfig {
     pub min_outcomes: f64,
     /// Alert when Σ predicted ÷ Σ observed is above this or below its inverse.
     pub max_ratio: f64,
+    /// Most placed ads waiting for outcomes; beyond it new ads are not followed (counted in
+    /// [`Calibration::skipped`]), so memory stays bounded at any request rate.
+    pub max_pending: usize,
 }
 
 impl Default for CalibrationConfig {
@@ -43,6 +46,7 @@ impl Default for CalibrationConfig {
             keep_hours: 48,
             min_outcomes: 50.0,
             max_ratio: 1.2,
+            max_pending: 2_000_000,
         }
     }
 }
@@ -77,10 +81,10 @@ fn bin(p: f64) -> usize {
 }
 
 /// Key of a statistics cell: model, version, task, segment.
-type Cell = (String, String, String, String);
+type Cell = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 
 struct PendingAd {
-    segment: String,
+    segment: Arc<str>,
     predictions: Vec<Prediction>,
     /// Hour bucket of the impression, once it played.
     impressed: Option<i64>,
@@ -90,9 +94,13 @@ struct PendingAd {
 
 #[derive(Default)]
 struct State {
-    pending: HashMap<String, PendingAd>,
+    pending: HashMap<Arc<str>, PendingAd>,
     /// Arrival order of pending keys, for expiry.
-    order: std::collections::VecDeque<(i64, String)>,
+    order: std::collections::VecDeque<(i64, Arc<str>)>,
+    /// Placed ads not followed because too many were pending.
+    skipped: u64,
+    /// Segment names, shared by the ads in them.
+    segments: std::collections::HashSet<Arc<str>>,
     cells: BTreeMap<(Cell, i64), Stats>,
     alerts: Vec<CalibrationAlert>,
 }
@@ -188,14 +196,27 @@ impl Calibration {
             .is_some_and(|(t, _)| *t < ts_ms - self.cfg.outcome_window_ms)
         {
             if let Some((_, k)) = s.order.pop_front() {
-                s.pending.remove(&k);
+                s.pending.remove(&*k);
             }
         }
+        if s.pending.len() >= self.cfg.max_pending {
+            s.skipped += 1;
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let segment = match s.segments.get(segment) {
+            Some(seg) => seg.clone(),
+            None => {
+                let seg: Arc<str> = Arc::from(segment);
+                s.segments.insert(seg.clone());
+                seg
+            }
+        };
         s.order.push_back((ts_ms, key.clone()));
         s.pending.insert(
             key,
             PendingAd {
-                segment: segment.to_string(),
+                segment,
                 predictions,
                 impressed: None,
                 observed: Vec::new(),
@@ -259,7 +280,7 @@ impl Calibration {
         let hits: Vec<(Cell, f64)> = ad
             .predictions
             .iter()
-            .filter(|p| p.task == task)
+            .filter(|p| &*p.task == task)
             .map(|p| {
                 (
                     (
@@ -299,17 +320,17 @@ impl Calibration {
             return;
         }
         let already = s.alerts.iter().any(|a| {
-            a.model == cell.0
-                && a.version == cell.1
-                && a.task == cell.2
+            *a.model == *cell.0
+                && *a.version == *cell.1
+                && *a.task == *cell.2
                 && a.ts_ms > ts_ms - HOUR_MS
         });
         if !already {
             s.alerts.push(CalibrationAlert {
                 ts_ms,
-                model: cell.0.clone(),
-                version: cell.1.clone(),
-                task: cell.2.clone(),
+                model: cell.0.to_string(),
+                version: cell.1.to_string(),
+                task: cell.2.to_string(),
                 calibration_ratio: ratio,
                 observed: total.observed,
             });
@@ -327,7 +348,7 @@ impl Calibration {
                 continue;
             }
             by.entry(c.clone()).or_default().add(st);
-            let all = (c.0.clone(), c.1.clone(), c.2.clone(), "all".to_string());
+            let all = (c.0.clone(), c.1.clone(), c.2.clone(), Arc::from("all"));
             by.entry(all).or_default().add(st);
         }
         by.into_iter().map(|(c, st)| row(c, &st)).collect()
@@ -341,6 +362,11 @@ impl Calibration {
     /// Placed ads still waiting for their outcomes.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
+    }
+
+    /// Placed ads not followed because `max_pending` were waiting already.
+    pub fn skipped(&self) -> u64 {
+        self.lock().skipped
     }
 }
 
@@ -362,10 +388,10 @@ fn row(c: Cell, st: &Stats) -> CalibrationRow {
         0.0
     };
     CalibrationRow {
-        model: c.0,
-        version: c.1,
-        task: c.2,
-        segment: c.3,
+        model: c.0.to_string(),
+        version: c.1.to_string(),
+        task: c.2.to_string(),
+        segment: c.3.to_string(),
         impressions: st.n,
         predicted: st.predicted,
         observed: st.observed,
@@ -487,5 +513,26 @@ mod tests {
         let rows = c.report(30, 1);
         assert_eq!(all(&rows).observed, 0.0, "another task's outcome");
         assert_eq!(c.pending(), 1);
+    }
+
+    #[test]
+    fn pending_ads_are_bounded() {
+        let c = Calibration::new(CalibrationConfig {
+            max_pending: 3,
+            ..CalibrationConfig::default()
+        });
+        for i in 0..5 {
+            let p = vec![Prediction {
+                task: "ctr".into(),
+                model: "m".into(),
+                version: "1".into(),
+                p: 0.1,
+            }];
+            c.predicted(format!("k{i}"), i, "tv", p);
+        }
+        assert_eq!((c.pending(), c.skipped()), (3, 2));
+        // The ads followed still join their outcomes.
+        c.impression("k0", 10);
+        assert_eq!(all(&c.report(10, 1)).impressions, 1.0);
     }
 }

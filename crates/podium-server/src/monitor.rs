@@ -44,6 +44,7 @@ pub async fn calibration(
     Ok(Json(json!({
         "hours": hours,
         "pending_ads": c.pending(),
+        "skipped_ads": c.skipped(),
         "models": c.report(now, hours),
     }))
     .into_response())
