@@ -83,8 +83,7 @@ fn bench(c: &mut Criterion) {
     let predictions: Vec<f32> = (0..rows).map(|r| (r % 10) as f32 / 10.0).collect();
     let m = model.model();
     let plain = podium_serving::VersionStats::new(m.name(), m.version(), None);
-    let sketched =
-        podium_serving::VersionStats::new(m.name(), m.version(), m.reference().cloned());
+    let sketched = podium_serving::VersionStats::new(m.name(), m.version(), m.reference().cloned());
     assert!(m.reference().is_some(), "the demo models carry a reference");
     let mut parts = c.benchmark_group("monitoring_parts");
     let elapsed = Duration::from_micros(40);

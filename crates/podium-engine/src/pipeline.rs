@@ -1197,8 +1197,7 @@ impl Engine {
                         p: p_click,
                     });
                 }
-                if let (Some((name, version, task)), Some(pc)) = (&completion_model, p_complete)
-                {
+                if let (Some((name, version, task)), Some(pc)) = (&completion_model, p_complete) {
                     preds.push(podium_monitor::Prediction {
                         task: task.clone(),
                         model: name.clone(),
