@@ -76,6 +76,21 @@ pub struct StageTimings {
     pub total_us: u64,
 }
 
+impl StageTimings {
+    /// Each stage's name and time, in pipeline order (the stages run one after another).
+    pub fn stages(&self) -> [(&'static str, u64); 7] {
+        [
+            ("admit", self.admit_us),
+            ("retrieve", self.retrieve_us),
+            ("hydrate", self.hydrate_us),
+            ("rank", self.rank_us),
+            ("score", self.score_us),
+            ("value", self.value_us),
+            ("pod", self.pod_us),
+        ]
+    }
+}
+
 /// The engine's answer to one ad request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {

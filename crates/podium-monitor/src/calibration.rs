@@ -92,6 +92,25 @@ struct PendingAd {
     observed: Vec<String>,
 }
 
+impl PendingAd {
+    /// The statistics cells of the ad's predictions (of one task, or all) with each prediction.
+    fn cells(&self, task: Option<&str>) -> Vec<(Cell, f64)> {
+        self.predictions
+            .iter()
+            .filter(|p| task.is_none_or(|t| *p.task == *t))
+            .map(|p| {
+                let cell = (
+                    p.model.clone(),
+                    p.version.clone(),
+                    p.task.clone(),
+                    self.segment.clone(),
+                );
+                (cell, f64::from(p.p).clamp(0.0, 1.0))
+            })
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct State {
     pending: HashMap<Arc<str>, PendingAd>,
@@ -235,21 +254,7 @@ impl Calibration {
         }
         let hour = ts_ms.div_euclid(HOUR_MS);
         ad.impressed = Some(hour);
-        let cells: Vec<(Cell, f64)> = ad
-            .predictions
-            .iter()
-            .map(|p| {
-                (
-                    (
-                        p.model.clone(),
-                        p.version.clone(),
-                        p.task.clone(),
-                        ad.segment.clone(),
-                    ),
-                    f64::from(p.p).clamp(0.0, 1.0),
-                )
-            })
-            .collect();
+        let cells = ad.cells(None);
         for (cell, p) in cells {
             let st = s.cells.entry((cell, hour)).or_default();
             st.n += 1.0;
@@ -277,22 +282,7 @@ impl Calibration {
             return;
         }
         ad.observed.push(task.to_string());
-        let hits: Vec<(Cell, f64)> = ad
-            .predictions
-            .iter()
-            .filter(|p| &*p.task == task)
-            .map(|p| {
-                (
-                    (
-                        p.model.clone(),
-                        p.version.clone(),
-                        p.task.clone(),
-                        ad.segment.clone(),
-                    ),
-                    f64::from(p.p).clamp(0.0, 1.0),
-                )
-            })
-            .collect();
+        let hits = ad.cells(Some(task));
         for (cell, p) in hits {
             let st = s.cells.entry((cell.clone(), hour)).or_default();
             st.observed += 1.0;

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 /// Seconds of per-second points kept.
 pub const KEEP_SECONDS: usize = 300;
+/// `total`, then the stages in [`StageTimings::stages`] order.
 const STAGES: [&str; 8] = [
     "total", "admit", "retrieve", "hydrate", "rank", "score", "value", "pod",
 ];
@@ -131,16 +132,7 @@ impl Live {
         };
         w.decisions += 1;
         w.degraded += degraded as u64;
-        let values = [
-            t.total_us,
-            t.admit_us,
-            t.retrieve_us,
-            t.hydrate_us,
-            t.rank_us,
-            t.score_us,
-            t.value_us,
-            t.pod_us,
-        ];
+        let values = std::iter::once(t.total_us).chain(t.stages().map(|(_, us)| us));
         for (h, v) in w.histograms.iter_mut().zip(values) {
             let _ = h.record(v.max(1));
         }

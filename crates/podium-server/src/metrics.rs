@@ -38,15 +38,7 @@ pub fn install() {
 pub fn record_decision(t: &StageTimings) {
     let s = |us: u64| us as f64 / 1e6;
     metrics::histogram!("podium_decision_duration_seconds").record(s(t.total_us));
-    for (stage, us) in [
-        ("admit", t.admit_us),
-        ("retrieve", t.retrieve_us),
-        ("hydrate", t.hydrate_us),
-        ("rank", t.rank_us),
-        ("score", t.score_us),
-        ("value", t.value_us),
-        ("pod", t.pod_us),
-    ] {
+    for (stage, us) in t.stages() {
         metrics::histogram!("podium_decision_stage_duration_seconds", "stage" => stage)
             .record(s(us));
     }

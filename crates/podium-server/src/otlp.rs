@@ -124,15 +124,7 @@ impl DecisionTracer {
             .start(&self.tracer);
         let cx = Context::current_with_span(root);
         let mut offset = 0;
-        for (stage, us) in [
-            ("admit", t.admit_us),
-            ("retrieve", t.retrieve_us),
-            ("hydrate", t.hydrate_us),
-            ("rank", t.rank_us),
-            ("score", t.score_us),
-            ("value", t.value_us),
-            ("pod", t.pod_us),
-        ] {
+        for (stage, us) in t.stages() {
             let mut span = self
                 .tracer
                 .span_builder(stage)
