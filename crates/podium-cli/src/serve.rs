@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use podium_engine::{build_demo_with, build_standard_with, Engine, EngineConfig, FeatureSetup};
+use podium_features::offline::DecisionRow;
 use podium_features::offline::RollPolicy;
 use podium_features::stream::Event;
 use podium_features::ServedRow;
@@ -12,7 +13,7 @@ use podium_features::{
     RedisStore,
 };
 use podium_log::MemoryLog;
-use podium_log::{DecisionSink, FeatureLogSink, ParquetLog};
+use podium_log::{DecisionLogSink, DecisionSink, FeatureLogSink, ParquetLog};
 use podium_server::{AdmissionConfig, AppState};
 use podium_serving::ComputePool;
 use podium_sim::demo::DemoConfig;
@@ -135,9 +136,10 @@ pub struct ServeArgs {
     /// process, in milliseconds (0: no cache).
     #[arg(long, default_value_t = 30_000)]
     feature_cache_ttl_ms: u64,
-    /// Directory of the Parquet logs: `features/` (the stored feature values served with each
-    /// decision) and `events/` (the events the stream read), for `podium features
-    /// consistency`; `off` for none [default: <data-dir>/logs].
+    /// Directory of the Parquet logs: `decisions/` (every decision: request, features, models,
+    /// ads, prices, timings; docs/decision-log.md), `features/` (the stored feature values
+    /// served with each decision) and `events/` (the events the stream read), for `podium
+    /// features consistency`; `off` for none [default: <data-dir>/logs].
     #[arg(long)]
     log_dir: Option<String>,
     /// Export decision traces (a `decide` span with a span per stage) over OTLP/HTTP (JSON) to
@@ -380,8 +382,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
     let tiles = data_dir.join("features.tiles.json");
-    let (sink, events_log, served_log) = logs;
-    let flush_logs = (served_log, events_log.clone());
+    let (sink, events_log, served_log, decision_log) = logs;
+    if let Some(log) = &decision_log {
+        state.set_decision_log(log.clone());
+    }
+    let flush_logs = (served_log, events_log.clone(), decision_log);
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         let (engine, definitions) =
@@ -470,6 +475,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(l) = &flush_logs.1 {
             l.flush();
         }
+        if let Some(l) = &flush_logs.2 {
+            l.flush();
+        }
     })
     .await;
     served
@@ -479,13 +487,14 @@ type Logs = (
     Arc<dyn DecisionSink>,
     Option<Arc<ParquetLog<Event>>>,
     Option<Arc<ParquetLog<ServedRow>>>,
+    Option<Arc<ParquetLog<DecisionRow>>>,
 );
 
 /// The decision sink (the in-memory ring, behind the served-feature log unless logs are off)
 /// and the event log.
 fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Result<Logs> {
     let dir = match args.log_dir.as_deref() {
-        Some("off") => return Ok((Arc::new(memory), None, None)),
+        Some("off") => return Ok((Arc::new(memory), None, None, None)),
         Some(d) => PathBuf::from(d),
         None => data_dir.join("logs"),
     };
@@ -493,9 +502,17 @@ fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Re
     let features = FeatureLogSink::start(Arc::new(memory), &dir.join("features"), policy)
         .context("--log-dir: the served-feature log")?;
     let served = features.log().clone();
+    let decisions = DecisionLogSink::start(Arc::new(features), &dir.join("decisions"), policy)
+        .context("--log-dir: the decision log")?;
+    let decision_log = decisions.log().clone();
     let events = ParquetLog::start(&dir.join("events"), "events", policy)
         .context("--log-dir: the event log")?;
-    Ok((Arc::new(features), Some(Arc::new(events)), Some(served)))
+    Ok((
+        Arc::new(decisions),
+        Some(Arc::new(events)),
+        Some(served),
+        Some(decision_log),
+    ))
 }
 
 /// The embedded store and where it is snapshotted.

@@ -12,6 +12,9 @@
 //! need that (it sorts by event time); the consistency report does, to tell an event that had not
 //! yet arrived when the served value was computed from a real inconsistency.
 
+mod decision_log;
+pub use decision_log::{DecisionRow, DECISION_LOG_VERSION, TIMING_COLUMNS};
+
 use crate::definitions::{Definitions, Entity, EventType, FeatureKind};
 use crate::stream::{Aggregator, Event, Rejection};
 use arrow_array::cast::AsArray;
@@ -129,7 +132,8 @@ mod sealed {
 use sealed::{BatchError, Sealed};
 
 /// A row type with a Parquet layout of its own: [`Event`] (the event log), [`ServedRow`] (the
-/// served-feature log), [`QueryPoint`] (backfill queries) and [`BackfillRow`] (backfill output).
+/// served-feature log), [`QueryPoint`] (backfill queries), [`BackfillRow`] (backfill output) and
+/// [`DecisionRow`] (the decision log).
 pub trait LogRecord: Sealed {
     /// The Arrow schema the rows are written with (and the columns a reader requires).
     fn arrow_schema() -> SchemaRef {

@@ -3,11 +3,13 @@
 //! The engine hands each record to a [`DecisionSink`] without waiting: sinks queue the record for a
 //! task of their own and drop it (counting the drop) rather than slow a request down. The trunk's
 //! sink keeps recent records in memory; [`FeatureLogSink`] adds the served features' Parquet log
-//! in front of it.
+//! in front of it, and [`DecisionLogSink`] the decision log (one Parquet row per decision).
 
+pub mod decision_log;
 pub mod feature_log;
 pub mod parquet_log;
 
+pub use decision_log::{read_decision_log, DecisionLogError, DecisionLogSink};
 pub use feature_log::FeatureLogSink;
 pub use parquet_log::ParquetLog;
 

@@ -45,6 +45,7 @@ pub struct AppState {
     live: Arc<crate::live::Live>,
     alerts: Arc<podium_monitor::AlertLog>,
     tracer: Arc<OnceLock<crate::otlp::DecisionTracer>>,
+    decision_log: Arc<OnceLock<Arc<podium_log::ParquetLog<podium_features::offline::DecisionRow>>>>,
 }
 
 impl Default for AppState {
@@ -75,7 +76,23 @@ impl AppState {
             live: Arc::default(),
             alerts: Arc::default(),
             tracer: Arc::default(),
+            decision_log: Arc::default(),
         }
+    }
+
+    /// The decision log, for its counters in `/metrics`.
+    pub fn set_decision_log(
+        &self,
+        log: Arc<podium_log::ParquetLog<podium_features::offline::DecisionRow>>,
+    ) {
+        let _ = self.decision_log.set(log);
+    }
+
+    /// The decision log, when one is written.
+    pub fn decision_log(
+        &self,
+    ) -> Option<&Arc<podium_log::ParquetLog<podium_features::offline::DecisionRow>>> {
+        self.decision_log.get()
     }
 
     /// Exports sampled decisions' traces over OTLP from now on.

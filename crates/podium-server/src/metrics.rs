@@ -74,6 +74,11 @@ async fn refresh(state: &AppState) {
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     metrics::counter!("podium_admission_shed_total").absolute(state.admission().shed_total());
     metrics::gauge!("podium_ready").set(if state.ready() { 1.0 } else { 0.0 });
+    if let Some(log) = state.decision_log() {
+        metrics::counter!("podium_log_decisions_written_total").absolute(log.written());
+        metrics::counter!("podium_log_decisions_dropped_total").absolute(log.dropped());
+        metrics::counter!("podium_log_decisions_failed_total").absolute(log.failed());
+    }
     if let Some(engine) = state.engine() {
         let h = engine.hydrator().stats();
         metrics::counter!("podium_features_hydrations_total").absolute(get(&h.requests));
