@@ -9,6 +9,7 @@
 //! `ARCHITECTURE.md` §7 (5,000 line items, 1,000,000 viewers, a linear ranker, five GBDTs and
 //! three MLPs), generated from a seed by `podium sim gen`.
 
+pub mod counterfactual;
 pub mod demo;
 pub mod pacing;
 pub mod standard;
