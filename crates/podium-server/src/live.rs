@@ -103,16 +103,28 @@ struct Series {
     pacing: HashMap<String, VecDeque<PacingPoint>>,
 }
 
-/// The live recorder.
+/// The live recorder. Decisions record into one of several windows, picked by thread, so that
+/// request threads on many cores do not queue on one lock; the tick merges them.
 pub struct Live {
-    window: Mutex<Window>,
+    windows: Vec<Mutex<Window>>,
     series: Mutex<Series>,
+}
+
+/// This thread's window, as an index taken once per thread.
+fn shard(count: usize) -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    SHARD.with(|s| *s) % count
 }
 
 impl Default for Live {
     fn default() -> Self {
         Self {
-            window: Mutex::new(Window::new()),
+            windows: (0..std::thread::available_parallelism().map_or(1, |n| n.get().min(64)))
+                .map(|_| Mutex::new(Window::new()))
+                .collect(),
             series: Mutex::new(Series {
                 last_tick_ms: 0,
                 last_shed: 0,
@@ -127,7 +139,7 @@ impl Default for Live {
 impl Live {
     /// Records one decision.
     pub fn record(&self, t: &StageTimings, degraded: bool) {
-        let Ok(mut w) = self.window.lock() else {
+        let Ok(mut w) = self.windows[shard(self.windows.len())].lock() else {
             return;
         };
         w.decisions += 1;
@@ -141,10 +153,18 @@ impl Live {
     /// Closes the current second (called once a second): `shed_total` is the admission's
     /// counter of shed requests.
     pub fn tick(&self, now_ms: i64, shed_total: u64) {
-        let w = match self.window.lock() {
-            Ok(mut w) => std::mem::replace(&mut *w, Window::new()),
-            Err(_) => return,
-        };
+        let mut w = Window::new();
+        for shard in &self.windows {
+            let Ok(mut s) = shard.lock() else {
+                continue;
+            };
+            w.decisions += std::mem::take(&mut s.decisions);
+            w.degraded += std::mem::take(&mut s.degraded);
+            for (total, h) in w.histograms.iter_mut().zip(s.histograms.iter_mut()) {
+                let _ = total.add(&*h);
+                h.reset();
+            }
+        }
         let Ok(mut s) = self.series.lock() else {
             return;
         };
