@@ -499,10 +499,10 @@ fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Re
         None => data_dir.join("logs"),
     };
     let policy = RollPolicy::default();
-    let features = FeatureLogSink::start(Arc::new(memory), &dir.join("features"), policy)
+    let features = FeatureLogSink::served_features(Arc::new(memory), &dir.join("features"), policy)
         .context("--log-dir: the served-feature log")?;
     let served = features.log().clone();
-    let decisions = DecisionLogSink::start(Arc::new(features), &dir.join("decisions"), policy)
+    let decisions = DecisionLogSink::decisions(Arc::new(features), &dir.join("decisions"), policy)
         .context("--log-dir: the decision log")?;
     let decision_log = decisions.log().clone();
     let events = ParquetLog::start(&dir.join("events"), "events", policy)

@@ -3,7 +3,7 @@
 //! (`decisions-….parquet`, by size and age). A full queue drops the row and counts it; the
 //! request never waits. The layout is in `docs/decision-log.md`.
 
-use crate::parquet_log::ParquetLog;
+use crate::parquet_log::{LogSink, RowsOf};
 use crate::{DecisionRecord, DecisionSink};
 use podium_features::offline::{
     read_records, DecisionRow, OfflineError, RollPolicy, DECISION_LOG_VERSION,
@@ -13,38 +13,24 @@ use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A sink that passes every record on to `inner` and queues it for the decision log.
-pub struct DecisionLogSink {
-    inner: Arc<dyn DecisionSink>,
-    log: Arc<ParquetLog<DecisionRow>>,
-}
+/// The decision log's sink: every record passes on to `inner` and is queued for the log.
+pub type DecisionLogSink = LogSink<DecisionRow>;
 
-impl DecisionLogSink {
+impl LogSink<DecisionRow> {
     /// Logs into `dir` (files `decisions-….parquet`), rolled by `policy`.
-    pub fn start(
+    pub fn decisions(
         inner: Arc<dyn DecisionSink>,
         dir: &Path,
         policy: RollPolicy,
     ) -> Result<Self, OfflineError> {
-        Ok(Self {
-            inner,
-            log: Arc::new(ParquetLog::start(dir, "decisions", policy)?),
-        })
-    }
-
-    /// The log, for flushing and its counters.
-    pub fn log(&self) -> &Arc<ParquetLog<DecisionRow>> {
-        &self.log
+        LogSink::start(inner, dir, "decisions", policy, decision_row_of)
     }
 }
 
-impl DecisionSink for DecisionLogSink {
-    fn submit(&self, record: DecisionRecord) {
-        // The row (JSON of the request, features and decision) is built on the writer thread.
-        let copy = record.clone();
-        self.log.submit_with(move || vec![row_of(&copy)]);
-        self.inner.submit(record);
-    }
+/// The row (JSON of the request, features and decision) is built on the writer thread.
+fn decision_row_of(record: &DecisionRecord) -> RowsOf<DecisionRow> {
+    let copy = record.clone();
+    Some(Box::new(move || vec![row_of(&copy)]))
 }
 
 fn json(value: &impl Serialize) -> String {

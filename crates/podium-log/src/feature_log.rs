@@ -2,37 +2,39 @@
 //! (`podium_features::offline::ServedRow`, one row per feature), for the online/offline
 //! consistency check (`podium features consistency`).
 
-use crate::parquet_log::ParquetLog;
+use crate::parquet_log::{LogSink, RowsOf};
 use crate::{DecisionRecord, DecisionSink};
 use podium_features::offline::{OfflineError, RollPolicy, ServedRow};
 use podium_features::ServedEntity;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A sink that passes every record on to `inner` and queues its served features for the log.
-/// A full queue drops the features (counted), never the decision.
-pub struct FeatureLogSink {
-    inner: Arc<dyn DecisionSink>,
-    log: Arc<ParquetLog<ServedRow>>,
-}
+/// The served-feature log's sink: every record passes on to `inner`; its served features are
+/// queued for the log, one row per feature.
+pub type FeatureLogSink = LogSink<ServedRow>;
 
-impl FeatureLogSink {
+impl LogSink<ServedRow> {
     /// Logs into `dir` (files `served-….parquet`), rolled by `policy`.
-    pub fn start(
+    pub fn served_features(
         inner: Arc<dyn DecisionSink>,
         dir: &Path,
         policy: RollPolicy,
     ) -> Result<Self, OfflineError> {
-        Ok(Self {
-            inner,
-            log: Arc::new(ParquetLog::start(dir, "served", policy)?),
-        })
+        LogSink::start(inner, dir, "served", policy, served_rows_of)
     }
+}
 
-    /// The log, for flushing and its counters.
-    pub fn log(&self) -> &Arc<ParquetLog<ServedRow>> {
-        &self.log
+/// The rows (hundreds per decision) are built on the writer thread from a shared copy.
+fn served_rows_of(record: &DecisionRecord) -> RowsOf<ServedRow> {
+    if record.served.is_empty() {
+        return None;
     }
+    let (request_id, ts_ms, served) = (
+        record.decision.request_id.to_string(),
+        record.ts_ms as i64,
+        record.served.clone(),
+    );
+    Some(Box::new(move || served_rows(&request_id, ts_ms, &served)))
 }
 
 /// One row per served feature; a default served reads with no as-of time.
@@ -54,20 +56,4 @@ pub fn served_rows(request_id: &str, ts_ms: i64, entities: &[ServedEntity]) -> V
                 })
         })
         .collect()
-}
-
-impl DecisionSink for FeatureLogSink {
-    fn submit(&self, record: DecisionRecord) {
-        // The rows (hundreds per decision) are built on the writer thread from a shared copy.
-        if !record.served.is_empty() {
-            let (request_id, ts_ms, served) = (
-                record.decision.request_id.to_string(),
-                record.ts_ms as i64,
-                record.served.clone(),
-            );
-            self.log
-                .submit_with(move || served_rows(&request_id, ts_ms, &served));
-        }
-        self.inner.submit(record);
-    }
 }

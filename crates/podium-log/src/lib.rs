@@ -11,7 +11,7 @@ pub mod parquet_log;
 
 pub use decision_log::{read_decision_log, DecisionLogError, DecisionLogSink};
 pub use feature_log::FeatureLogSink;
-pub use parquet_log::ParquetLog;
+pub use parquet_log::{LogSink, ParquetLog, RowsOf};
 
 use podium_core::{AdRequest, Decision};
 use podium_features::ServedEntity;

@@ -1,6 +1,7 @@
 //! A Parquet log written by a thread of its own: callers queue rows without waiting, and a full
 //! queue drops them (counted) rather than slow a request down.
 
+use crate::{DecisionRecord, DecisionSink};
 use podium_features::offline::{LogRecord, OfflineError, RollPolicy, RollingWriter};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -114,5 +115,49 @@ impl<R: LogRecord + Send + 'static> ParquetLog<R> {
     /// Rows handed to the writer.
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// What a log sink queues for one decision: the making of its rows (run on the writer thread),
+/// or nothing.
+pub type RowsOf<R> = Option<Box<dyn FnOnce() -> Vec<R> + Send>>;
+
+/// A decision sink that passes every record on to `inner` and queues rows made from it for a
+/// Parquet log. A full queue drops the rows (counted), never the decision. The served-feature
+/// log ([`LogSink::served_features`]) and the decision log ([`LogSink::decisions`]) are two.
+pub struct LogSink<R: LogRecord + Send + 'static> {
+    inner: Arc<dyn DecisionSink>,
+    log: Arc<ParquetLog<R>>,
+    rows: fn(&DecisionRecord) -> RowsOf<R>,
+}
+
+impl<R: LogRecord + Send + 'static> LogSink<R> {
+    /// Logs into `dir` (files `<prefix>-….parquet`), rolled by `policy`, the rows `rows` makes.
+    pub fn start(
+        inner: Arc<dyn DecisionSink>,
+        dir: &Path,
+        prefix: &str,
+        policy: RollPolicy,
+        rows: fn(&DecisionRecord) -> RowsOf<R>,
+    ) -> Result<Self, OfflineError> {
+        Ok(Self {
+            inner,
+            log: Arc::new(ParquetLog::start(dir, prefix, policy)?),
+            rows,
+        })
+    }
+
+    /// The log, for flushing and its counters.
+    pub fn log(&self) -> &Arc<ParquetLog<R>> {
+        &self.log
+    }
+}
+
+impl<R: LogRecord + Send + 'static> DecisionSink for LogSink<R> {
+    fn submit(&self, record: DecisionRecord) {
+        if let Some(make) = (self.rows)(&record) {
+            self.log.submit_with(make);
+        }
+        self.inner.submit(record);
     }
 }
