@@ -370,6 +370,15 @@ impl Watcher {
                 .cloned()
         };
         let bind = |m: Model| BoundModel::bind(m, &self.schema).ok();
+        // A slot whose production version is not loaded (it failed to load, or a registry read
+        // mid-change no longer names it) keeps the primary it serves now, not the world's own.
+        let serving = self.engine.models();
+        let current = |name: &str| {
+            std::iter::once(&serving.ranker)
+                .chain(&serving.scorers)
+                .find(|s| s.name() == name)
+                .and_then(|s| s.primary().cloned())
+        };
         let mut set = self.base.clone();
         let mut used = Vec::new();
         for slot in std::iter::once(&mut set.ranker).chain(set.scorers.iter_mut()) {
@@ -384,6 +393,7 @@ impl Watcher {
                 .as_deref()
                 .and_then(|v| loaded(&name, v))
                 .and_then(bind)
+                .or_else(|| current(&name))
             {
                 next = next.with_primary(m);
             }

@@ -168,6 +168,14 @@ impl ModelSlot {
         Some(slot)
     }
 
+    /// The primary tier's model, when it is scored here.
+    pub fn primary(&self) -> Option<&BoundModel> {
+        match &self.tiers[0] {
+            Tier::Local(m) => Some(m),
+            Tier::Remote(_) => None,
+        }
+    }
+
     /// The slot with `model` as its primary in place of the local one it had (a new production
     /// version); a remote primary is kept.
     pub fn with_primary(mut self, model: BoundModel) -> Self {
