@@ -3,14 +3,15 @@
 //! pod, respond, log.
 //!
 //! This is the one place where features, serving, auction, pacing and logging meet. The HTTP
-//! server only adapts wire formats to `decide`, and replay will call the very same function, so a
-//! decision is never computed by two code paths.
+//! server only adapts wire formats to `decide`; replay ([`replay`]) runs the auction through the
+//! very same valuation and pod functions, so a decision is never computed by two code paths.
 
 mod demo;
 pub mod experiments;
 mod features;
 mod pacing;
 mod pipeline;
+pub mod replay;
 mod standard;
 
 pub use demo::{build_demo, build_demo_with, DemoError};

@@ -2,7 +2,7 @@
 
 use crate::experiments::{Assignment, Experiments};
 use arc_swap::ArcSwap;
-use podium_auction::pod::{solve_pod, PodCandidate, PodCreative};
+use podium_auction::pod::{solve_pod, PodCandidate, PodCreative, PodOutcome};
 use podium_auction::{
     ecpm, static_floor, CapScope, DynamicReserve, Goal, Marketplace, TargetingIndex,
 };
@@ -12,7 +12,7 @@ use podium_core::{
     PlacedAd, StageTimings,
 };
 use podium_features::{CandidateKeys, Hydrator};
-use podium_log::{DecisionRecord, DecisionSink};
+use podium_log::{DecisionRecord, DecisionSink, Explored, ReplayState};
 use podium_pacing::{
     cap_key, count_since, has_budget, Day, Delivery, FrequencyStore, MemoryFrequencyStore,
     SpendStore,
@@ -35,6 +35,10 @@ pub struct EngineConfig {
     /// Model monitoring on the request path: predictions kept for calibration against
     /// outcomes, and sampled inputs and predictions for drift (off only to measure its cost).
     pub monitoring: bool,
+    /// Share of ad breaks whose lead ad is drawn at random among the allowed best-effort
+    /// candidates (epsilon-greedy), with each lead's propensity logged for counterfactual
+    /// estimates; 0 = off.
+    pub exploration: f64,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +50,7 @@ impl Default for EngineConfig {
             // microseconds in release, a few milliseconds in a debug build on a busy machine.
             response_reserve: Duration::from_millis(3),
             monitoring: true,
+            exploration: 0.0,
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct MarketSnapshot {
     requests_seen: AtomicU64,
     /// The high-water-mark plan, once the control loop has computed one.
     plan: ArcSwap<Option<podium_pacing::Plan<u32>>>,
+    /// Hash of the marketplace's JSON: decisions log it, replays check it.
+    pub fingerprint: u64,
 }
 
 /// One request in this many with a guaranteed line item eligible is sampled for the plan.
@@ -146,7 +153,9 @@ impl MarketSnapshot {
                 Goal::NonGuaranteed => None,
             })
             .collect();
+        let fingerprint = stable_hash(&serde_json::to_string(&marketplace).unwrap_or_default());
         Self {
+            fingerprint,
             any_caps: items.iter().any(|li| !li.caps.is_empty()),
             delivery: Delivery::new(items.len()),
             dynamic_reserve: marketplace.dynamic_reserve.clone().map(DynamicReserve::new),
@@ -499,6 +508,230 @@ struct Computed {
     bookings: Vec<(u32, Micros)>,
     /// The candidates fully scored (their served features go to the feature log).
     top: Vec<u32>,
+    /// What the auction read, for the decision log.
+    replay: ReplayState,
+}
+
+/// The full-scoring models' answers for the top candidates, by the task the valuation reads.
+pub(crate) struct TaskScores<'a> {
+    pub(crate) ctr: Option<&'a [f32]>,
+    pub(crate) completion: Option<&'a [f32]>,
+    pub(crate) conversion: Option<&'a [f32]>,
+}
+
+impl<'a> TaskScores<'a> {
+    /// The first scorer of each task (`tasks[m]` is scorer `m`'s), whose answers `scores` gives.
+    pub(crate) fn of(tasks: &[String], scores: impl Fn(usize) -> &'a [f32]) -> Self {
+        let by = |task: &str| tasks.iter().position(|t| t == task).map(&scores);
+        Self {
+            ctr: by("ctr"),
+            completion: by("completion"),
+            conversion: by("conversion"),
+        }
+    }
+}
+
+/// Values the candidates `top` for the pod: eCPM from each line item's bid type and the
+/// predictions (priors where a task has no model), times its pacing multiplier; guaranteed
+/// line items ahead of every best-effort one.
+pub(crate) fn value_candidates(
+    market: &MarketSnapshot,
+    top: &[u32],
+    scores: &TaskScores<'_>,
+    multipliers: &[f64],
+) -> Vec<PodCandidate> {
+    let line_items = &market.marketplace.line_items;
+    top.iter()
+        .enumerate()
+        .map(|(r, &i)| {
+            let li = &line_items[i as usize];
+            let keys = &market.keys[i as usize];
+            let p_click = scores.ctr.map_or(f32::NAN, |v| v[r]);
+            let p_complete = scores
+                .completion
+                .map_or(market.completion_priors[i as usize], |v| v[r]);
+            let p_conversion = scores
+                .conversion
+                .map_or(li.priors.conversion_rate_7d, |v| v[r]);
+            let guaranteed = market.goals[i as usize].is_some();
+            let raw = ecpm(li.bid, p_click, p_complete, p_conversion);
+            let value = Micros((raw.0 as f64 * multipliers[r]).round() as i64);
+            PodCandidate {
+                line_item: i,
+                value: if guaranteed {
+                    GUARANTEED_VALUE + value.0
+                } else {
+                    value.0
+                },
+                ecpm: value,
+                guaranteed,
+                creatives: li
+                    .creatives
+                    .iter()
+                    .zip(&keys.creatives)
+                    .enumerate()
+                    .map(|(c, (cr, &key))| PodCreative {
+                        index: c as u32,
+                        duration_s: cr.duration_s,
+                        key,
+                    })
+                    .collect(),
+                advertiser: keys.advertiser,
+                category: keys.category,
+                position: li.position,
+            }
+        })
+        .collect()
+}
+
+/// A break with the deduplication the marketplace always applies: an advertiser once per break,
+/// and one category once per break when competitors are separated.
+pub(crate) fn break_rules(marketplace: &Marketplace, b: &podium_core::AdBreak) -> podium_core::AdBreak {
+    let mut brk = b.clone();
+    let mut extra = vec![DedupeKey::Advertiser];
+    if marketplace.competitive_separation {
+        extra.push(DedupeKey::Category);
+    }
+    for k in extra {
+        if !brk.rules.dedupe.contains(&k) {
+            brk.rules.dedupe.push(k);
+        }
+    }
+    brk
+}
+
+/// Whether candidate `c` may take part in a pod: its lease covers its bid, it is not placed yet
+/// in this request, and it is within its caps counting what this request placed.
+pub(crate) fn allowed_in_pod(
+    market: &MarketSnapshot,
+    candidates: &[PodCandidate],
+    available: &[i64],
+    placed: &[u32],
+    history: &[(u64, i64)],
+    now_ms: i64,
+    c: usize,
+) -> bool {
+    let i = candidates[c].line_item;
+    available[c] >= candidates[c].ecpm.cpm_to_impression_cost().0
+        && !placed.contains(&i)
+        && (market.marketplace.line_items[i as usize].caps.is_empty()
+            || !market.capped(i, history, now_ms, placed))
+}
+
+/// The best-effort ad of highest value a pod placed (its lead), ties to the earlier candidate.
+fn lead_of(outcome: &PodOutcome, candidates: &[PodCandidate]) -> Option<usize> {
+    outcome
+        .placements
+        .iter()
+        .map(|p| p.candidate)
+        .filter(|&c| !candidates[c].guaranteed)
+        .max_by_key(|&c| (candidates[c].value, std::cmp::Reverse(c)))
+}
+
+/// Solves one break. With exploration on (`epsilon` > 0) the break explores with probability
+/// `epsilon` (a draw of the request and break ids, so replays draw the same): a best-effort
+/// candidate drawn uniformly among those allowed whose creatives fit the break is valued above
+/// every other best-effort one, so that it leads the pod; prices still come from eCPMs. The
+/// lead's propensity is then `1 - ε + ε/n` for the greedy lead and `ε/n` for any other.
+pub(crate) fn solve_break(
+    market: &MarketSnapshot,
+    request_id: &str,
+    brk: &podium_core::AdBreak,
+    reserve: Micros,
+    candidates: &[PodCandidate],
+    allowed: &dyn Fn(usize) -> bool,
+    epsilon: f64,
+) -> (PodOutcome, Option<Explored>) {
+    let auction = market.marketplace.auction;
+    let greedy = solve_pod(brk, reserve, candidates, allowed, auction);
+    if epsilon <= 0.0 {
+        return (greedy, None);
+    }
+    let choices: Vec<usize> = (0..candidates.len())
+        .filter(|&c| {
+            let cand = &candidates[c];
+            !cand.guaranteed
+                && cand.value > 0
+                && cand
+                    .creatives
+                    .iter()
+                    .any(|cr| cr.duration_s <= brk.max_duration_s)
+                && allowed(c)
+        })
+        .collect();
+    let n = choices.len();
+    let greedy_lead = lead_of(&greedy, candidates);
+    let key = format!("{request_id}\u{1f}{}", brk.id.as_str());
+    let id_of = |c: usize| {
+        market.marketplace.line_items[candidates[c].line_item as usize]
+            .id
+            .to_string()
+    };
+    let explores = n > 0 && podium_pacing::draw(&key, 0xE0) < epsilon;
+    if !explores {
+        let propensity = match greedy_lead {
+            Some(_) if n > 0 => 1.0 - epsilon + epsilon / n as f64,
+            None if n > 0 => 1.0 - epsilon,
+            _ => 1.0,
+        };
+        let explored = Explored {
+            break_id: brk.id.to_string(),
+            lead: greedy_lead.map(id_of),
+            propensity: Some(propensity),
+            explored: false,
+            choices: n as u32,
+            rate: epsilon,
+        };
+        return (greedy, Some(explored));
+    }
+    let pick = choices[((podium_pacing::draw(&key, 0xE1) * n as f64) as usize).min(n - 1)];
+    let mut boosted = candidates.to_vec();
+    let others: i64 = candidates
+        .iter()
+        .filter(|c| !c.guaranteed && c.value > 0)
+        .map(|c| c.value)
+        .fold(0, i64::saturating_add);
+    boosted[pick].value = others.saturating_add(1).min(GUARANTEED_VALUE - 1);
+    let outcome = solve_pod(brk, reserve, &boosted, allowed, auction);
+    let lead = lead_of(&outcome, &boosted);
+    let propensity = (lead == Some(pick)).then(|| {
+        if greedy_lead == Some(pick) {
+            1.0 - epsilon + epsilon / n as f64
+        } else {
+            epsilon / n as f64
+        }
+    });
+    let explored = Explored {
+        break_id: brk.id.to_string(),
+        lead: lead.map(id_of),
+        propensity,
+        explored: true,
+        choices: n as u32,
+        rate: epsilon,
+    };
+    (outcome, Some(explored))
+}
+
+/// The ad a placement serves.
+pub(crate) fn placed_ad(
+    market: &MarketSnapshot,
+    b: &podium_core::AdBreak,
+    cand: &PodCandidate,
+    p: &podium_auction::pod::PodPlacement,
+    multiplier: f64,
+) -> PlacedAd {
+    let li = &market.marketplace.line_items[cand.line_item as usize];
+    let creative = &li.creatives[p.creative as usize];
+    PlacedAd {
+        line_item_id: li.id.clone(),
+        creative_id: creative.id.clone(),
+        advertiser_id: li.advertiser_id.clone(),
+        duration_s: creative.duration_s,
+        price_cpm: p.price_cpm,
+        ecpm: cand.ecpm,
+        slot: p.slot.map(|j| b.rules.slots[j].id.clone()),
+        multiplier,
+    }
 }
 
 fn us(d: Duration) -> u64 {
@@ -905,6 +1138,7 @@ impl Engine {
             features,
             decision: decision.clone(),
             served,
+            replay: computed.replay,
         });
         decision
     }
@@ -927,7 +1161,6 @@ impl Engine {
         let inner = &self.inner;
         let hydrator = &inner.hydrator;
         let reserve = inner.config.response_reserve;
-        let line_items = &market.marketplace.line_items;
         let mut degraded = Vec::new();
         let mut model_versions = Vec::new();
         let mut note = |s: &Scored| {
@@ -1012,8 +1245,18 @@ impl Engine {
         let pacing = inner.pacing.load_full();
         let states = pacing.states(market, now_ms);
         let states = (*states).as_ref();
-        let mut multipliers = Vec::with_capacity(top.len());
-        let mut predicted: Vec<(f32, Option<f32>)> = Vec::with_capacity(top.len());
+        // Best-effort bids are the value times the pacing multiplier (clipped by the
+        // controller); guaranteed ones bid their contract.
+        let multipliers: Vec<f64> = top
+            .iter()
+            .map(|&i| {
+                if market.goals[i as usize].is_some() {
+                    1.0
+                } else {
+                    states.get(i as usize).map_or(1.0, |s| s.multiplier)
+                }
+            })
+            .collect();
         // Shared by every placed ad's calibration record: one allocation per decision, not per ad.
         let model_of = |task: &str| {
             models.scorer_for(task).map(|i| {
@@ -1026,62 +1269,15 @@ impl Engine {
             })
         };
         let (ctr_model, completion_model) = (model_of("ctr"), model_of("completion"));
-        let by_task = |task: &str| models.scorer_for(task).map(|i| scores[i].values.as_slice());
-        let (ctr, completion, conversion) =
-            (by_task("ctr"), by_task("completion"), by_task("conversion"));
-        let candidates: Vec<PodCandidate> = top
-            .iter()
-            .enumerate()
-            .map(|(r, &i)| {
-                let li = &line_items[i as usize];
-                let keys = &market.keys[i as usize];
-                let p_click = ctr.map_or(f32::NAN, |v| v[r]);
-                let p_complete = completion.map_or(market.completion_priors[i as usize], |v| v[r]);
-                predicted.push((p_click, completion.map(|v| v[r])));
-                let p_conversion = conversion.map_or(li.priors.conversion_rate_7d, |v| v[r]);
-                let guaranteed = market.goals[i as usize].is_some();
-                // Best-effort bids are the value times the pacing multiplier (clipped by the
-                // controller); guaranteed ones bid their contract.
-                let multiplier = if guaranteed {
-                    1.0
-                } else {
-                    states.get(i as usize).map_or(1.0, |s| s.multiplier)
-                };
-                multipliers.push(multiplier);
-                let raw = ecpm(li.bid, p_click, p_complete, p_conversion);
-                let value = Micros((raw.0 as f64 * multiplier).round() as i64);
-                PodCandidate {
-                    line_item: i,
-                    value: if guaranteed {
-                        GUARANTEED_VALUE + value.0
-                    } else {
-                        value.0
-                    },
-                    ecpm: value,
-                    guaranteed,
-                    creatives: li
-                        .creatives
-                        .iter()
-                        .zip(&keys.creatives)
-                        .enumerate()
-                        .map(|(c, (cr, &key))| PodCreative {
-                            index: c as u32,
-                            duration_s: cr.duration_s,
-                            key,
-                        })
-                        .collect(),
-                    advertiser: keys.advertiser,
-                    category: keys.category,
-                    position: li.position,
-                }
-            })
-            .collect();
+        let tasks: Vec<String> = models.scorers.iter().map(|s| s.task().to_string()).collect();
+        let by_task = TaskScores::of(&tasks, |m| scores[m].values.as_slice());
+        let candidates = value_candidates(market, &top, &by_task, &multipliers);
         // What each candidate's budget lease may still hand out on this server: an ad whose bid
         // it cannot cover does not take part.
         let mut available = Vec::with_capacity(candidates.len());
         for c in &candidates {
             let want = c.ecpm.cpm_to_impression_cost();
-            available.push(pacing.available(market, c.line_item, now_ms, want).await);
+            available.push(pacing.available(market, c.line_item, now_ms, want).await.0);
         }
         let value_us = us(t.elapsed());
 
@@ -1092,19 +1288,11 @@ impl Engine {
         let mut placed: Vec<u32> = Vec::new();
         let mut bookings = Vec::new();
         let mut breaks = Vec::with_capacity(req.breaks.len());
+        let mut reserves = Vec::with_capacity(req.breaks.len());
+        let mut lease_lost = Vec::new();
+        let mut explore = Vec::new();
         for b in &req.breaks {
-            let mut brk = b.clone();
-            // An advertiser once per break always; one category once per break when the
-            // marketplace separates competitors.
-            let mut extra = vec![DedupeKey::Advertiser];
-            if marketplace.competitive_separation {
-                extra.push(DedupeKey::Category);
-            }
-            for k in extra {
-                if !brk.rules.dedupe.contains(&k) {
-                    brk.rules.dedupe.push(k);
-                }
-            }
+            let brk = break_rules(marketplace, b);
             let segment = DynamicReserve::segment(req, b);
             let learned = market
                 .dynamic_reserve
@@ -1115,14 +1303,20 @@ impl Engine {
                     * assignment.reserve_multiplier)
                     .round() as i64,
             );
+            reserves.push(reserve.0);
             let allowed = |c: usize| {
-                let i = candidates[c].line_item;
-                available[c] >= candidates[c].ecpm.cpm_to_impression_cost()
-                    && !placed.contains(&i)
-                    && (line_items[i as usize].caps.is_empty()
-                        || !market.capped(i, history, now_ms, &placed))
+                allowed_in_pod(market, &candidates, &available, &placed, history, now_ms, c)
             };
-            let outcome = solve_pod(&brk, reserve, &candidates, allowed, marketplace.auction);
+            let (outcome, explored) = solve_break(
+                market,
+                req.request_id.as_str(),
+                &brk,
+                reserve,
+                &candidates,
+                &allowed,
+                inner.config.exploration,
+            );
+            explore.extend(explored);
             if !outcome.exact {
                 degraded.push(format!(
                     "pod {}: search limit reached, best pod found served",
@@ -1153,30 +1347,23 @@ impl Engine {
                 .filter(|p| {
                     // The lease is this ad's right to spend; a race that lost it drops the ad.
                     let cand = &candidates[p.candidate];
-                    pacing.reserve(
+                    let kept = pacing.reserve(
                         market,
                         cand.line_item,
                         p.price_cpm.cpm_to_impression_cost(),
                         now_ms,
-                    )
+                    );
+                    if !kept {
+                        lease_lost.push(cand.line_item);
+                    }
+                    kept
                 })
                 .map(|p| {
                     let cand = &candidates[p.candidate];
-                    let li = &line_items[cand.line_item as usize];
-                    let creative = &li.creatives[p.creative as usize];
                     placed_here.push(p.candidate);
                     placed.push(cand.line_item);
                     bookings.push((cand.line_item, p.price_cpm));
-                    PlacedAd {
-                        line_item_id: li.id.clone(),
-                        creative_id: creative.id.clone(),
-                        advertiser_id: li.advertiser_id.clone(),
-                        duration_s: creative.duration_s,
-                        price_cpm: p.price_cpm,
-                        ecpm: cand.ecpm,
-                        slot: p.slot.map(|j| b.rules.slots[j].id.clone()),
-                        multiplier: multipliers[p.candidate],
-                    }
+                    placed_ad(market, b, cand, &p, multipliers[p.candidate])
                 })
                 .collect();
             // What the models predicted for each ad that plays, under the key its tracking
@@ -1187,7 +1374,10 @@ impl Engine {
                 &[]
             };
             for (k, p) in monitored.iter().enumerate() {
-                let (p_click, p_complete) = predicted[*p];
+                let (p_click, p_complete) = (
+                    by_task.ctr.map_or(f32::NAN, |v| v[*p]),
+                    by_task.completion.map(|v| v[*p]),
+                );
                 let mut preds = Vec::with_capacity(2);
                 if let (Some((name, version, task)), false) = (&ctr_model, p_click.is_nan()) {
                     preds.push(podium_monitor::Prediction {
@@ -1222,6 +1412,28 @@ impl Engine {
                 ads,
             });
         }
+        let mut flat_scores = Vec::with_capacity(tasks.len() * top.len());
+        for s in &scores {
+            flat_scores.extend_from_slice(&s.values);
+        }
+        let stored = if inner.hydrator.wants_candidates() {
+            hydrator.candidate_stored_of(hydrated, &top)
+        } else {
+            Vec::new()
+        };
+        let replay = ReplayState {
+            market: market.fingerprint,
+            tasks,
+            top: top.clone(),
+            scores: flat_scores,
+            multipliers,
+            available,
+            reserves,
+            history: history.to_vec(),
+            lease_lost,
+            stored,
+            explore,
+        };
         let pod_us = us(t.elapsed());
 
         Computed {
@@ -1234,6 +1446,7 @@ impl Engine {
             pod_us,
             bookings,
             top,
+            replay,
         }
     }
 }

@@ -585,9 +585,69 @@ impl Hydrator {
         handles: &[u32],
         present: &[usize],
     ) -> FeatureFrame {
+        self.build_frame(
+            &hydrated.request_values,
+            candidates,
+            handles.len(),
+            present,
+            |r, j| {
+                self.candidate_value(&hydrated.table, handles[r] as usize, j, hydrated.at_ms)
+                    .0
+            },
+        )
+    }
+
+    /// Stored line-item and advertiser columns per candidate (the width of
+    /// [`candidate_stored_of`](Self::candidate_stored_of)'s rows).
+    pub fn candidate_stored_width(&self) -> usize {
+        self.candidate_stored.len()
+    }
+
+    /// The stored line-item and advertiser values the candidates `handles` were served from the
+    /// table pinned in `hydrated`, candidate by candidate: what a replay rebuilds frames from.
+    pub fn candidate_stored_of(&self, hydrated: &Hydrated, handles: &[u32]) -> Vec<f32> {
+        let width = self.candidate_stored.len();
+        let mut out = Vec::with_capacity(handles.len() * width);
+        for &h in handles {
+            for j in 0..width {
+                out.push(
+                    self.candidate_value(&hydrated.table, h as usize, j, hydrated.at_ms)
+                        .0,
+                );
+            }
+        }
+        out
+    }
+
+    /// As [`frame_of`](Self::frame_of) from logged values: the request-level values, each
+    /// candidate's supplied values and its stored values (`stored`, as
+    /// [`candidate_stored_of`](Self::candidate_stored_of) gave them). Rows beyond `stored` read
+    /// the stored columns as their defaults.
+    pub fn frame_replayed(
+        &self,
+        request_values: &[f32],
+        candidates: &[&[f32]],
+        stored: &[f32],
+        present: &[usize],
+    ) -> FeatureFrame {
+        let width = self.candidate_stored.len();
+        let rows = if width == 0 { 0 } else { stored.len() / width };
+        self.build_frame(request_values, candidates, rows, present, |r, j| {
+            stored[r * width + j]
+        })
+    }
+
+    fn build_frame(
+        &self,
+        request_values: &[f32],
+        candidates: &[&[f32]],
+        stored_rows: usize,
+        present: &[usize],
+        stored: impl Fn(usize, usize) -> f32,
+    ) -> FeatureFrame {
         let rows = candidates.len();
         let mut frame = FeatureFrame::with_columns(self.space.schema().clone(), rows, present);
-        for (col, &v) in hydrated.request_values.iter().enumerate() {
+        for (col, &v) in request_values.iter().enumerate() {
             if frame.has_column(col) {
                 frame.fill_column(col, v);
             }
@@ -607,10 +667,8 @@ impl Hydrator {
             }
             let column = frame.column_mut(col);
             column.fill(default);
-            for (cell, &h) in column.iter_mut().zip(handles) {
-                *cell = self
-                    .candidate_value(&hydrated.table, h as usize, j, hydrated.at_ms)
-                    .0;
+            for (r, cell) in column.iter_mut().enumerate().take(stored_rows) {
+                *cell = stored(r, j);
             }
         }
         frame

@@ -13,7 +13,7 @@
 //! yet arrived when the served value was computed from a real inconsistency.
 
 mod decision_log;
-pub use decision_log::{DecisionRow, DECISION_LOG_VERSION, TIMING_COLUMNS};
+pub use decision_log::{DecisionRow, ReplayColumns, DECISION_LOG_VERSION, TIMING_COLUMNS};
 
 use crate::definitions::{Definitions, Entity, EventType, FeatureKind};
 use crate::stream::{Aggregator, Event, Rejection};

@@ -4,9 +4,9 @@
 //! request never waits. The layout is in `docs/decision-log.md`.
 
 use crate::parquet_log::{LogSink, RowsOf};
-use crate::{DecisionRecord, DecisionSink};
+use crate::{DecisionRecord, DecisionSink, ReplayState};
 use podium_features::offline::{
-    read_records, DecisionRow, OfflineError, RollPolicy, DECISION_LOG_VERSION,
+    read_records, DecisionRow, OfflineError, ReplayColumns, RollPolicy, DECISION_LOG_VERSION,
 };
 use podium_features::ServedEntity;
 use serde::Serialize;
@@ -78,7 +78,68 @@ pub fn row_of(r: &DecisionRecord) -> DecisionRow {
         features: json(&r.features),
         served: json(&r.served),
         decision: json(d),
+        state: state_columns(&r.replay),
     }
+}
+
+/// The replay state as the log's typed columns.
+pub fn state_columns(s: &ReplayState) -> ReplayColumns {
+    ReplayColumns {
+        market_fingerprint: s.market as i64,
+        score_tasks: json(&s.tasks),
+        top: s.top.iter().map(|&i| i as i32).collect(),
+        scores: s.scores.clone(),
+        multipliers: s.multipliers.clone(),
+        available: s.available.clone(),
+        reserves: s.reserves.clone(),
+        cap_history: s
+            .history
+            .iter()
+            .flat_map(|&(k, t)| [k as i64, t])
+            .collect(),
+        lease_lost: s.lease_lost.iter().map(|&i| i as i32).collect(),
+        candidate_stored: s.stored.clone(),
+        exploration: json(&s.explore),
+    }
+}
+
+/// The replay state the typed columns hold.
+pub fn replay_state(c: &ReplayColumns) -> Result<ReplayState, String> {
+    let tasks = if c.score_tasks.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&c.score_tasks).map_err(|e| format!("`score_tasks`: {e}"))?
+    };
+    let explore = if c.exploration.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_str(&c.exploration).map_err(|e| format!("`exploration`: {e}"))?
+    };
+    if c.cap_history.len() % 2 != 0 {
+        return Err("`cap_history`: an odd number of values (it holds key, time pairs)".into());
+    }
+    let positions = |v: &[i32], what: &str| {
+        v.iter()
+            .map(|&i| u32::try_from(i).map_err(|_| format!("`{what}`: negative position {i}")))
+            .collect::<Result<Vec<u32>, String>>()
+    };
+    Ok(ReplayState {
+        market: c.market_fingerprint as u64,
+        tasks,
+        top: positions(&c.top, "top")?,
+        scores: c.scores.clone(),
+        multipliers: c.multipliers.clone(),
+        available: c.available.clone(),
+        reserves: c.reserves.clone(),
+        history: c
+            .cap_history
+            .chunks_exact(2)
+            .map(|p| (p[0] as u64, p[1]))
+            .collect(),
+        lease_lost: positions(&c.lease_lost, "lease_lost")?,
+        stored: c.candidate_stored.clone(),
+        explore,
+    })
 }
 
 /// A logged decision that could not be read back whole.
@@ -149,6 +210,7 @@ pub fn record_of(row: &DecisionRow) -> Result<DecisionRecord, String> {
         decision: serde_json::from_value(parse("decision", &row.decision)?)
             .map_err(|e| format!("`decision`: {e}"))?,
         served: served.into(),
+        replay: replay_state(&row.state)?,
     })
 }
 
@@ -244,6 +306,26 @@ mod tests {
                 values: vec![(0.013, true), (f32::NAN, false)],
             }]
             .into(),
+            replay: ReplayState {
+                market: u64::MAX - 7,
+                tasks: vec!["ctr".into(), "completion".into()],
+                top: vec![3, 1],
+                scores: vec![0.01, 0.02, 0.9, 0.8],
+                multipliers: vec![1.0, 0.5],
+                available: vec![i64::MAX, 12],
+                reserves: vec![2_000_000],
+                history: vec![(u64::MAX, 1_763_999_000_000)],
+                lease_lost: vec![1],
+                stored: vec![0.5, f32::NAN],
+                explore: vec![crate::Explored {
+                    break_id: "b1".into(),
+                    lead: Some("li-1".into()),
+                    propensity: Some(0.95),
+                    explored: false,
+                    choices: 4,
+                    rate: 0.05,
+                }],
+            },
         }
     }
 
@@ -268,6 +350,16 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert!(same(&back[0], &r), "{:?}", back[0]);
         assert!(back[0].served[0].values[1].0.is_nan());
+        let (got, want) = (&back[0].replay, &r.replay);
+        assert_eq!(
+            (got.market, &got.tasks, &got.top, &got.scores),
+            (want.market, &want.tasks, &want.top, &want.scores)
+        );
+        assert_eq!(
+            (&got.available, &got.history, &got.lease_lost, &got.explore),
+            (&want.available, &want.history, &want.lease_lost, &want.explore)
+        );
+        assert!(got.stored[1].is_nan() && got.stored[0] == 0.5);
     }
 
     #[test]

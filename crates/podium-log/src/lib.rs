@@ -36,6 +36,57 @@ pub struct DecisionRecord {
     /// the values served and the as-of time of the stored vector they came from.
     #[serde(default)]
     pub served: Arc<[ServedEntity]>,
+    /// The state the auction read, for exact replay.
+    #[serde(default)]
+    pub replay: ReplayState,
+}
+
+/// What a decision's auction read beyond the request and the marketplace: enough to run the
+/// same valuation, pricing and pod construction again and get the same answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayState {
+    /// Fingerprint of the marketplace the decision ran on (a replay against another one is
+    /// refused row by row, with that as the reason).
+    pub market: u64,
+    /// Task of each full-scoring model (`ctr`, `completion`, …), in the order of `scores`.
+    pub tasks: Vec<String>,
+    /// The candidates fully scored (positions in the marketplace), in scoring order.
+    pub top: Vec<u32>,
+    /// Each scorer's answer for `top`, scorer by scorer: `scores[m * top.len() + r]`.
+    pub scores: Vec<f32>,
+    /// Each candidate's pacing bid multiplier.
+    pub multipliers: Vec<f64>,
+    /// What each candidate's budget lease could still hand out, micros.
+    pub available: Vec<i64>,
+    /// The reserve (floor) of each break, CPM micros, after learned reserves and experiments.
+    pub reserves: Vec<i64>,
+    /// The viewer's frequency-cap history read: (counter key, impression time ms).
+    pub history: Vec<(u64, i64)>,
+    /// Line items the pod placed whose budget lease was lost to a race (dropped from the pod).
+    pub lease_lost: Vec<u32>,
+    /// Stored line-item and advertiser feature values of `top`, candidate by candidate
+    /// (`stored[r * width + j]`), for rescoring.
+    pub stored: Vec<f32>,
+    /// Exploration of each break, when it is on.
+    pub explore: Vec<Explored>,
+}
+
+/// How a break's lead ad (its best-valued best-effort ad) was chosen, when exploration is on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explored {
+    /// The break.
+    pub break_id: String,
+    /// The lead ad's line item, if the break placed a best-effort ad.
+    pub lead: Option<String>,
+    /// Probability with which the policy chose that lead (None when it cannot be stated: an
+    /// explored pick that the pod's rules kept out of the lead).
+    pub propensity: Option<f64>,
+    /// Whether this break explored (the lead was drawn at random).
+    pub explored: bool,
+    /// Candidates the exploration drew from.
+    pub choices: u32,
+    /// The exploration rate (epsilon) in force.
+    pub rate: f64,
 }
 
 /// A destination for decision records.
@@ -154,6 +205,7 @@ mod tests {
             ts_ms: i as u64,
             features: vec![],
             served: Arc::default(),
+            replay: ReplayState::default(),
             decision: Decision {
                 request_id: request.request_id.clone(),
                 breaks: vec![],

@@ -7,12 +7,16 @@
 use super::sealed::{BatchError, Sealed};
 use super::{cached_schema, checked_ts, int64_col, required_i64, StrCol};
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow_array::types::{ArrowPrimitiveType, Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, ListArray, PrimitiveArray, RecordBatch,
+    StringArray,
+};
 use arrow_schema::{ArrowError, DataType, Field, SchemaRef};
 use std::sync::{Arc, OnceLock};
 
 /// The layout version this build writes; files from a newer one are refused by name.
-pub const DECISION_LOG_VERSION: i64 = 1;
+pub const DECISION_LOG_VERSION: i64 = 2;
 
 /// One decision as logged.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -57,6 +61,35 @@ pub struct DecisionRow {
     pub served: String,
     /// The whole decision: breaks, ads, prices, model versions, timings (JSON).
     pub decision: String,
+    /// The replay state (layout 2 on; empty in rows of layout 1).
+    pub state: ReplayColumns,
+}
+
+/// The auction's state at decision time, as typed columns (layout 2): what exact replay reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplayColumns {
+    /// Fingerprint of the marketplace (a u64's bits).
+    pub market_fingerprint: i64,
+    /// `["ctr", …]`: the task of each full-scoring model, in `scores` order (JSON).
+    pub score_tasks: String,
+    /// Candidates fully scored: positions in the marketplace.
+    pub top: Vec<i32>,
+    /// Scores of `top`, model by model.
+    pub scores: Vec<f32>,
+    /// Pacing bid multiplier of each candidate.
+    pub multipliers: Vec<f64>,
+    /// Budget lease available to each candidate, micros.
+    pub available: Vec<i64>,
+    /// Reserve of each break, CPM micros.
+    pub reserves: Vec<i64>,
+    /// Frequency-cap history read, flattened (counter key bits, time ms) pairs.
+    pub cap_history: Vec<i64>,
+    /// Line items dropped from a pod because their lease was lost to a race.
+    pub lease_lost: Vec<i32>,
+    /// Stored line-item and advertiser features of `top`, candidate by candidate.
+    pub candidate_stored: Vec<f32>,
+    /// `[{"break_id", "lead", "propensity", "explored", "choices"}]`: exploration (JSON).
+    pub exploration: String,
 }
 
 /// Names of the timing columns, in [`DecisionRow::timings_us`] order.
@@ -119,6 +152,26 @@ impl Sealed for DecisionRow {
                     .map(|c| Field::new(*c, DataType::Int64, false)),
             );
             f.extend(TEXT.iter().map(|c| Field::new(*c, DataType::Utf8, false)));
+            let list = |name: &str, t: DataType| {
+                Field::new(
+                    name,
+                    DataType::List(Arc::new(Field::new_list_field(t, false))),
+                    false,
+                )
+            };
+            f.extend([
+                Field::new("market_fingerprint", DataType::Int64, false),
+                Field::new("score_tasks", DataType::Utf8, false),
+                list("top", DataType::Int32),
+                list("scores", DataType::Float32),
+                list("multipliers", DataType::Float64),
+                list("available", DataType::Int64),
+                list("reserves", DataType::Int64),
+                list("cap_history", DataType::Int64),
+                list("lease_lost", DataType::Int32),
+                list("candidate_stored", DataType::Float32),
+                Field::new("exploration", DataType::Utf8, false),
+            ]);
             f
         })
     }
@@ -154,6 +207,17 @@ impl Sealed for DecisionRow {
                 rows.iter().map(|r| r.texts()[k]),
             )));
         }
+        cols.push(int(|r| r.state.market_fingerprint));
+        cols.push(text(|r| &r.state.score_tasks));
+        cols.push(list::<Int32Type>(rows, |r| &r.state.top));
+        cols.push(list::<Float32Type>(rows, |r| &r.state.scores));
+        cols.push(list::<Float64Type>(rows, |r| &r.state.multipliers));
+        cols.push(list::<Int64Type>(rows, |r| &r.state.available));
+        cols.push(list::<Int64Type>(rows, |r| &r.state.reserves));
+        cols.push(list::<Int64Type>(rows, |r| &r.state.cap_history));
+        cols.push(list::<Int32Type>(rows, |r| &r.state.lease_lost));
+        cols.push(list::<Float32Type>(rows, |r| &r.state.candidate_stored));
+        cols.push(text(|r| &r.state.exploration));
         RecordBatch::try_new(Self::schema(), cols)
     }
 
@@ -199,6 +263,13 @@ impl Sealed for DecisionRow {
             .map(|c| StrCol::of(batch, c))
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
+        // Layout 1 has no replay state: its rows read with an empty one.
+        let stateful = batch.column_by_name("market_fingerprint").is_some();
+        let state_cols = if stateful {
+            Some(StateCols::of(batch)?)
+        } else {
+            None
+        };
         out.reserve(batch.num_rows());
         for i in 0..batch.num_rows() {
             let schema_version = required_i64(version, i, "schema_version")?;
@@ -238,8 +309,118 @@ impl Sealed for DecisionRow {
                 features: text(4),
                 served: text(5),
                 decision: text(6),
+                state: state_cols
+                    .as_ref()
+                    .map(|c| c.row(i))
+                    .unwrap_or_default(),
             });
         }
         Ok(())
+    }
+}
+
+/// A list column of one primitive type, one list per row.
+fn list<T: ArrowPrimitiveType>(
+    rows: &[DecisionRow],
+    f: impl Fn(&DecisionRow) -> &Vec<T::Native>,
+) -> ArrayRef {
+    let mut offsets = Vec::with_capacity(rows.len() + 1);
+    offsets.push(0i32);
+    let mut values: Vec<T::Native> = Vec::new();
+    for r in rows {
+        values.extend_from_slice(f(r));
+        offsets.push(values.len() as i32);
+    }
+    let field = Arc::new(Field::new_list_field(T::DATA_TYPE, false));
+    Arc::new(ListArray::new(
+        field,
+        arrow_buffer::OffsetBuffer::new(offsets.into()),
+        Arc::new(PrimitiveArray::<T>::from_iter_values(values)),
+        None,
+    ))
+}
+
+/// A list column read back: offsets and the flat values.
+struct ListCol<'a, T: ArrowPrimitiveType> {
+    offsets: &'a [i32],
+    values: &'a [T::Native],
+}
+
+impl<'a, T: ArrowPrimitiveType> ListCol<'a, T> {
+    fn of(batch: &'a RecordBatch, name: &str) -> Result<Self, BatchError> {
+        let col = batch
+            .column_by_name(name)
+            .ok_or_else(|| BatchError::Column(format!("missing column `{name}`")))?;
+        let bad = || {
+            BatchError::Column(format!(
+                "column `{name}` is {}, expected a list of {}",
+                col.data_type(),
+                T::DATA_TYPE
+            ))
+        };
+        let list = col.as_list_opt::<i32>().ok_or_else(bad)?;
+        let values = list.values().as_primitive_opt::<T>().ok_or_else(bad)?;
+        Ok(Self {
+            offsets: list.value_offsets(),
+            values: values.values(),
+        })
+    }
+
+    fn row(&self, i: usize) -> Vec<T::Native> {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        self.values.get(a..b).map(<[_]>::to_vec).unwrap_or_default()
+    }
+}
+
+/// The replay-state columns of a batch of layout 2.
+struct StateCols<'a> {
+    market: &'a Int64Array,
+    tasks: StrCol<'a>,
+    top: ListCol<'a, Int32Type>,
+    scores: ListCol<'a, Float32Type>,
+    multipliers: ListCol<'a, Float64Type>,
+    available: ListCol<'a, Int64Type>,
+    reserves: ListCol<'a, Int64Type>,
+    history: ListCol<'a, Int64Type>,
+    lease_lost: ListCol<'a, Int32Type>,
+    stored: ListCol<'a, Float32Type>,
+    exploration: StrCol<'a>,
+}
+
+impl<'a> StateCols<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self, BatchError> {
+        Ok(Self {
+            market: int64_col(batch, "market_fingerprint")?,
+            tasks: StrCol::of(batch, "score_tasks")?,
+            top: ListCol::of(batch, "top")?,
+            scores: ListCol::of(batch, "scores")?,
+            multipliers: ListCol::of(batch, "multipliers")?,
+            available: ListCol::of(batch, "available")?,
+            reserves: ListCol::of(batch, "reserves")?,
+            history: ListCol::of(batch, "cap_history")?,
+            lease_lost: ListCol::of(batch, "lease_lost")?,
+            stored: ListCol::of(batch, "candidate_stored")?,
+            exploration: StrCol::of(batch, "exploration")?,
+        })
+    }
+
+    fn row(&self, i: usize) -> ReplayColumns {
+        ReplayColumns {
+            market_fingerprint: if self.market.is_valid(i) {
+                self.market.value(i)
+            } else {
+                0
+            },
+            score_tasks: self.tasks.get(i).unwrap_or_default().to_owned(),
+            top: self.top.row(i),
+            scores: self.scores.row(i),
+            multipliers: self.multipliers.row(i),
+            available: self.available.row(i),
+            reserves: self.reserves.row(i),
+            cap_history: self.history.row(i),
+            lease_lost: self.lease_lost.row(i),
+            candidate_stored: self.stored.row(i),
+            exploration: self.exploration.get(i).unwrap_or_default().to_owned(),
+        }
     }
 }
