@@ -3,6 +3,7 @@
 mod features;
 mod loadgen;
 mod model;
+mod replay;
 mod serve;
 mod sim;
 
@@ -63,6 +64,25 @@ enum Command {
     ///       --served ./logs/served --output report.json
     #[command(subcommand, verbatim_doc_comment)]
     Features(features::FeaturesCommand),
+    /// Replay logged decisions: exactly, or against candidate models and auction settings.
+    ///
+    /// Exact (no --models, no --config): each logged decision's auction runs again from the
+    /// state the log holds (scores, pacing multipliers, budget leases, reserves, cap history,
+    /// exploration draws) and must place the same ads at the same prices; a share of decisions
+    /// (--rescore) also has its logged model versions score the rebuilt frame again, bit for bit.
+    /// Ends with a JSON line {"decisions", "reproduced", "differences", "examples", …}.
+    ///
+    /// Candidate: the candidate models score the logged frames and the auction runs with their
+    /// scores (and the changed settings); reports score shifts, changed winners, fill rate,
+    /// revenue, average price, predicted against observed click and completion rates on the
+    /// logged outcomes, latency, and counterfactual estimates when the log explored; as a JSON
+    /// line and an HTML report.
+    ///
+    /// Example:
+    ///   podium replay --log ./podium-data/logs
+    ///   podium replay --log ./podium-data/logs --models ./candidate/models.toml --config auction.toml
+    #[command(verbatim_doc_comment)]
+    Replay(replay::ReplayArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,5 +108,6 @@ fn main() -> anyhow::Result<()> {
         Command::Loadgen(args) => loadgen::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Features(cmd) => features::run(cmd),
+        Command::Replay(args) => replay::run(args),
     }
 }

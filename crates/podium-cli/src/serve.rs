@@ -152,6 +152,11 @@ pub struct ServeArgs {
     /// Events more than this many seconds behind the newest are rejected as late.
     #[arg(long, default_value_t = 3600)]
     event_lateness_s: u64,
+    /// Exploration: the share of ad breaks whose lead ad is drawn at random among the allowed
+    /// best-effort candidates, each lead's propensity logged for counterfactual estimates
+    /// (`podium replay`); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    exploration: f64,
 }
 
 /// The worlds `podium serve` can serve.
@@ -165,44 +170,49 @@ pub enum ServeWorkload {
 }
 
 /// The world to serve, with its directory, once the options are resolved.
-enum World {
+pub(crate) enum World {
     Demo { dir: PathBuf, seed: u64 },
     Standard { dir: PathBuf, seed: u64 },
 }
 
 impl World {
     fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
-        let dir = |default: &str| {
-            args.data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(default))
-        };
-        Ok(match args.workload {
+        Self::of(args.workload, args.data_dir.clone(), args.seed)
+    }
+
+    /// The world `podium serve` would serve with these options.
+    pub(crate) fn of(
+        workload: Option<ServeWorkload>,
+        data_dir: Option<PathBuf>,
+        seed: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let dir = |default: &str| data_dir.clone().unwrap_or_else(|| PathBuf::from(default));
+        Ok(match workload {
             Some(ServeWorkload::Demo) => World::Demo {
                 dir: dir("./podium-data"),
-                seed: args.seed.unwrap_or(1),
+                seed: seed.unwrap_or(1),
             },
             Some(ServeWorkload::Standard) => World::Standard {
                 dir: dir("./podium-data-standard"),
-                seed: args.seed.unwrap_or(1),
+                seed: seed.unwrap_or(1),
             },
             None => {
                 let dir = dir("./podium-data");
                 match standard::read_spec(&dir)? {
                     Some(spec) => World::Standard {
-                        seed: args.seed.unwrap_or(spec.seed),
+                        seed: seed.unwrap_or(spec.seed),
                         dir,
                     },
                     None => World::Demo {
                         dir,
-                        seed: args.seed.unwrap_or(1),
+                        seed: seed.unwrap_or(1),
                     },
                 }
             }
         })
     }
 
-    fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         match self {
             World::Demo { dir, .. } | World::Standard { dir, .. } => dir,
         }
@@ -210,7 +220,7 @@ impl World {
 
     /// Builds the engine; blocking (reads files, may train or generate, fills the store).
     /// Returns it with its feature definitions.
-    fn build(
+    pub(crate) fn build(
         &self,
         config: EngineConfig,
         sink: Arc<dyn DecisionSink>,
@@ -245,6 +255,12 @@ impl World {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.exploration) {
+        anyhow::bail!(
+            "--exploration must be between 0 and 1, got {}",
+            args.exploration
+        );
+    }
     if args.tmax_ms == 0 || args.tmax_ms > 10_000 {
         anyhow::bail!(
             "--tmax-ms must be between 1 and 10000, got {}",
@@ -322,6 +338,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = world.dir().to_path_buf();
     let config = EngineConfig {
         default_tmax: Duration::from_millis(args.tmax_ms),
+        exploration: args.exploration,
         ..EngineConfig::default()
     };
     let registry = match &args.registry {
