@@ -6,14 +6,11 @@ use crate::serve::{ServeWorkload, World};
 use anyhow::Context;
 use clap::Args;
 use podium_core::{BreakDecision, FeatureFrame};
-use podium_engine::replay::{
-    bound_version, first_difference, replay_auction, Replayed, Unreplayable,
-};
+use podium_engine::replay::{bound_version, check_exact, parse_row, replay_auction, Unreplayable};
 use podium_engine::{Engine, EngineConfig, FeatureSetup, MarketSnapshot};
 use podium_features::offline::{read_records, DecisionRow};
 use podium_features::stream::Event;
 use podium_features::EventType;
-use podium_log::decision_log::replay_state;
 use podium_log::{DecisionRecord, DecisionSink};
 use podium_serving::{BoundModel, ComputePool, ModelSetConfig};
 use podium_sim::counterfactual::{doubly_robust, ips, snips, Sample};
@@ -77,11 +74,7 @@ fn decision_files(log: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if log.is_file() {
         return Ok(vec![log.to_path_buf()]);
     }
-    anyhow::ensure!(
-        log.is_dir(),
-        "{}: no such file or directory",
-        log.display()
-    );
+    anyhow::ensure!(log.is_dir(), "{}: no such file or directory", log.display());
     let dir = if log.join("decisions").is_dir() {
         log.join("decisions")
     } else {
@@ -148,7 +141,12 @@ fn candidates(engine: &Engine, path: &Path) -> anyhow::Result<Vec<Candidate>> {
                     toml.display()
                 )
             })?;
-        loaded.extend(candidate.scorers.iter().filter_map(|s| s.primary().cloned()));
+        loaded.extend(
+            candidate
+                .scorers
+                .iter()
+                .filter_map(|s| s.primary().cloned()),
+        );
     } else {
         anyhow::ensure!(
             path.is_dir(),
@@ -158,10 +156,10 @@ fn candidates(engine: &Engine, path: &Path) -> anyhow::Result<Vec<Candidate>> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("reading {}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("manifest.json").is_file() || p.join("manifest.toml").is_file())
+            .filter(|p| p.join("model.toml").is_file())
             .collect();
         dirs.sort();
-        if dirs.is_empty() && (path.join("manifest.json").is_file()) {
+        if dirs.is_empty() && path.join("model.toml").is_file() {
             dirs.push(path.to_path_buf());
         }
         anyhow::ensure!(
@@ -212,7 +210,8 @@ fn candidates(engine: &Engine, path: &Path) -> anyhow::Result<Vec<Candidate>> {
 
 /// The marketplace with the candidate auction settings applied.
 fn candidate_market(base: &MarketSnapshot, path: &Path) -> anyhow::Result<MarketSnapshot> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let changes: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     anyhow::ensure!(
@@ -228,7 +227,12 @@ fn candidate_market(base: &MarketSnapshot, path: &Path) -> anyhow::Result<Market
             path.display(),
             market
                 .as_object()
-                .map(|o| o.keys().filter(|k| *k != "line_items").cloned().collect::<Vec<_>>().join(", "))
+                .map(|o| o
+                    .keys()
+                    .filter(|k| *k != "line_items")
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "))
                 .unwrap_or_default()
         );
         market[&k] = serde_json::to_value(v)?;
@@ -256,7 +260,10 @@ const OUTCOME_WINDOW_MS: i64 = 3_600_000;
 impl Outcomes {
     fn read(dir: &Path) -> (Self, Option<String>) {
         let mut out = Self::default();
-        if !dir.is_dir() {
+        let any = std::fs::read_dir(dir).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "parquet")))
+        });
+        if !any {
             return (out, None);
         }
         let events = match read_records::<Event>(dir) {
@@ -264,16 +271,22 @@ impl Outcomes {
             Err(e) => return (out, Some(e.to_string())),
         };
         for e in events {
-            let [user, _, _, line_item, _] = e.ids.clone();
-            let (Some(u), Some(li)) = (user, line_item) else {
+            let (Some(u), Some(li)) = (
+                e.entity_id(podium_features::Entity::User),
+                e.entity_id(podium_features::Entity::LineItem),
+            ) else {
                 continue;
             };
+            let (u, li) = (u.to_string(), li.to_string());
             if matches!(
                 e.kind,
                 EventType::Impression | EventType::Click | EventType::Completion
             ) {
                 out.events += 1;
-                out.by_ad.entry((u, li)).or_default().push((e.kind, e.ts_ms));
+                out.by_ad
+                    .entry((u, li))
+                    .or_default()
+                    .push((e.kind, e.ts_ms));
             }
         }
         (out, None)
@@ -394,7 +407,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         None => None,
     };
     if args.models.is_some() || args.config.is_some() {
-        candidate_replay(&args, &engine, &files, &candidates, candidate_market.as_ref(), load_s)
+        candidate_replay(
+            &args,
+            &engine,
+            &files,
+            &candidates,
+            candidate_market.as_ref(),
+            load_s,
+        )
     } else {
         exact_replay(&args, &engine, &files, load_s)
     }
@@ -424,20 +444,11 @@ fn read_file(f: &Path, errors: &mut Vec<serde_json::Value>) -> Vec<DecisionRow> 
     match read_records::<DecisionRow>(f) {
         Ok(rows) => rows,
         Err(e) => {
-            errors.push(serde_json::json!({"file": f.display().to_string(), "error": e.to_string()}));
+            errors
+                .push(serde_json::json!({"file": f.display().to_string(), "error": e.to_string()}));
             Vec::new()
         }
     }
-}
-
-/// A row's request, logged decision breaks and state; `Err` says why it cannot be read.
-fn parse_row(
-    row: &DecisionRow,
-) -> Result<(podium_core::AdRequest, podium_core::Decision, podium_log::ReplayState), String> {
-    let req = serde_json::from_str(&row.request).map_err(|e| format!("`request`: {e}"))?;
-    let decision = serde_json::from_str(&row.decision).map_err(|e| format!("`decision`: {e}"))?;
-    let state = replay_state(&row.state)?;
-    Ok((req, decision, state))
 }
 
 /// Whether a request falls in the rescored share (a hash of its id, so reruns check the same).
@@ -484,24 +495,9 @@ fn exact_replay(
                     continue;
                 }
             };
-            match replay_auction(&market, &req, row.ts_ms, &state, None, true) {
-                Err(e) => differ(e.kind(), e.to_string()),
-                Ok(Replayed { breaks, explore }) => match first_difference(&decision.breaks, &breaks) {
-                    Some(d) => differ("auction_differs", d),
-                    None if !same_exploration(&state.explore, &explore) => {
-                        let (l, r) = state
-                            .explore
-                            .iter()
-                            .zip(&explore)
-                            .find(|(l, r)| !same_exploration(&[(*l).clone()], &[(*r).clone()]))
-                            .map_or((None, None), |(l, r)| (Some(l), Some(r)));
-                        differ(
-                            "exploration_differs",
-                            format!("exploration logged {l:?}, replayed {r:?}"),
-                        )
-                    }
-                    None => reproduced += 1,
-                },
+            match check_exact(&market, &req, row.ts_ms, &decision, &state) {
+                Ok(()) => reproduced += 1,
+                Err((kind, why)) => differ(kind, why),
             }
             if sampled(row.request_id.as_str(), args.rescore) && !state.top.is_empty() {
                 let record = DecisionRecord {
@@ -563,24 +559,6 @@ fn exact_replay(
     Ok(())
 }
 
-/// Whether two breaks' explorations are the same; propensities within the last bit of their
-/// JSON encoding (serde_json's float parsing may land one ulp away).
-fn same_exploration(a: &[podium_log::Explored], b: &[podium_log::Explored]) -> bool {
-    let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
-        (x, y) => x.is_none() && y.is_none(),
-    };
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            a.break_id == b.break_id
-                && a.lead == b.lead
-                && a.explored == b.explored
-                && a.choices == b.choices
-                && close(a.propensity, b.propensity)
-                && close(Some(a.rate), Some(b.rate))
-        })
-}
-
 fn features_of(text: &str) -> Result<Vec<(String, f32)>, String> {
     let pairs: Vec<(String, Option<f32>)> =
         serde_json::from_str(text).map_err(|e| format!("`features`: {e}"))?;
@@ -618,7 +596,10 @@ fn rescore(
             }
         }
         let Some(model) = bound_version(models, &used.name, &used.version) else {
-            return Err(format!("{} version {} is not loaded", used.name, used.version));
+            return Err(format!(
+                "{} version {} is not loaded",
+                used.name, used.version
+            ));
         };
         let again = model.try_score(&frame)?;
         if let Some(r) = again
@@ -771,7 +752,9 @@ fn candidate_replay(
                             }
                             scores[m * k..(m + 1) * k].copy_from_slice(&v);
                         }
-                        Err(e) => failed = Some(format!("candidate {} failed: {e}", shift.candidate)),
+                        Err(e) => {
+                            failed = Some(format!("candidate {} failed: {e}", shift.candidate))
+                        }
                     }
                 }
                 if let Some(e) = failed {
@@ -800,7 +783,12 @@ fn candidate_replay(
             candidate_side.add(&replayed.breaks);
             let winners = |bs: &[BreakDecision]| {
                 bs.iter()
-                    .map(|b| b.ads.iter().map(|a| a.line_item_id.to_string()).collect::<Vec<_>>())
+                    .map(|b| {
+                        b.ads
+                            .iter()
+                            .map(|a| a.line_item_id.to_string())
+                            .collect::<Vec<_>>()
+                    })
                     .collect::<Vec<_>>()
             };
             winners_changed += u64::from(winners(&decision.breaks) != winners(&replayed.breaks));
@@ -825,7 +813,9 @@ fn candidate_replay(
                         let Some(m) = state.tasks.iter().position(|t| t == task) else {
                             continue;
                         };
-                        let c = calib.entry(if task == "ctr" { "ctr" } else { "completion" }).or_default();
+                        let c = calib
+                            .entry(if task == "ctr" { "ctr" } else { "completion" })
+                            .or_default();
                         c.shown += 1;
                         c.observed += u64::from(hit);
                         c.logged_pred += f64::from(state.scores[m * k + r]);
@@ -950,7 +940,9 @@ fn candidate_replay(
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Paired bars (logged, candidate) as an inline SVG.
@@ -989,7 +981,8 @@ fn bars(title: &str, labels: &[String], a: &[f64], b: &[f64]) -> String {
 fn html_report(s: &serde_json::Value, shifts: &[Shift]) -> String {
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     let mut body = String::new();
-    body += "<h1>Podium candidate replay</h1><p>Grey: the logged baseline. Blue: the candidate.</p>";
+    body +=
+        "<h1>Podium candidate replay</h1><p>Grey: the logged baseline. Blue: the candidate.</p>";
     body += &format!(
         "<p>{} decisions replayed; winners changed in {} ({:.1} %).</p>",
         s["replayed"],
@@ -1027,7 +1020,10 @@ fn html_report(s: &serde_json::Value, shifts: &[Shift]) -> String {
         let labels: Vec<String> = cal.keys().cloned().collect();
         let obs: Vec<f64> = cal.values().map(|v| num(&v["observed_rate"])).collect();
         let lp: Vec<f64> = cal.values().map(|v| num(&v["logged_predicted"])).collect();
-        let cp: Vec<f64> = cal.values().map(|v| num(&v["candidate_predicted"])).collect();
+        let cp: Vec<f64> = cal
+            .values()
+            .map(|v| num(&v["candidate_predicted"]))
+            .collect();
         body += &bars(
             "Predicted (grey: logged models, blue: candidate) on shown ads",
             &labels,
@@ -1047,7 +1043,12 @@ fn html_report(s: &serde_json::Value, shifts: &[Shift]) -> String {
     if let Some(lat) = s["logged_latency_us"].as_object() {
         let labels: Vec<String> = lat.keys().cloned().collect();
         let v: Vec<f64> = lat.values().map(num).collect();
-        body += &bars("Logged latency per stage (µs, mean)", &labels, &v, &vec![0.0; v.len()]);
+        body += &bars(
+            "Logged latency per stage (µs, mean)",
+            &labels,
+            &v,
+            &vec![0.0; v.len()],
+        );
     }
     body += &format!(
         "<h2>Summary</h2><pre>{}</pre>",

@@ -105,7 +105,7 @@ print(json.dumps({
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"], 20, "{v}");
-    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["schema_version"], 2);
     assert_eq!(v["live"], json!([true, false, false]));
     assert_eq!(v["ads"], v["decision_ads"], "{v}");
     assert!(v["total_us"].as_i64().unwrap() > 0, "{v}");
@@ -124,6 +124,10 @@ print(json.dumps({
         "request",
         "decision",
         "served",
+        "top",
+        "scores",
+        "reserves",
+        "market_fingerprint",
     ] {
         assert!(
             v["columns"].as_array().unwrap().iter().any(|c| c == column),

@@ -586,7 +586,10 @@ pub(crate) fn value_candidates(
 
 /// A break with the deduplication the marketplace always applies: an advertiser once per break,
 /// and one category once per break when competitors are separated.
-pub(crate) fn break_rules(marketplace: &Marketplace, b: &podium_core::AdBreak) -> podium_core::AdBreak {
+pub(crate) fn break_rules(
+    marketplace: &Marketplace,
+    b: &podium_core::AdBreak,
+) -> podium_core::AdBreak {
     let mut brk = b.clone();
     let mut extra = vec![DedupeKey::Advertiser];
     if marketplace.competitive_separation {
@@ -1269,7 +1272,11 @@ impl Engine {
             })
         };
         let (ctr_model, completion_model) = (model_of("ctr"), model_of("completion"));
-        let tasks: Vec<String> = models.scorers.iter().map(|s| s.task().to_string()).collect();
+        let tasks: Vec<String> = models
+            .scorers
+            .iter()
+            .map(|s| s.task().to_string())
+            .collect();
         let by_task = TaskScores::of(&tasks, |m| scores[m].values.as_slice());
         let candidates = value_candidates(market, &top, &by_task, &multipliers);
         // What each candidate's budget lease may still hand out on this server: an ad whose bid

@@ -9,6 +9,8 @@ use crate::pipeline::{
 };
 use crate::{Engine, MarketSnapshot};
 use podium_core::{AdRequest, BreakDecision, FeatureFrame, Micros, PlacedAd};
+use podium_features::offline::DecisionRow;
+use podium_log::decision_log::replay_state;
 use podium_log::{DecisionRecord, Explored, ReplayState};
 use podium_serving::{BoundModel, ModelSet};
 
@@ -140,7 +142,11 @@ pub fn replay_auction(
         let ads: Vec<PlacedAd> = outcome
             .placements
             .iter()
-            .filter(|p| !state.lease_lost.contains(&candidates[p.candidate].line_item))
+            .filter(|p| {
+                !state
+                    .lease_lost
+                    .contains(&candidates[p.candidate].line_item)
+            })
             .map(|p| {
                 let cand = &candidates[p.candidate];
                 placed.push(cand.line_item);
@@ -232,7 +238,9 @@ pub fn bound_version(set: &ModelSet, name: &str, version: &str) -> Option<BoundM
             .or_else(|| {
                 s.variants()
                     .chain(s.alternates())
-                    .find(|v| v.model.model().name() == name && v.model.model().version() == version)
+                    .find(|v| {
+                        v.model.model().name() == name && v.model.model().version() == version
+                    })
                     .map(|v| (*v.model).clone())
             });
         if found.is_some() {
@@ -292,4 +300,63 @@ impl Engine {
         let all: Vec<usize> = (0..names.len()).collect();
         Ok(hydrator.frame_replayed(&values, &rows, &state.stored, &all))
     }
+}
+
+/// A logged row's request, decision and replay state; `Err` says which column did not parse.
+pub fn parse_row(
+    row: &DecisionRow,
+) -> Result<(AdRequest, podium_core::Decision, ReplayState), String> {
+    let req = serde_json::from_str(&row.request).map_err(|e| format!("`request`: {e}"))?;
+    let decision = serde_json::from_str(&row.decision).map_err(|e| format!("`decision`: {e}"))?;
+    let state = replay_state(&row.state)?;
+    Ok((req, decision, state))
+}
+
+/// Whether two breaks' explorations are the same; propensities within the last bit of their
+/// JSON encoding (serde_json's float parsing may land one ulp away).
+pub fn same_exploration(a: &[Explored], b: &[Explored]) -> bool {
+    let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+        (x, y) => x.is_none() && y.is_none(),
+    };
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.break_id == b.break_id
+                && a.lead == b.lead
+                && a.explored == b.explored
+                && a.choices == b.choices
+                && close(a.propensity, b.propensity)
+                && close(Some(a.rate), Some(b.rate))
+        })
+}
+
+/// Replays one parsed row exactly: `Ok` when the auction places the same ads at the same
+/// prices and explores the same way, else the kind of difference and the difference in words.
+pub fn check_exact(
+    market: &MarketSnapshot,
+    req: &AdRequest,
+    ts_ms: i64,
+    decision: &podium_core::Decision,
+    state: &ReplayState,
+) -> Result<(), (&'static str, String)> {
+    let replayed = replay_auction(market, req, ts_ms, state, None, true)
+        .map_err(|e| (e.kind(), e.to_string()))?;
+    if let Some(d) = first_difference(&decision.breaks, &replayed.breaks) {
+        return Err(("auction_differs", d));
+    }
+    if !same_exploration(&state.explore, &replayed.explore) {
+        let pair =
+            state.explore.iter().zip(&replayed.explore).find(|(l, r)| {
+                !same_exploration(std::slice::from_ref(*l), std::slice::from_ref(*r))
+            });
+        return Err((
+            "exploration_differs",
+            format!(
+                "exploration logged {:?}, replayed {:?}",
+                pair.map(|p| p.0),
+                pair.map(|p| p.1)
+            ),
+        ));
+    }
+    Ok(())
 }

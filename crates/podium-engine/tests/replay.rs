@@ -96,15 +96,8 @@ async fn every_auction_replays_exactly_and_every_model_rescores_bit_for_bit() {
     for r in &records {
         let state = &r.replay;
         assert_eq!(state.market, market.fingerprint);
-        let replayed = replay_auction(
-            &market,
-            &r.request,
-            r.ts_ms as i64,
-            state,
-            None,
-            true,
-        )
-        .unwrap();
+        let replayed =
+            replay_auction(&market, &r.request, r.ts_ms as i64, state, None, true).unwrap();
         assert_eq!(
             first_difference(&r.decision.breaks, &replayed.breaks),
             None,
@@ -119,7 +112,10 @@ async fn every_auction_replays_exactly_and_every_model_rescores_bit_for_bit() {
             let again = model.try_score(&frame).unwrap();
             let logged = &state.scores[m * k..(m + 1) * k];
             assert!(
-                again.iter().zip(logged).all(|(a, b)| a.to_bits() == b.to_bits()),
+                again
+                    .iter()
+                    .zip(logged)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{} {}: {again:?} vs {logged:?}",
                 r.request.request_id,
                 used.name
@@ -139,7 +135,13 @@ async fn a_changed_score_or_marketplace_is_found_and_named() {
         .unwrap();
     // The winner's budget lease emptied: it can no longer take part, and the replay must say so.
     let mut state = r.replay.clone();
-    let winner = &r.decision.breaks.iter().find(|b| !b.ads.is_empty()).unwrap().ads[0];
+    let winner = &r
+        .decision
+        .breaks
+        .iter()
+        .find(|b| !b.ads.is_empty())
+        .unwrap()
+        .ads[0];
     let pos = market.position(&winner.line_item_id).unwrap();
     let row = state.top.iter().position(|&i| i == pos).unwrap();
     state.available[row] = 0;

@@ -92,11 +92,7 @@ pub fn state_columns(s: &ReplayState) -> ReplayColumns {
         multipliers: s.multipliers.clone(),
         available: s.available.clone(),
         reserves: s.reserves.clone(),
-        cap_history: s
-            .history
-            .iter()
-            .flat_map(|&(k, t)| [k as i64, t])
-            .collect(),
+        cap_history: s.history.iter().flat_map(|&(k, t)| [k as i64, t]).collect(),
         lease_lost: s.lease_lost.iter().map(|&i| i as i32).collect(),
         candidate_stored: s.stored.clone(),
         exploration: json(&s.explore),
@@ -357,7 +353,12 @@ mod tests {
         );
         assert_eq!(
             (&got.available, &got.history, &got.lease_lost, &got.explore),
-            (&want.available, &want.history, &want.lease_lost, &want.explore)
+            (
+                &want.available,
+                &want.history,
+                &want.lease_lost,
+                &want.explore
+            )
         );
         assert!(got.stored[1].is_nan() && got.stored[0] == 0.5);
     }

@@ -9,8 +9,7 @@ use super::{cached_schema, checked_ts, int64_col, required_i64, StrCol};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{ArrowPrimitiveType, Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Int64Array, ListArray, PrimitiveArray, RecordBatch,
-    StringArray,
+    Array, ArrayRef, BooleanArray, Int64Array, ListArray, PrimitiveArray, RecordBatch, StringArray,
 };
 use arrow_schema::{ArrowError, DataType, Field, SchemaRef};
 use std::sync::{Arc, OnceLock};
@@ -309,10 +308,7 @@ impl Sealed for DecisionRow {
                 features: text(4),
                 served: text(5),
                 decision: text(6),
-                state: state_cols
-                    .as_ref()
-                    .map(|c| c.row(i))
-                    .unwrap_or_default(),
+                state: state_cols.as_ref().map(|c| c.row(i)).unwrap_or_default(),
             });
         }
         Ok(())
