@@ -6,6 +6,7 @@ mod model;
 mod replay;
 mod serve;
 mod sim;
+mod sim_market;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;

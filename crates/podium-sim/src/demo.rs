@@ -297,6 +297,31 @@ pub fn audience(cfg: &DemoConfig) -> Vec<(String, Arc<[f32]>)> {
         .collect()
 }
 
+/// The demo's ground truth: the probabilities that a viewer clicks and completes an ad, from the
+/// feature values (by feature-space name) of the viewer, the context and the line item. The
+/// demo's training impressions are drawn from it, and so are `podium sim market`'s outcomes.
+pub fn true_response(get: impl Fn(&str) -> f64) -> (f64, f64) {
+    let row = Row {
+        tv: get("ctx_device_tv"),
+        mobile: get("ctx_device_mobile"),
+        tablet: get("ctx_device_tablet"),
+        desktop: get("ctx_device_desktop"),
+        live: get("ctx_live"),
+        user_ctr: get("user_ctr_7d"),
+        user_completion: get("user_completion_rate_7d"),
+        ads_seen: get("user_ads_seen_1d"),
+        tenure: get("user_tenure_days"),
+        li_ctr: get("li_ctr_7d"),
+        li_completion: get("li_completion_rate_7d"),
+        min_duration: get("li_min_duration_s"),
+    };
+    let sigmoid = |z: f64| 1.0 / (1.0 + (-z).exp());
+    (
+        sigmoid(Truth::ctr_logit(&row)),
+        sigmoid(Truth::completion_logit(&row)),
+    )
+}
+
 /// The ground truth the demo's simulated viewers click and complete by.
 struct Truth;
 
