@@ -23,8 +23,10 @@ use std::time::Instant;
 /// Options of `podium replay`.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// The log: a `decisions` directory, a log directory holding one (`<data-dir>/logs`), or one
-    /// Parquet file. Outcome events are read from the `events` directory beside `decisions`.
+    /// The log: a `decisions` directory, a log directory holding one (`<data-dir>/logs`), one
+    /// Parquet file, or a log in object storage (`s3://bucket/prefix`, `file:///path`, as
+    /// `podium serve --log-dir` shipped it). Outcome events are read from the `events`
+    /// directory beside `decisions`.
     #[arg(long)]
     log: PathBuf,
     /// The world the decisions were made in (marketplace, models, feature definitions)
@@ -380,8 +382,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         "--rescore must be between 0 and 1, got {}",
         args.rescore
     );
-    let files = decision_files(&args.log)?;
-    let data_dir = args.data_dir.clone().or_else(|| data_dir_of(&args.log));
+    // A log in object storage is fetched first; the rest reads local files.
+    let fetched = tempfile::tempdir()?;
+    let log = match args.log.to_str() {
+        Some(url) if podium_log::ship::is_object_store(url) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let n = rt
+                .block_on(podium_log::ship::fetch(url, fetched.path()))
+                .map_err(|e| anyhow::anyhow!("--log {url}: {e}"))?;
+            anyhow::ensure!(n > 0, "--log {url}: no log files there");
+            fetched.path().to_path_buf()
+        }
+        _ => args.log.clone(),
+    };
+    let files = decision_files(&log)?;
+    let data_dir = args.data_dir.clone().or_else(|| data_dir_of(&log));
     let world = World::of(args.workload, data_dir, args.seed)?;
     let started = Instant::now();
     let config = EngineConfig {

@@ -139,7 +139,10 @@ pub struct ServeArgs {
     /// Directory of the Parquet logs: `decisions/` (every decision: request, features, models,
     /// ads, prices, timings; docs/decision-log.md), `features/` (the stored feature values
     /// served with each decision) and `events/` (the events the stream read), for `podium
-    /// features consistency`; `off` for none [default: <data-dir>/logs].
+    /// features consistency`; `off` for none; or object storage, `s3://bucket/prefix` (AWS_*
+    /// environment for credentials and endpoint) or `file:///path`: files are written under
+    /// <data-dir>/logs-spool and each, once closed, uploaded there and removed (a failed upload
+    /// is retried every 10 s) [default: <data-dir>/logs].
     #[arg(long)]
     log_dir: Option<String>,
     /// Export decision traces (a `decide` span with a span per stage) over OTLP/HTTP (JSON) to
@@ -399,7 +402,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
     let tiles = data_dir.join("features.tiles.json");
-    let (sink, events_log, served_log, decision_log) = logs;
+    let (sink, events_log, served_log, decision_log, shipper) = logs;
+    if let Some(s) = &shipper {
+        s.spawn(Duration::from_secs(10));
+    }
     if let Some(log) = &decision_log {
         state.set_decision_log(log.clone());
     }
@@ -497,6 +503,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     })
     .await;
+    // What the stop closed goes to the store before the process ends.
+    if let Some(s) = &shipper {
+        match s.ship_once().await {
+            Ok(n) => tracing::info!(files = n, "logs shipped at shutdown"),
+            Err(e) => {
+                tracing::warn!(error = %e, "log upload at shutdown failed; the files stay in the spool")
+            }
+        }
+    }
     served
 }
 
@@ -505,15 +520,26 @@ type Logs = (
     Option<Arc<ParquetLog<Event>>>,
     Option<Arc<ParquetLog<ServedRow>>>,
     Option<Arc<ParquetLog<DecisionRow>>>,
+    Option<Arc<podium_log::ship::Shipper>>,
 );
 
 /// The decision sink (the in-memory ring, behind the served-feature log unless logs are off)
 /// and the event log.
 fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Result<Logs> {
-    let dir = match args.log_dir.as_deref() {
-        Some("off") => return Ok((Arc::new(memory), None, None, None)),
-        Some(d) => PathBuf::from(d),
-        None => data_dir.join("logs"),
+    let (dir, shipper) = match args.log_dir.as_deref() {
+        Some("off") => return Ok((Arc::new(memory), None, None, None, None)),
+        Some(url) if podium_log::ship::is_object_store(url) => {
+            // Written locally as ever, then shipped: a store that is away costs disk, not rows.
+            let spool = data_dir.join("logs-spool");
+            let store = podium_log::ship::LogStore::open(url)
+                .map_err(|e| anyhow::anyhow!("--log-dir: {e}"))?;
+            (
+                spool.clone(),
+                Some(Arc::new(podium_log::ship::Shipper::new(store, &spool))),
+            )
+        }
+        Some(d) => (PathBuf::from(d), None),
+        None => (data_dir.join("logs"), None),
     };
     let policy = RollPolicy::default();
     let features = FeatureLogSink::served_features(Arc::new(memory), &dir.join("features"), policy)
@@ -529,6 +555,7 @@ fn open_logs(args: &ServeArgs, data_dir: &Path, memory: MemoryLog) -> anyhow::Re
         Some(Arc::new(events)),
         Some(served),
         Some(decision_log),
+        shipper,
     ))
 }
 

@@ -218,3 +218,106 @@ async fn a_served_log_replays_exactly_and_against_a_candidate() {
     assert_eq!(v["reproduced"], v["decisions"], "{v}");
     assert!(v["decisions"].as_u64().unwrap() >= 60, "{v}");
 }
+
+/// A free port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_log_shipped_to_s3_replays_from_there() {
+    use std::io::{Read, Write};
+    if Command::new("python3")
+        .args(["-c", "import moto.server"])
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but moto is not importable: python3 -m pip install 'moto[server]'"
+        );
+        eprintln!("note: skipped: moto is not installed (python3 -m pip install 'moto[server]')");
+        return;
+    }
+    let port = free_port();
+    let mut moto = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed().as_secs() < 30, "moto did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A bare PUT creates the bucket (moto accepts it unsigned; object_store has no bucket API).
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "PUT /logs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains(" 200 "), "{reply}");
+    for (k, v) in [
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ] {
+        std::env::set_var(k, v);
+    }
+
+    let mut server = Server::start_with_args(|_| {}, &["--log-dir", "s3://logs/podium/prod"]).await;
+    for i in 0..30 {
+        let (status, body) = server.post("/v1/decide", request(i)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    server.stop_gracefully().await;
+    let data = server.data.path().to_path_buf();
+    // Shipped and gone from the spool.
+    let left: Vec<_> = walk(&data.join("logs-spool"));
+    assert!(left.is_empty(), "{left:?}");
+    let (ok, v, err) = podium(
+        &[
+            "replay",
+            "--log",
+            "s3://logs/podium/prod",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--rescore",
+            "1",
+        ],
+        &data,
+    );
+    let _ = moto.kill();
+    assert!(ok, "{err}\n{v}");
+    assert!(v["decisions"].as_u64().unwrap() >= 30, "{v}");
+    assert_eq!(v["reproduced"], v["decisions"], "{v}");
+    assert_eq!(v["scores_reproduced"], v["decisions"], "{v}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

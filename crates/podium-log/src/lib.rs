@@ -8,6 +8,7 @@
 pub mod decision_log;
 pub mod feature_log;
 pub mod parquet_log;
+pub mod ship;
 
 pub use decision_log::{read_decision_log, DecisionLogError, DecisionLogSink};
 pub use feature_log::FeatureLogSink;
