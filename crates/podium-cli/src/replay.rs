@@ -360,6 +360,8 @@ struct Shift {
     logged_hist: [u64; 20],
     candidate_hist: [u64; 20],
     scoring_us: f64,
+    baseline_us: f64,
+    baseline_timed: u64,
 }
 
 fn bin(p: f32) -> usize {
@@ -752,6 +754,16 @@ fn candidate_replay(
                     else {
                         continue;
                     };
+                    // The logged version on the same frame, timed alike, for a like-for-like cost.
+                    if let Some(used) = decision.model_versions.get(m + 1) {
+                        if let Some(base) = bound_version(&models, &used.name, &used.version) {
+                            let tb = Instant::now();
+                            if base.try_score(&frame).is_ok() {
+                                shift.baseline_us += tb.elapsed().as_secs_f64() * 1e6;
+                                shift.baseline_timed += 1;
+                            }
+                        }
+                    }
                     let ts = Instant::now();
                     match score_with(&c.model, &frame) {
                         Ok(v) => {
@@ -891,6 +903,8 @@ fn candidate_replay(
                 "mean_abs_shift": s.abs_sum / m, "max_abs_shift": s.max_abs,
                 "psi": podium_monitor::stat::psi(&s.logged_hist, &s.candidate_hist),
                 "candidate_scoring_us_per_decision": s.scoring_us / n,
+                "logged_version_scoring_us_per_decision":
+                    ratio(s.baseline_us, s.baseline_timed as f64),
             })
         })
         .collect();
