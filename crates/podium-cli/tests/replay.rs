@@ -19,7 +19,7 @@ fn request(i: usize) -> String {
     json!({"request_id": format!("rp-{i}"),
            "user": {"id": format!("u-{}", i % 50), "country": "US",
                     "device": (["tv", "mobile", "desktop"])[i % 3]},
-           "content": {"id": "title-42", "genre": (["drama", "sports"])[i % 2], "live": i % 4 == 0},
+           "content": {"id": "title-42", "genre": (["drama", "sports"])[i % 2], "live": i.is_multiple_of(4)},
            "breaks": breaks})
     .to_string()
 }
@@ -64,7 +64,7 @@ async fn a_served_log_replays_exactly_and_against_a_candidate() {
                 imp["id"] = json!(format!("imp-{i}-{b}-{k}"));
                 imp["type"] = json!("impression");
                 events.push(imp);
-                if i % 3 == 0 && k == 0 {
+                if i.is_multiple_of(3) && k == 0 {
                     let mut click = base;
                     click["id"] = json!(format!("clk-{i}-{b}"));
                     click["type"] = json!("click");
@@ -244,19 +244,21 @@ async fn a_log_shipped_to_s3_replays_from_there() {
         return;
     }
     let port = free_port();
-    let mut moto = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let moto = Moto(
+        Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let started = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(started.elapsed().as_secs() < 30, "moto did not start");
@@ -300,7 +302,7 @@ async fn a_log_shipped_to_s3_replays_from_there() {
         ],
         &data,
     );
-    let _ = moto.kill();
+    drop(moto);
     assert!(ok, "{err}\n{v}");
     assert!(v["decisions"].as_u64().unwrap() >= 30, "{v}");
     assert_eq!(v["reproduced"], v["decisions"], "{v}");
@@ -320,4 +322,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// The moto server, stopped when dropped (a failing test included).
+struct Moto(std::process::Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -16,7 +16,7 @@ fn request(n: usize) -> AdRequest {
         request_id: format!("r-{n}").as_str().into(),
         user: User {
             id: format!("u-{}", n % 97).as_str().into(),
-            country: if n % 5 == 0 { "CA" } else { "US" }.into(),
+            country: if n.is_multiple_of(5) { "CA" } else { "US" }.into(),
             device: Device::ALL[n % Device::ALL.len()],
             region: None,
             segments: Vec::new(),
@@ -25,7 +25,7 @@ fn request(n: usize) -> AdRequest {
         content: Content {
             id: format!("title-{}", n % 13).as_str().into(),
             genre: genres[n % genres.len()].into(),
-            live: n % 3 == 0,
+            live: n.is_multiple_of(3),
             rating: None,
             event_id: None,
         },
@@ -69,7 +69,7 @@ async fn decided(exploration: f64, n: usize) -> (Engine, Vec<DecisionRecord>) {
     for i in 0..n {
         engine.decide(request(i), Instant::now()).await;
         // Impressions of what was placed, so frequency caps and spend take part.
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             for r in log.recent(1).await {
                 for a in r.decision.breaks.iter().flat_map(|b| &b.ads) {
                     engine.record_impression(

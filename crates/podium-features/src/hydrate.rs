@@ -631,7 +631,7 @@ impl Hydrator {
         present: &[usize],
     ) -> FeatureFrame {
         let width = self.candidate_stored.len();
-        let rows = if width == 0 { 0 } else { stored.len() / width };
+        let rows = stored.len().checked_div(width).unwrap_or(0);
         self.build_frame(request_values, candidates, rows, present, |r, j| {
             stored[r * width + j]
         })

@@ -111,7 +111,7 @@ pub fn replay_state(c: &ReplayColumns) -> Result<ReplayState, String> {
     } else {
         serde_json::from_str(&c.exploration).map_err(|e| format!("`exploration`: {e}"))?
     };
-    if c.cap_history.len() % 2 != 0 {
+    if !c.cap_history.len().is_multiple_of(2) {
         return Err("`cap_history`: an odd number of values (it holds key, time pairs)".into());
     }
     let positions = |v: &[i32], what: &str| {
