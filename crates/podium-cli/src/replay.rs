@@ -8,7 +8,7 @@ use clap::Args;
 use podium_core::{BreakDecision, FeatureFrame};
 use podium_engine::replay::{bound_version, check_exact, parse_row, replay_auction, Unreplayable};
 use podium_engine::{Engine, EngineConfig, FeatureSetup, MarketSnapshot};
-use podium_features::offline::{read_records, DecisionRow};
+use podium_features::offline::{read_decision_rows, read_records, DecisionRow};
 use podium_features::stream::Event;
 use podium_features::EventType;
 use podium_log::{DecisionRecord, DecisionSink};
@@ -458,9 +458,17 @@ fn progress(files: &[PathBuf]) -> indicatif::ProgressBar {
     bar
 }
 
-/// Reads one file of the log; an unreadable file is named in `errors` and skipped.
-fn read_file(f: &Path, errors: &mut Vec<serde_json::Value>) -> Vec<DecisionRow> {
-    match read_records::<DecisionRow>(f) {
+/// Columns a replay never reads (the decision's JSON holds the same, or they are not inputs).
+const NOT_READ: [&str; 4] = ["served", "model_versions", "degraded", "experiments"];
+
+/// Reads one file of the log, `features` only when `frames` (frames are rebuilt from it); an
+/// unreadable file is named in `errors` and skipped.
+fn read_file(f: &Path, frames: bool, errors: &mut Vec<serde_json::Value>) -> Vec<DecisionRow> {
+    let mut skip = NOT_READ.to_vec();
+    if !frames {
+        skip.push("features");
+    }
+    match read_decision_rows(f, &skip) {
         Ok(rows) => rows,
         Err(e) => {
             errors
@@ -493,7 +501,7 @@ fn exact_replay(
     let limit = args.limit.unwrap_or(usize::MAX);
     let t = Instant::now();
     'files: for f in files {
-        let rows = read_file(f, &mut errors);
+        let rows = read_file(f, args.rescore > 0.0, &mut errors);
         for row in &rows {
             if decisions as usize >= limit {
                 break 'files;
@@ -696,7 +704,7 @@ fn candidate_replay(
     let limit = args.limit.unwrap_or(usize::MAX);
     let t = Instant::now();
     'files: for f in files {
-        let rows = read_file(f, &mut errors);
+        let rows = read_file(f, !candidates.is_empty(), &mut errors);
         for row in &rows {
             if decisions as usize >= limit {
                 break 'files;

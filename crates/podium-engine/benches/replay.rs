@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podium_engine::replay::{check_exact, parse_row};
 use podium_engine::{build_standard_with, EngineConfig, FeatureSetup};
-use podium_features::offline::{read_records, write_records, DecisionRow};
+use podium_features::offline::{read_decision_rows, write_records, DecisionRow};
 use podium_log::decision_log::row_of;
 use podium_log::MemoryLog;
 use podium_serving::ComputePool;
@@ -76,12 +76,33 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("read_and_replay_standard_2000", |b| {
         b.iter(|| {
-            let rows: Vec<DecisionRow> = read_records(&file).expect("log reads");
+            // What `podium replay --rescore 0` reads: not the hydrated entities nor the features.
+            let rows: Vec<DecisionRow> = read_decision_rows(
+                &file,
+                &["served", "features", "model_versions", "degraded", "experiments"],
+            )
+            .expect("log reads");
             check(&rows)
         })
     });
     group.bench_function("replay_parsed_rows_standard_2000", |b| {
         b.iter(|| check(&rows))
+    });
+    // The parts: JSON of the rows alone, and the auctions alone on rows parsed beforehand.
+    group.bench_function("parse_only_standard_2000", |b| {
+        b.iter(|| rows.iter().map(|r| parse_row(r).is_ok()).count())
+    });
+    let parsed: Vec<_> = rows
+        .iter()
+        .map(|r| (r.ts_ms, parse_row(r).expect("row parses")))
+        .collect();
+    group.bench_function("auction_only_standard_2000", |b| {
+        b.iter(|| {
+            parsed
+                .iter()
+                .filter(|(ts, (req, d, s))| check_exact(&market, req, *ts, d, s).is_ok())
+                .count()
+        })
     });
     group.finish();
 }

@@ -127,6 +127,10 @@ mod sealed {
         fn schema() -> SchemaRef;
         fn to_batch(rows: &[Self]) -> Result<RecordBatch, ArrowError>;
         fn read_batch(batch: &RecordBatch, out: &mut Vec<Self>) -> Result<(), BatchError>;
+        /// Columns an older layout of the file may lack (they read as empty).
+        fn optional_columns() -> &'static [&'static str] {
+            &[]
+        }
     }
 }
 use sealed::{BatchError, Sealed};
@@ -742,10 +746,28 @@ fn files_of(path: &Path) -> Result<Vec<PathBuf>, OfflineError> {
     Ok(files)
 }
 
-fn read_file<R: LogRecord>(path: &Path, out: &mut Vec<R>) -> Result<(), OfflineError> {
+fn read_file<R: LogRecord>(
+    path: &Path,
+    out: &mut Vec<R>,
+    skip: &[&str],
+) -> Result<(), OfflineError> {
     let file = File::open(path).map_err(io_err(path, "read"))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(path))?;
-    let expected = R::schema();
+    // The columns read: all but those skipped, and those of a newer layout an older file lacks.
+    let found = builder.schema().clone();
+    let expected = Schema::new(
+        R::schema()
+            .fields()
+            .iter()
+            .filter(|f| {
+                let name = f.name().as_str();
+                !skip.contains(&name)
+                    && !(R::optional_columns().contains(&name)
+                        && found.column_with_name(name).is_none())
+            })
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let indices =
         check_schema(&expected, builder.schema()).map_err(|message| OfflineError::Schema {
             path: path.to_owned(),
@@ -784,7 +806,18 @@ fn read_file<R: LogRecord>(path: &Path, out: &mut Vec<R>) -> Result<(), OfflineE
 pub fn read_records<R: LogRecord>(path: &Path) -> Result<Vec<R>, OfflineError> {
     let mut out = Vec::new();
     for f in files_of(path)? {
-        read_file(&f, &mut out)?;
+        read_file(&f, &mut out, &[])?;
+    }
+    Ok(out)
+}
+
+/// As [`read_records`] for the decision log, without decoding the columns named in `skip`
+/// (they read as empty): a replay that does not rebuild frames needs neither `served` nor
+/// `features`.
+pub fn read_decision_rows(path: &Path, skip: &[&str]) -> Result<Vec<DecisionRow>, OfflineError> {
+    let mut out = Vec::new();
+    for f in files_of(path)? {
+        read_file(&f, &mut out, skip)?;
     }
     Ok(out)
 }

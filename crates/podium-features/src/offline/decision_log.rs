@@ -103,6 +103,21 @@ pub const TIMING_COLUMNS: [&str; 8] = [
     "pod_us",
 ];
 
+/// The replay-state columns (layout 2): a layout-1 file lacks them and reads with none.
+const STATE_COLUMNS: [&str; 11] = [
+    "market_fingerprint",
+    "score_tasks",
+    "top",
+    "scores",
+    "multipliers",
+    "available",
+    "reserves",
+    "cap_history",
+    "lease_lost",
+    "candidate_stored",
+    "exploration",
+];
+
 const TEXT: [&str; 7] = [
     "model_versions",
     "degraded",
@@ -220,6 +235,10 @@ impl Sealed for DecisionRow {
         RecordBatch::try_new(Self::schema(), cols)
     }
 
+    fn optional_columns() -> &'static [&'static str] {
+        &STATE_COLUMNS
+    }
+
     fn read_batch(batch: &RecordBatch, out: &mut Vec<Self>) -> Result<(), BatchError> {
         let version = int64_col(batch, "schema_version")?;
         let ts = int64_col(batch, "ts_ms")?;
@@ -258,8 +277,14 @@ impl Sealed for DecisionRow {
             .map(|c| int64_col(batch, c))
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
+        // A column absent here was skipped by the reader (its schema check made sure of it).
         let texts = TEXT
-            .map(|c| StrCol::of(batch, c))
+            .map(|c| {
+                batch
+                    .column_by_name(c)
+                    .map(|_| StrCol::of(batch, c))
+                    .transpose()
+            })
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
         // Layout 1 has no replay state: its rows read with an empty one.
@@ -280,7 +305,13 @@ impl Sealed for DecisionRow {
                     ),
                 ));
             }
-            let text = |k: usize| texts[k].get(i).unwrap_or_default().to_owned();
+            let text = |k: usize| {
+                texts[k]
+                    .as_ref()
+                    .and_then(|c| c.get(i))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             out.push(DecisionRow {
                 schema_version,
                 request_id: request_id.required(i, "request_id")?.to_owned(),
