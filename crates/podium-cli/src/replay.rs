@@ -62,6 +62,9 @@ pub struct ReplayArgs {
     /// Differences named in the summary (the first ones found).
     #[arg(long, default_value_t = 20)]
     examples: usize,
+    /// Threads of an exact replay (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 /// Drops every record: replay decides nothing new.
@@ -483,96 +486,157 @@ fn sampled(request_id: &str, share: f64) -> bool {
     share >= 1.0 || (share > 0.0 && podium_pacing::draw(request_id, 0x5C0E) < share)
 }
 
+/// What an exact replay of some rows found.
+#[derive(Default)]
+struct Tally {
+    decisions: u64,
+    reproduced: u64,
+    reasons: BTreeMap<String, u64>,
+    examples: Vec<serde_json::Value>,
+    rescored: u64,
+    scores_reproduced: u64,
+    rescore_skipped: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn differ(&mut self, keep: usize, row: &DecisionRow, file: &Path, kind: &str, why: String) {
+        *self.reasons.entry(kind.to_string()).or_default() += 1;
+        if self.examples.len() < keep {
+            self.examples.push(serde_json::json!({
+                "request_id": row.request_id, "file": file.display().to_string(),
+                "kind": kind, "difference": why}));
+        }
+    }
+
+    fn merge(&mut self, other: Tally, keep: usize) {
+        self.decisions += other.decisions;
+        self.reproduced += other.reproduced;
+        for (k, v) in other.reasons {
+            *self.reasons.entry(k).or_default() += v;
+        }
+        let room = keep.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
+        self.rescored += other.rescored;
+        self.scores_reproduced += other.scores_reproduced;
+        for (k, v) in other.rescore_skipped {
+            *self.rescore_skipped.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Replays rows exactly: the auction of each, and the models of the sampled ones.
+fn replay_rows(args: &ReplayArgs, engine: &Engine, rows: &[DecisionRow], file: &Path) -> Tally {
+    let market = engine.market();
+    let models = engine.models();
+    let keep = args.examples;
+    let mut t = Tally::default();
+    for row in rows {
+        t.decisions += 1;
+        let (req, decision, state) = match parse_row(row) {
+            Ok(p) => p,
+            Err(e) => {
+                t.differ(keep, row, file, "unreadable_row", e);
+                continue;
+            }
+        };
+        match check_exact(&market, &req, row.ts_ms, &decision, &state) {
+            Ok(()) => t.reproduced += 1,
+            Err((kind, why)) => t.differ(keep, row, file, kind, why),
+        }
+        if !sampled(row.request_id.as_str(), args.rescore) || state.top.is_empty() {
+            continue;
+        }
+        let features = match features_of(&row.features) {
+            Ok(f) => f,
+            Err(e) => {
+                t.differ(keep, row, file, "unreadable_row", e);
+                continue;
+            }
+        };
+        let record = DecisionRecord {
+            ts_ms: row.ts_ms as u64,
+            features,
+            request: req,
+            decision,
+            served: Arc::new([]),
+            replay: state,
+        };
+        match rescore(engine, &models, &record) {
+            Ok(None) => {
+                t.rescored += 1;
+                t.scores_reproduced += 1;
+            }
+            Ok(Some(diff)) => {
+                t.rescored += 1;
+                t.differ(keep, row, file, "scores_differ", diff);
+            }
+            Err(why) => *t.rescore_skipped.entry(why).or_default() += 1,
+        }
+    }
+    t
+}
+
 fn exact_replay(
     args: &ReplayArgs,
     engine: &Engine,
     files: &[PathBuf],
     load_s: f64,
 ) -> anyhow::Result<()> {
-    let market = engine.market();
-    let models = engine.models();
+    let threads = if args.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        args.threads
+    };
     let bar = progress(files);
     let mut errors = Vec::new();
-    let (mut decisions, mut reproduced) = (0u64, 0u64);
-    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
-    let mut examples = Vec::new();
-    let (mut rescored, mut scores_reproduced) = (0u64, 0u64);
-    let mut rescore_skipped: BTreeMap<String, u64> = BTreeMap::new();
-    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut total = Tally::default();
+    let mut left = args.limit.unwrap_or(usize::MAX);
     let t = Instant::now();
-    'files: for f in files {
-        let rows = read_file(f, args.rescore > 0.0, &mut errors);
-        for row in &rows {
-            if decisions as usize >= limit {
-                break 'files;
-            }
-            decisions += 1;
-            let mut differ = |kind: &str, why: String| {
-                *reasons.entry(kind.to_string()).or_default() += 1;
-                if examples.len() < args.examples {
-                    examples.push(serde_json::json!({
-                        "request_id": row.request_id, "file": f.display().to_string(),
-                        "kind": kind, "difference": why}));
-                }
-            };
-            let (req, decision, state) = match parse_row(row) {
-                Ok(p) => p,
-                Err(e) => {
-                    differ("unreadable_row", e);
-                    continue;
-                }
-            };
-            match check_exact(&market, &req, row.ts_ms, &decision, &state) {
-                Ok(()) => reproduced += 1,
-                Err((kind, why)) => differ(kind, why),
-            }
-            if sampled(row.request_id.as_str(), args.rescore) && !state.top.is_empty() {
-                let record = DecisionRecord {
-                    ts_ms: row.ts_ms as u64,
-                    features: match features_of(&row.features) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            differ("unreadable_row", e);
-                            continue;
-                        }
-                    },
-                    request: req,
-                    decision,
-                    served: Arc::new([]),
-                    replay: state,
-                };
-                match rescore(engine, &models, &record) {
-                    Ok(None) => {
-                        rescored += 1;
-                        scores_reproduced += 1;
-                    }
-                    Ok(Some(diff)) => {
-                        rescored += 1;
-                        differ("scores_differ", diff);
-                    }
-                    Err(why) => *rescore_skipped.entry(why).or_default() += 1,
-                }
-            }
+    for f in files {
+        if left == 0 {
+            break;
+        }
+        let mut rows = read_file(f, args.rescore > 0.0, &mut errors);
+        rows.truncate(left);
+        left -= rows.len();
+        // Rows are independent: each thread replays a contiguous share of the file.
+        let chunk = rows.len().div_ceil(threads).max(1);
+        let tallies: Vec<Tally> = std::thread::scope(|scope| {
+            let handles: Vec<_> = rows
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || replay_rows(args, engine, part, f)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for tally in tallies {
+            total.merge(tally, args.examples);
         }
         bar.inc(std::fs::metadata(f).map_or(0, |m| m.len()));
-        bar.set_message(format!("{decisions} decisions, {reproduced} reproduced"));
+        bar.set_message(format!(
+            "{} decisions, {} reproduced",
+            total.decisions, total.reproduced
+        ));
     }
     bar.finish_and_clear();
     let elapsed = t.elapsed().as_secs_f64();
     let summary = serde_json::json!({
-        "decisions": decisions,
-        "reproduced": reproduced,
-        "reproduced_share": ratio(reproduced as f64, decisions as f64),
-        "differences": reasons,
-        "examples": examples,
-        "scores_checked": rescored,
-        "scores_reproduced": scores_reproduced,
-        "rescore_skipped": rescore_skipped,
+        "decisions": total.decisions,
+        "reproduced": total.reproduced,
+        "reproduced_share": ratio(total.reproduced as f64, total.decisions as f64),
+        "differences": total.reasons,
+        "examples": total.examples,
+        "scores_checked": total.rescored,
+        "scores_reproduced": total.scores_reproduced,
+        "rescore_skipped": total.rescore_skipped,
         "files": files.len(),
         "file_errors": errors,
+        "threads": threads,
         "load_s": load_s,
         "elapsed_s": elapsed,
-        "decisions_per_s": ratio(decisions as f64, elapsed),
+        "decisions_per_s": ratio(total.decisions as f64, elapsed),
     });
     println!("{summary}");
     if !errors.is_empty() {
