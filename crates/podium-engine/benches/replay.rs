@@ -79,7 +79,13 @@ fn bench(c: &mut Criterion) {
             // What `podium replay --rescore 0` reads: not the hydrated entities nor the features.
             let rows: Vec<DecisionRow> = read_decision_rows(
                 &file,
-                &["served", "features", "model_versions", "degraded", "experiments"],
+                &[
+                    "served",
+                    "features",
+                    "model_versions",
+                    "degraded",
+                    "experiments",
+                ],
             )
             .expect("log reads");
             check(&rows)
