@@ -213,18 +213,23 @@ fn candidates(engine: &Engine, path: &Path) -> anyhow::Result<Vec<Candidate>> {
     Ok(out)
 }
 
-/// The marketplace with the candidate auction settings applied.
-fn candidate_market(base: &MarketSnapshot, path: &Path) -> anyhow::Result<MarketSnapshot> {
+/// `base` with the marketplace settings of a TOML file changed (`auction = "first_price"`,
+/// `reserve_cpm = …`, …); line items cannot change, their positions identifying logged
+/// candidates.
+pub(crate) fn changed_marketplace(
+    base: &podium_auction::Marketplace,
+    path: &Path,
+) -> anyhow::Result<podium_auction::Marketplace> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let changes: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
     anyhow::ensure!(
         !changes.contains_key("line_items"),
-        "{}: line items cannot change in a replay (their positions identify the logged candidates)",
+        "{}: line items cannot change (their positions identify the logged candidates)",
         path.display()
     );
-    let mut market = serde_json::to_value(&base.marketplace)?;
+    let mut market = serde_json::to_value(base)?;
     for (k, v) in changes {
         anyhow::ensure!(
             market.get(&k).is_some(),
@@ -242,8 +247,13 @@ fn candidate_market(base: &MarketSnapshot, path: &Path) -> anyhow::Result<Market
         );
         market[&k] = serde_json::to_value(v)?;
     }
-    let marketplace: podium_auction::Marketplace = serde_json::from_value(market)
-        .with_context(|| format!("{}: the changed marketplace is not valid", path.display()))?;
+    serde_json::from_value(market)
+        .with_context(|| format!("{}: the changed marketplace is not valid", path.display()))
+}
+
+/// The marketplace with the candidate auction settings applied.
+fn candidate_market(base: &MarketSnapshot, path: &Path) -> anyhow::Result<MarketSnapshot> {
+    let marketplace = changed_marketplace(&base.marketplace, path)?;
     Ok(MarketSnapshot::new(marketplace, |li| {
         base.position(&li.id)
             .map(|i| base.candidate_features[i as usize].clone())

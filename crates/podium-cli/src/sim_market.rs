@@ -198,21 +198,7 @@ fn arm_dir(
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut market = podium_auction::Marketplace::read(&base.join("marketplace.json"))?;
     if let Some(path) = config {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let changes: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
-        let mut v = serde_json::to_value(&market)?;
-        for (k, val) in changes {
-            anyhow::ensure!(
-                k != "line_items" && v.get(&k).is_some(),
-                "{}: `{k}` is not a marketplace setting the simulator can change",
-                path.display()
-            );
-            v[&k] = serde_json::to_value(val)?;
-        }
-        market = serde_json::from_value(v)
-            .with_context(|| format!("{}: the changed marketplace is not valid", path.display()))?;
+        market = crate::replay::changed_marketplace(&market, path)?;
     }
     let mut budgets = BTreeMap::new();
     for li in &mut market.line_items {

@@ -40,6 +40,30 @@ fn podium(args: &[&str], cwd: &Path) -> (bool, Value, String) {
     )
 }
 
+/// Packages a linear CTR model from `weights` as bundle `out` (relative to `cwd`).
+fn package(weights: &Path, version: &str, out: &str, cwd: &Path) {
+    let args = [
+        "model",
+        "package",
+        "--kind",
+        "linear",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--name",
+        "ctr",
+        "--version",
+        version,
+        "--task",
+        "ctr",
+        "--link",
+        "logistic",
+        "--out",
+        out,
+    ];
+    let (ok, _, err) = podium(&args, cwd);
+    assert!(ok, "{err}");
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -98,28 +122,7 @@ async fn a_served_log_replays_exactly_and_against_a_candidate() {
     w["intercept"] = json!(w["intercept"].as_f64().unwrap() + 0.7);
     let cand = data.join("cand-weights.json");
     std::fs::write(&cand, w.to_string()).unwrap();
-    let (ok, _, err) = podium(
-        &[
-            "model",
-            "package",
-            "--kind",
-            "linear",
-            "--weights",
-            cand.to_str().unwrap(),
-            "--name",
-            "ctr",
-            "--version",
-            "cand-2",
-            "--task",
-            "ctr",
-            "--link",
-            "logistic",
-            "--out",
-            "candidate/ctr",
-        ],
-        &data,
-    );
-    assert!(ok, "{err}");
+    package(&cand, "cand-2", "candidate/ctr", &data);
     std::fs::write(data.join("auction.toml"), "auction = \"first_price\"\n").unwrap();
     let (ok, v, err) = podium(
         &[
@@ -163,28 +166,7 @@ async fn a_served_log_replays_exactly_and_against_a_candidate() {
     // A candidate reading a feature the log does not have: refused, naming it.
     w["weights"]["user_new_signal"] = json!(1.0);
     std::fs::write(&cand, w.to_string()).unwrap();
-    let (ok, _, err) = podium(
-        &[
-            "model",
-            "package",
-            "--kind",
-            "linear",
-            "--weights",
-            cand.to_str().unwrap(),
-            "--name",
-            "ctr",
-            "--version",
-            "cand-3",
-            "--task",
-            "ctr",
-            "--link",
-            "logistic",
-            "--out",
-            "candidate-3/ctr",
-        ],
-        &data,
-    );
-    assert!(ok, "{err}");
+    package(&cand, "cand-3", "candidate-3/ctr", &data);
     let (ok, _, err) = podium(&["replay", "--log", log, "--models", "candidate-3"], &data);
     assert!(!ok);
     assert!(

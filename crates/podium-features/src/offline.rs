@@ -761,9 +761,9 @@ fn read_file<R: LogRecord>(
             .iter()
             .filter(|f| {
                 let name = f.name().as_str();
-                !skip.contains(&name)
-                    && !(R::optional_columns().contains(&name)
-                        && found.column_with_name(name).is_none())
+                let absent_optional =
+                    R::optional_columns().contains(&name) && found.column_with_name(name).is_none();
+                !(skip.contains(&name) || absent_optional)
             })
             .cloned()
             .collect::<Vec<_>>(),
