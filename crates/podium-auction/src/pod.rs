@@ -229,6 +229,23 @@ struct Pod<'a> {
     admissible: Vec<bool>,
 }
 
+/// Value of a state no choice of options reaches.
+const NONE: i64 = i64::MIN;
+
+/// Buffers of the dynamic programme, reused by every node of a search.
+#[derive(Default)]
+struct Scratch {
+    /// Best value per state before and after the current group.
+    old: Vec<i64>,
+    new: Vec<i64>,
+    /// One bit per state of `old` / `new`: set exactly where the value is not `NONE`, so the
+    /// scan visits reachable states only (a small share of them in practice).
+    old_live: Vec<u64>,
+    new_live: Vec<u64>,
+    /// Per group and state, 1 + the member that last improved the state (0: none).
+    choice: Vec<u16>,
+}
+
 /// A solution of the relaxed programme of one node.
 struct Relaxed {
     value: i64,
@@ -422,6 +439,7 @@ impl<'a> Pod<'a> {
         let mut heap = BinaryHeap::from([(i64::MAX, Reverse(0usize))]);
         let mut spent = 0u64;
         let mut exact = true;
+        let mut scratch = Scratch::default();
         while let Some((bound, Reverse(id))) = heap.pop() {
             if bound <= best_value {
                 break;
@@ -431,7 +449,7 @@ impl<'a> Pod<'a> {
                 break;
             }
             let banned = std::mem::take(&mut nodes[id]);
-            let Some(relaxed) = self.relax(&banned, budget - spent) else {
+            let Some(relaxed) = self.relax(&banned, budget - spent, &mut scratch) else {
                 // Too large to solve exactly: at the root take a greedy pod, else keep the best.
                 exact = false;
                 if id == 0 {
@@ -480,7 +498,7 @@ impl<'a> Pod<'a> {
 
     /// Solves the programme that enforces everything but the cross-cutting dedupe keys, over
     /// the options not banned. `None` when it would cost more than `budget` updates.
-    fn relax(&self, banned: &[u64], budget: u64) -> Option<Relaxed> {
+    fn relax(&self, banned: &[u64], budget: u64, scratch: &mut Scratch) -> Option<Relaxed> {
         let kept = self.prune(banned);
         let has_first = kept.iter().any(|&i| self.opts[i].tokens & FIRST != 0);
         let has_last = kept.iter().any(|&i| self.opts[i].tokens & LAST != 0);
@@ -517,10 +535,6 @@ impl<'a> Pod<'a> {
 
         let mut groups: Vec<usize> = kept;
         groups.sort_by_key(|&i| self.opts[i].group); // stable: best first within a group
-        const NONE: i64 = i64::MIN;
-        let mut old = vec![NONE; states];
-        old[0] = 0;
-        let mut new = old.clone();
         let same_group = |&a: &usize, &b: &usize| self.opts[a].group == self.opts[b].group;
         // Choices are recorded as u16 marks.
         if groups
@@ -530,13 +544,29 @@ impl<'a> Pod<'a> {
             return None;
         }
         let n_groups = groups.chunk_by(same_group).count();
-        let mut choice = vec![0u16; n_groups * states];
-        for (g, members) in groups
-            .chunk_by(|&a, &b| self.opts[a].group == self.opts[b].group)
-            .enumerate()
-        {
-            new.copy_from_slice(&old);
+        let Scratch {
+            old,
+            new,
+            old_live,
+            new_live,
+            choice,
+        } = scratch;
+        old.clear();
+        old.resize(states, NONE);
+        old[0] = 0;
+        new.resize(states, NONE);
+        let words = states.div_ceil(64);
+        old_live.clear();
+        old_live.resize(words, 0);
+        old_live[0] = 1;
+        new_live.resize(words, 0);
+        // Every layer is zeroed before use, so stale marks of an earlier call never show.
+        choice.resize(n_groups * states, 0);
+        for (g, members) in groups.chunk_by(same_group).enumerate() {
+            new.copy_from_slice(old);
+            new_live.copy_from_slice(old_live);
             let choice = &mut choice[g * states..(g + 1) * states];
+            choice.fill(0);
             for (k, &i) in members.iter().enumerate() {
                 let o = &self.opts[i];
                 let tok = compact(o.tokens);
@@ -557,30 +587,36 @@ impl<'a> Pod<'a> {
                 let delta =
                     class.map_or(0, |(s, _)| s * tok_n * block) + tok * block + da * units + du;
                 let mark = (k + 1) as u16;
+                let mut update = |src: usize| {
+                    let v = old[src].saturating_add(o.value);
+                    let dst = src + delta;
+                    if v > new[dst] {
+                        new[dst] = v;
+                        choice[dst] = mark;
+                        new_live[dst / 64] |= 1 << (dst % 64);
+                    }
+                };
                 for slot in 0..slot_n {
                     if class.is_some_and(|(s, n)| (slot / s) % (n + 1) >= n) {
                         continue;
                     }
                     for t in (0..tok_n).filter(|t| t & tok == 0) {
                         let base = (slot * tok_n + t) * block;
-                        for a in 0..ads - da {
-                            let row = base + a * units;
-                            for src in row..row + units - du {
-                                let v = old[src];
-                                if v == NONE {
-                                    continue;
-                                }
-                                let v = v.saturating_add(o.value);
-                                if v > new[src + delta] {
-                                    new[src + delta] = v;
-                                    choice[src + delta] = mark;
-                                }
+                        if du == 0 {
+                            // Every row of the block is a source: one run.
+                            let end = base + (ads - da) * units;
+                            for_each_live(old_live, base, end, &mut update);
+                        } else {
+                            for a in 0..ads - da {
+                                let row = base + a * units;
+                                for_each_live(old_live, row, row + units - du, &mut update);
                             }
                         }
                     }
                 }
             }
-            std::mem::swap(&mut old, &mut new);
+            std::mem::swap(old, new);
+            std::mem::swap(old_live, new_live);
         }
 
         let mut at = 0;
@@ -813,6 +849,27 @@ fn token(p: SlotPosition) -> u8 {
 
 fn total(opts: &[Opt]) -> i64 {
     opts.iter().map(|o| o.value).fold(0, i64::saturating_add)
+}
+
+/// Calls `f` with every set bit of `live` in `start..end`, in increasing order.
+fn for_each_live(live: &[u64], start: usize, end: usize, mut f: impl FnMut(usize)) {
+    if start >= end {
+        return;
+    }
+    let (first, last) = (start / 64, (end - 1) / 64);
+    for (w, &word) in live.iter().enumerate().take(last + 1).skip(first) {
+        let mut bits = word;
+        if w == first {
+            bits &= !0 << (start % 64);
+        }
+        if w == last {
+            bits &= !0 >> (63 - (end - 1) % 64);
+        }
+        while bits != 0 {
+            f(w * 64 + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+        }
+    }
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
