@@ -217,6 +217,8 @@ struct Pod<'a> {
     cross: Vec<usize>,
     /// Per bucket, this many better pairwise-distinct options make any worse one useless.
     threshold: usize,
+    /// Buckets are numbered `0..n_buckets`.
+    n_buckets: usize,
     /// Seconds per dynamic-duration unit (gcd of the dynamic durations) and the unit count.
     unit_s: u32,
     units: usize,
@@ -244,6 +246,12 @@ struct Scratch {
     new_live: Vec<u64>,
     /// Per group and state, 1 + the member that last improved the state (0: none).
     choice: Vec<u16>,
+}
+
+thread_local! {
+    /// Reused by every pod a thread solves: allocating and clearing the tables anew costs more
+    /// than the programme itself on typical pods. Taken out while in use, so never shared.
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
 /// A solution of the relaxed programme of one node.
@@ -275,11 +283,14 @@ impl<'a> Pod<'a> {
                 }),
             }
         }
-        let mut usable: Vec<usize> = (0..cands.len())
+        // Built in this order, the options come out sorted in the order ties are broken by (line
+        // items are distinct, so the order is total). Keys sorted in place: no lookups per compare.
+        let mut by_value: Vec<(Reverse<i64>, u32, u32)> = (0..cands.len())
             .filter(|&c| cands[c].value > 0 && allowed(c))
+            .map(|c| (Reverse(cands[c].value), cands[c].line_item, c as u32))
             .collect();
-        // Built in this order, the options come out sorted in the order ties are broken by.
-        usable.sort_unstable_by_key(|&c| (Reverse(cands[c].value), cands[c].line_item));
+        by_value.sort_unstable();
+        let usable: Vec<usize> = by_value.iter().map(|&(_, _, c)| c as usize).collect();
 
         // Group by the candidate-level key with the fewest values: the programme enforces it for
         // free, and the fewer keys left to branch on, the fewer nodes.
@@ -319,7 +330,9 @@ impl<'a> Pod<'a> {
                 .max(rules.floor_cpm.unwrap_or(Micros::ZERO))
                 .max(per_s)
         };
-        let mut opts = Vec::new();
+        let creatives: usize = usable.iter().map(|&c| cands[c].creatives.len()).sum();
+        let mut opts = Vec::with_capacity(creatives * (classes.len() + 1));
+        let creative_cross = cross.contains(&CREATIVE);
         let mut alone: Option<Opt> = None;
         let mut admissible = vec![false; cands.len()];
         for &c in &usable {
@@ -372,7 +385,7 @@ impl<'a> Pod<'a> {
                         o.class == class
                             && o.tokens == tokens
                             && (class != DYNAMIC || o.duration_s == d)
-                            && (!cross.contains(&CREATIVE) || o.keys[CREATIVE] == cr.key)
+                            && (!creative_cross || o.keys[CREATIVE] == cr.key)
                     };
                     if in_pods && !opts[first_opt..].iter().any(same) {
                         opts.push(opt);
@@ -381,13 +394,11 @@ impl<'a> Pod<'a> {
             }
         }
         debug_assert!(opts.windows(2).all(|w| better(&w[0], &w[1])));
-        let mut buckets: Vec<(u16, u8, u32)> = Vec::new();
+        // (class, tokens, seconds of a dynamic ad) packed in one word: a cheap linear lookup.
+        let mut buckets: Vec<u64> = Vec::new();
         for o in &mut opts {
-            let b = (
-                o.class,
-                o.tokens,
-                if o.class == DYNAMIC { o.duration_s } else { 0 },
-            );
+            let seconds = if o.class == DYNAMIC { o.duration_s } else { 0 };
+            let b = u64::from(o.class) << 40 | u64::from(o.tokens) << 32 | u64::from(seconds);
             o.bucket = match buckets.iter().position(|&x| x == b) {
                 Some(i) => i as u16,
                 None => {
@@ -397,16 +408,26 @@ impl<'a> Pod<'a> {
             };
         }
 
-        let dynamic: Vec<u32> = opts
-            .iter()
-            .filter(|o| o.class == DYNAMIC)
-            .map(|o| o.duration_s)
-            .collect();
-        let (unit_s, units, ads) = if dynamic.is_empty() {
+        let n_buckets = buckets.len();
+
+        let dynamic = || {
+            opts.iter()
+                .filter(|o| o.class == DYNAMIC)
+                .map(|o| o.duration_s)
+        };
+        let (unit_s, units, ads) = if dynamic().next().is_none() {
             (1, 1, 1)
         } else {
-            let g = dynamic.iter().fold(0, |g, &d| gcd(g, d)).max(1);
-            let longest = dynamic.iter().copied().max().unwrap_or(0);
+            // Once 1, the gcd stays 1.
+            let mut g = 0;
+            for d in dynamic() {
+                g = gcd(g, d);
+                if g == 1 {
+                    break;
+                }
+            }
+            let g = g.max(1);
+            let longest = dynamic().max().unwrap_or(0);
             let reach = brk.max_duration_s.min(longest.saturating_mul(brk.max_ads));
             (g, (reach / g) as usize + 1, brk.max_ads as usize + 1)
         };
@@ -420,6 +441,7 @@ impl<'a> Pod<'a> {
             opts,
             cross,
             threshold,
+            n_buckets,
             unit_s,
             units,
             ads,
@@ -439,7 +461,7 @@ impl<'a> Pod<'a> {
         let mut heap = BinaryHeap::from([(i64::MAX, Reverse(0usize))]);
         let mut spent = 0u64;
         let mut exact = true;
-        let mut scratch = Scratch::default();
+        let mut scratch = SCRATCH.take();
         while let Some((bound, Reverse(id))) = heap.pop() {
             if bound <= best_value {
                 break;
@@ -493,6 +515,10 @@ impl<'a> Pod<'a> {
                 heap.push((relaxed.value, Reverse(nodes.len() - 1)));
             }
         }
+        // Kept for the next pod of this thread, unless a pathological pod made it large.
+        if scratch.choice.capacity() <= 1 << 20 {
+            SCRATCH.set(scratch);
+        }
         (best, exact)
     }
 
@@ -533,8 +559,14 @@ impl<'a> Pod<'a> {
             return None;
         }
 
-        let mut groups: Vec<usize> = kept;
-        groups.sort_by_key(|&i| self.opts[i].group); // stable: best first within a group
+        // Best first within a group: `kept` is in option order, so sorting (group, option) pairs
+        // is the stable sort by group.
+        let mut pairs: Vec<u64> = kept
+            .iter()
+            .map(|&i| u64::from(self.opts[i].group) << 32 | i as u64)
+            .collect();
+        pairs.sort_unstable();
+        let groups: Vec<usize> = pairs.iter().map(|&p| (p & 0xffff_ffff) as usize).collect();
         let same_group = |&a: &usize, &b: &usize| self.opts[a].group == self.opts[b].group;
         // Choices are recorded as u16 marks.
         if groups
@@ -551,22 +583,30 @@ impl<'a> Pod<'a> {
             new_live,
             choice,
         } = scratch;
-        old.clear();
-        old.resize(states, NONE);
+        for v in [&mut *old, &mut *new] {
+            v.clear();
+            v.resize(states, NONE);
+        }
         old[0] = 0;
-        new.resize(states, NONE);
         let words = states.div_ceil(64);
-        old_live.clear();
-        old_live.resize(words, 0);
+        for v in [&mut *old_live, &mut *new_live] {
+            v.clear();
+            v.resize(words, 0);
+        }
         old_live[0] = 1;
-        new_live.resize(words, 0);
-        // Every layer is zeroed before use, so stale marks of an earlier call never show.
         choice.resize(n_groups * states, 0);
+        // Every state from `reach` on is unreached (`NONE`), in `old` and in `new` alike (the
+        // states `new` reached a group earlier, `old` reaches too): copies stop there.
+        let mut reach = 1;
         for (g, members) in groups.chunk_by(same_group).enumerate() {
-            new.copy_from_slice(old);
-            new_live.copy_from_slice(old_live);
+            new[..reach].copy_from_slice(&old[..reach]);
+            let live_words = reach.div_ceil(64);
+            new_live[..live_words].copy_from_slice(&old_live[..live_words]);
+            let mut new_reach = reach;
+            // A mark is read back only where the state is reached; one this group does not
+            // improve was reached before it, below `reach`: clearing there hides stale marks.
             let choice = &mut choice[g * states..(g + 1) * states];
-            choice.fill(0);
+            choice[..reach].fill(0);
             for (k, &i) in members.iter().enumerate() {
                 let o = &self.opts[i];
                 let tok = compact(o.tokens);
@@ -594,6 +634,7 @@ impl<'a> Pod<'a> {
                         new[dst] = v;
                         choice[dst] = mark;
                         new_live[dst / 64] |= 1 << (dst % 64);
+                        new_reach = new_reach.max(dst + 1);
                     }
                 };
                 for slot in 0..slot_n {
@@ -617,10 +658,11 @@ impl<'a> Pod<'a> {
             }
             std::mem::swap(old, new);
             std::mem::swap(old_live, new_live);
+            reach = new_reach;
         }
 
         let mut at = 0;
-        for (s, &v) in old.iter().enumerate() {
+        for (s, &v) in old[..reach].iter().enumerate() {
             if v > old[at] {
                 at = s;
             }
@@ -664,17 +706,20 @@ impl<'a> Pod<'a> {
     /// bucket, an option with `threshold` better options pairwise distinct in every dedupe key
     /// can always be swapped for one of them that clashes with none of the pod's other ads.
     fn prune(&self, banned: &[u64]) -> Vec<usize> {
-        let n_buckets = self.opts.iter().map(|o| o.bucket + 1).max().unwrap_or(0) as usize;
-        let mut witnesses: Vec<Vec<usize>> = vec![Vec::new(); n_buckets];
+        // Bucket b's witnesses: `witnesses[b * cap..][..count[b]]` (never more than the options).
+        let cap = self.threshold.min(self.opts.len());
+        let mut witnesses = vec![0usize; self.n_buckets * cap];
+        let mut count = vec![0usize; self.n_buckets];
         let mut kept = Vec::new();
         for (i, o) in self.opts.iter().enumerate() {
             if banned[i / 64] >> (i % 64) & 1 == 1 {
                 continue;
             }
-            let w = &mut witnesses[o.bucket as usize];
-            if w.len() >= self.threshold {
+            let b = o.bucket as usize;
+            if count[b] >= self.threshold {
                 continue;
             }
+            let w = &witnesses[b * cap..][..count[b]];
             let same_group = w.iter().any(|&j| self.opts[j].group == o.group);
             if same_group && self.cross.is_empty() {
                 // A better option of the same group and bucket does everything this one does
@@ -689,7 +734,8 @@ impl<'a> Pod<'a> {
                         .all(|&k| self.opts[j].keys[k] != o.keys[k])
                 });
             if distinct {
-                w.push(i);
+                witnesses[b * cap + count[b]] = i;
+                count[b] += 1;
             }
         }
         kept
