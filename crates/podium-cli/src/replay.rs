@@ -471,15 +471,15 @@ fn progress(files: &[PathBuf]) -> indicatif::ProgressBar {
     bar
 }
 
-/// Columns a replay never reads (the decision's JSON holds the same, or they are not inputs).
-const NOT_READ: [&str; 4] = ["served", "model_versions", "degraded", "experiments"];
+/// Columns a replay never reads (the decision's JSON holds the same).
+const NOT_READ: [&str; 3] = ["model_versions", "degraded", "experiments"];
 
-/// Reads one file of the log, `features` only when `frames` (frames are rebuilt from it); an
-/// unreadable file is named in `errors` and skipped.
+/// Reads one file of the log, `features` and `served` only when `frames` (frames are rebuilt
+/// from them); an unreadable file is named in `errors` and skipped.
 fn read_file(f: &Path, frames: bool, errors: &mut Vec<serde_json::Value>) -> Vec<DecisionRow> {
     let mut skip = NOT_READ.to_vec();
     if !frames {
-        skip.push("features");
+        skip.extend(["features", "served"]);
     }
     match read_decision_rows(f, &skip) {
         Ok(rows) => rows,
@@ -556,20 +556,12 @@ fn replay_rows(args: &ReplayArgs, engine: &Engine, rows: &[DecisionRow], file: &
         if !sampled(row.request_id.as_str(), args.rescore) || state.top.is_empty() {
             continue;
         }
-        let features = match features_of(&row.features) {
-            Ok(f) => f,
+        let record = match frame_record(row, req, decision, state) {
+            Ok(r) => r,
             Err(e) => {
                 t.differ(keep, row, file, "unreadable_row", e);
                 continue;
             }
-        };
-        let record = DecisionRecord {
-            ts_ms: row.ts_ms as u64,
-            features,
-            request: req,
-            decision,
-            served: Arc::new([]),
-            replay: state,
         };
         match rescore(engine, &models, &record) {
             Ok(None) => {
@@ -658,6 +650,23 @@ fn exact_replay(
         );
     }
     Ok(())
+}
+
+/// The record a frame is rebuilt from: the parsed row with its features and served entities.
+fn frame_record(
+    row: &DecisionRow,
+    request: podium_core::AdRequest,
+    decision: podium_core::Decision,
+    replay: podium_log::ReplayState,
+) -> Result<DecisionRecord, String> {
+    Ok(DecisionRecord {
+        ts_ms: row.ts_ms as u64,
+        features: features_of(&row.features)?,
+        request,
+        decision,
+        served: podium_log::decision_log::served_of(&row.served)?.into(),
+        replay,
+    })
 }
 
 fn features_of(text: &str) -> Result<Vec<(String, f32)>, String> {
@@ -805,20 +814,12 @@ fn candidate_replay(
             let k = state.top.len();
             let mut scores = state.scores.clone();
             if !candidates.is_empty() && k > 0 {
-                let features = match features_of(&row.features) {
-                    Ok(f) => f,
+                let record = match frame_record(row, req.clone(), decision.clone(), state.clone()) {
+                    Ok(r) => r,
                     Err(e) => {
                         skip(format!("unreadable row: {e}"));
                         continue;
                     }
-                };
-                let record = DecisionRecord {
-                    ts_ms: row.ts_ms as u64,
-                    request: req.clone(),
-                    features,
-                    decision: decision.clone(),
-                    served: Arc::new([]),
-                    replay: state.clone(),
                 };
                 let frame = match engine.replay_frame(&record) {
                     Ok(f) => f,

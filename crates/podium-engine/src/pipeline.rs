@@ -1423,11 +1423,6 @@ impl Engine {
         for s in &scores {
             flat_scores.extend_from_slice(&s.values);
         }
-        let stored = if inner.hydrator.wants_candidates() {
-            hydrator.candidate_stored_of(hydrated, &top)
-        } else {
-            Vec::new()
-        };
         let replay = ReplayState {
             market: market.fingerprint,
             tasks,
@@ -1438,7 +1433,6 @@ impl Engine {
             reserves,
             history: history.to_vec(),
             lease_lost,
-            stored,
             explore,
         };
         let pod_us = us(t.elapsed());

@@ -252,8 +252,9 @@ pub fn bound_version(set: &ModelSet, name: &str, version: &str) -> Option<BoundM
 
 impl Engine {
     /// The frame a logged decision's full-scoring models read, rebuilt from the log: its
-    /// request-level feature values, the fully scored candidates' marketplace values and their
-    /// logged stored values; every column of the schema is present.
+    /// request-level feature values, the fully scored candidates' marketplace values and the
+    /// stored values their line items and advertisers were served (`served`); every column of
+    /// the schema is present.
     pub fn replay_frame(&self, record: &DecisionRecord) -> Result<FeatureFrame, String> {
         let hydrator = self.hydrator();
         let names = hydrator.space().schema().names();
@@ -275,15 +276,23 @@ impl Engine {
         }
         let market = self.market();
         let state = &record.replay;
-        let width = hydrator.candidate_stored_width();
-        if state.stored.len() != width * state.top.len() {
-            return Err(format!(
-                "{} stored candidate values logged, {} expected ({} candidates × {width})",
-                state.stored.len(),
-                width * state.top.len(),
-                state.top.len()
-            ));
-        }
+        let line_items = &market.marketplace.line_items;
+        let ids = state
+            .top
+            .iter()
+            .map(|&i| {
+                line_items
+                    .get(i as usize)
+                    .map(|li| (li.id.as_str(), li.advertiser_id.as_str()))
+                    .ok_or_else(|| {
+                        format!(
+                            "candidate position {i} beyond {} line items",
+                            line_items.len()
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let stored = hydrator.candidate_stored_from(&record.served, &ids);
         let items = market.candidate_features.len();
         let rows = state
             .top
@@ -298,7 +307,7 @@ impl Engine {
             .collect::<Result<Vec<&[f32]>, String>>()?;
         let values: Vec<f32> = record.features.iter().map(|(_, v)| *v).collect();
         let all: Vec<usize> = (0..names.len()).collect();
-        Ok(hydrator.frame_replayed(&values, &rows, &state.stored, &all))
+        Ok(hydrator.frame_replayed(&values, &rows, &stored, &all))
     }
 }
 

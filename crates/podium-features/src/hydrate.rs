@@ -597,23 +597,30 @@ impl Hydrator {
         )
     }
 
-    /// Stored line-item and advertiser columns per candidate (the width of
-    /// [`candidate_stored_of`](Self::candidate_stored_of)'s rows).
-    pub fn candidate_stored_width(&self) -> usize {
-        self.candidate_stored.len()
-    }
-
-    /// The stored line-item and advertiser values the candidates `handles` were served from the
-    /// table pinned in `hydrated`, candidate by candidate: what a replay rebuilds frames from.
-    pub fn candidate_stored_of(&self, hydrated: &Hydrated, handles: &[u32]) -> Vec<f32> {
-        let width = self.candidate_stored.len();
-        let mut out = Vec::with_capacity(handles.len() * width);
-        for &h in handles {
-            for j in 0..width {
-                out.push(
-                    self.candidate_value(&hydrated.table, h as usize, j, hydrated.at_ms)
-                        .0,
-                );
+    /// The stored line-item and advertiser values candidates were served, candidate by candidate
+    /// (as [`frame_replayed`](Self::frame_replayed) takes them), read back from the entities a
+    /// decision logged ([`served_candidates`](Self::served_candidates)): `ids` gives each
+    /// candidate's line item and advertiser; an entity not logged served its defaults.
+    pub fn candidate_stored_from(&self, served: &[ServedEntity], ids: &[(&str, &str)]) -> Vec<f32> {
+        let find = |entity: Entity, id: &str| {
+            served
+                .iter()
+                .find(|e| e.entity == entity && e.id == id)
+                .map(|e| e.values.as_slice())
+        };
+        let mut out = Vec::with_capacity(ids.len() * self.candidate_stored.len());
+        for &(li, adv) in ids {
+            let (li, adv) = (find(Entity::LineItem, li), find(Entity::Advertiser, adv));
+            // An entity's values are its columns in table order: the k-th of its side.
+            let (mut k_li, mut k_adv) = (0, 0);
+            for &(_, from_adv, default, _) in &self.candidate_stored {
+                let (values, k) = if from_adv {
+                    (adv, &mut k_adv)
+                } else {
+                    (li, &mut k_li)
+                };
+                out.push(values.and_then(|v| v.get(*k)).map_or(default, |v| v.0));
+                *k += 1;
             }
         }
         out
@@ -621,8 +628,8 @@ impl Hydrator {
 
     /// As [`frame_of`](Self::frame_of) from logged values: the request-level values, each
     /// candidate's supplied values and its stored values (`stored`, as
-    /// [`candidate_stored_of`](Self::candidate_stored_of) gave them). Rows beyond `stored` read
-    /// the stored columns as their defaults.
+    /// [`candidate_stored_from`](Self::candidate_stored_from) gives them). Rows beyond `stored`
+    /// read the stored columns as their defaults.
     pub fn frame_replayed(
         &self,
         request_values: &[f32],

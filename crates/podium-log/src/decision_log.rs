@@ -94,7 +94,6 @@ pub fn state_columns(s: &ReplayState) -> ReplayColumns {
         reserves: s.reserves.clone(),
         cap_history: s.history.iter().flat_map(|&(k, t)| [k as i64, t]).collect(),
         lease_lost: s.lease_lost.iter().map(|&i| i as i32).collect(),
-        candidate_stored: s.stored.clone(),
         exploration: json(&s.explore),
     }
 }
@@ -133,7 +132,6 @@ pub fn replay_state(c: &ReplayColumns) -> Result<ReplayState, String> {
             .map(|p| (p[0] as u64, p[1]))
             .collect(),
         lease_lost: positions(&c.lease_lost, "lease_lost")?,
-        stored: c.candidate_stored.clone(),
         explore,
     })
 }
@@ -192,12 +190,7 @@ pub fn record_of(row: &DecisionRow) -> Result<DecisionRecord, String> {
             _ => Err(format!("`features`: bad pair {p}")),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let served = parse("served", &row.served)?
-        .as_array()
-        .ok_or("`served`: not a JSON array")?
-        .iter()
-        .map(|e| served_entity(e, &number))
-        .collect::<Result<Vec<_>, _>>()?;
+    let served = served_of(&row.served)?;
     Ok(DecisionRecord {
         ts_ms: row.ts_ms as u64,
         request: serde_json::from_value(parse("request", &row.request)?)
@@ -208,6 +201,21 @@ pub fn record_of(row: &DecisionRow) -> Result<DecisionRecord, String> {
         served: served.into(),
         replay: replay_state(&row.state)?,
     })
+}
+
+/// The hydrated entities of a row's `served` column.
+pub fn served_of(text: &str) -> Result<Vec<ServedEntity>, String> {
+    let number = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => Some(f32::NAN),
+        v => v.as_f64().map(|v| v as f32),
+    };
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_err(|e| format!("`served`: {e}"))?
+        .as_array()
+        .ok_or("`served`: not a JSON array")?
+        .iter()
+        .map(|e| served_entity(e, &number))
+        .collect()
 }
 
 /// A hydrated entity from its JSON, where a missing (NaN) value was written as null.
@@ -312,7 +320,6 @@ mod tests {
                 reserves: vec![2_000_000],
                 history: vec![(u64::MAX, 1_763_999_000_000)],
                 lease_lost: vec![1],
-                stored: vec![0.5, f32::NAN],
                 explore: vec![crate::Explored {
                     break_id: "b1".into(),
                     lead: Some("li-1".into()),
@@ -360,7 +367,6 @@ mod tests {
                 &want.explore
             )
         );
-        assert!(got.stored[1].is_nan() && got.stored[0] == 0.5);
     }
 
     #[test]

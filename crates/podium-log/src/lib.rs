@@ -65,9 +65,6 @@ pub struct ReplayState {
     pub history: Vec<(u64, i64)>,
     /// Line items the pod placed whose budget lease was lost to a race (dropped from the pod).
     pub lease_lost: Vec<u32>,
-    /// Stored line-item and advertiser feature values of `top`, candidate by candidate
-    /// (`stored[r * width + j]`), for rescoring.
-    pub stored: Vec<f32>,
     /// Exploration of each break, when it is on.
     pub explore: Vec<Explored>,
 }

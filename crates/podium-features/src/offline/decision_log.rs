@@ -85,8 +85,6 @@ pub struct ReplayColumns {
     pub cap_history: Vec<i64>,
     /// Line items dropped from a pod because their lease was lost to a race.
     pub lease_lost: Vec<i32>,
-    /// Stored line-item and advertiser features of `top`, candidate by candidate.
-    pub candidate_stored: Vec<f32>,
     /// `[{"break_id", "lead", "propensity", "explored", "choices"}]`: exploration (JSON).
     pub exploration: String,
 }
@@ -104,7 +102,7 @@ pub const TIMING_COLUMNS: [&str; 8] = [
 ];
 
 /// The replay-state columns (layout 2): a layout-1 file lacks them and reads with none.
-const STATE_COLUMNS: [&str; 11] = [
+const STATE_COLUMNS: [&str; 10] = [
     "market_fingerprint",
     "score_tasks",
     "top",
@@ -114,7 +112,6 @@ const STATE_COLUMNS: [&str; 11] = [
     "reserves",
     "cap_history",
     "lease_lost",
-    "candidate_stored",
     "exploration",
 ];
 
@@ -183,7 +180,6 @@ impl Sealed for DecisionRow {
                 list("reserves", DataType::Int64),
                 list("cap_history", DataType::Int64),
                 list("lease_lost", DataType::Int32),
-                list("candidate_stored", DataType::Float32),
                 Field::new("exploration", DataType::Utf8, false),
             ]);
             f
@@ -230,7 +226,6 @@ impl Sealed for DecisionRow {
         cols.push(list::<Int64Type>(rows, |r| &r.state.reserves));
         cols.push(list::<Int64Type>(rows, |r| &r.state.cap_history));
         cols.push(list::<Int32Type>(rows, |r| &r.state.lease_lost));
-        cols.push(list::<Float32Type>(rows, |r| &r.state.candidate_stored));
         cols.push(text(|r| &r.state.exploration));
         RecordBatch::try_new(Self::schema(), cols)
     }
@@ -410,7 +405,6 @@ struct StateCols<'a> {
     reserves: ListCol<'a, Int64Type>,
     history: ListCol<'a, Int64Type>,
     lease_lost: ListCol<'a, Int32Type>,
-    stored: ListCol<'a, Float32Type>,
     exploration: StrCol<'a>,
 }
 
@@ -426,7 +420,6 @@ impl<'a> StateCols<'a> {
             reserves: ListCol::of(batch, "reserves")?,
             history: ListCol::of(batch, "cap_history")?,
             lease_lost: ListCol::of(batch, "lease_lost")?,
-            stored: ListCol::of(batch, "candidate_stored")?,
             exploration: StrCol::of(batch, "exploration")?,
         })
     }
@@ -446,7 +439,6 @@ impl<'a> StateCols<'a> {
             reserves: self.reserves.row(i),
             cap_history: self.history.row(i),
             lease_lost: self.lease_lost.row(i),
-            candidate_stored: self.stored.row(i),
             exploration: self.exploration.get(i).unwrap_or_default().to_owned(),
         }
     }
