@@ -112,15 +112,50 @@ pub struct FloorArgs {
     traffic_seed: u64,
 }
 
+/// The demo world an in-process simulation decides with.
+#[derive(Args, Debug)]
+pub struct DemoWorld {
+    /// Demo data directory whose marketplace and models are used (created if absent).
+    #[arg(long, default_value = "./podium-data")]
+    pub data_dir: PathBuf,
+    /// Seed of the demo world, when the directory is created.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl DemoWorld {
+    /// The generator settings of this world.
+    pub fn config(&self) -> podium_sim::demo::DemoConfig {
+        podium_sim::demo::DemoConfig {
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the directory (marketplace, trained models) if it is absent, and checks that it
+    /// loads; call inside a Tokio runtime.
+    pub fn ensure(
+        &self,
+        config: podium_engine::EngineConfig,
+        pool: podium_serving::ComputePool,
+    ) -> anyhow::Result<()> {
+        podium_engine::build_demo(
+            &self.data_dir,
+            &self.config(),
+            config,
+            Arc::new(podium_log::MemoryLog::spawn(1)),
+            pool,
+        )
+        .with_context(|| format!("loading the demo world in {}", self.data_dir.display()))?;
+        Ok(())
+    }
+}
+
 /// Options of `podium sim reserve`.
 #[derive(Args, Debug)]
 pub struct ReserveArgs {
-    /// Demo data directory whose marketplace and models are used (created if absent).
-    #[arg(long, default_value = "./podium-data")]
-    data_dir: PathBuf,
-    /// Seed of the demo world, when the directory is created.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    world: DemoWorld,
     /// Requests decided per variant.
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
@@ -288,13 +323,9 @@ impl Takings {
 
 fn reserve(args: ReserveArgs) -> anyhow::Result<()> {
     use podium_engine::{build_demo, EngineConfig};
-    use podium_sim::demo::DemoConfig;
 
     anyhow::ensure!(args.requests >= 2, "--requests must be at least 2");
-    let demo = DemoConfig {
-        seed: args.seed,
-        ..DemoConfig::default()
-    };
+    let demo = args.world.config();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -307,18 +338,12 @@ fn reserve(args: ReserveArgs) -> anyhow::Result<()> {
         ..EngineConfig::default()
     };
     // The world's own directory supplies the marketplace and the trained models.
-    build_demo(
-        &args.data_dir,
-        &demo,
-        config.clone(),
-        Arc::new(podium_log::MemoryLog::spawn(1)),
-        pool.clone(),
-    )
-    .with_context(|| format!("loading the demo world in {}", args.data_dir.display()))?;
-    let market_path = args.data_dir.join("marketplace.json");
+    args.world.ensure(config.clone(), pool.clone())?;
+    let data_dir = &args.world.data_dir;
+    let market_path = data_dir.join("marketplace.json");
     let base = podium_auction::Marketplace::read(&market_path)?;
     let learned = base.dynamic_reserve.clone().unwrap_or_default();
-    let models = std::fs::canonicalize(args.data_dir.join("models"))?;
+    let models = std::fs::canonicalize(data_dir.join("models"))?;
 
     let mut variants = Vec::new();
     let mut reserves = serde_json::Value::Null;
@@ -328,10 +353,7 @@ fn reserve(args: ReserveArgs) -> anyhow::Result<()> {
         m.dynamic_reserve = dynamic.clone();
         m.write(&dir.path().join("marketplace.json"))?;
         std::os::unix::fs::symlink(&models, dir.path().join("models"))?;
-        std::fs::copy(
-            args.data_dir.join("models.toml"),
-            dir.path().join("models.toml"),
-        )?;
+        std::fs::copy(data_dir.join("models.toml"), dir.path().join("models.toml"))?;
         let engine = build_demo(
             dir.path(),
             &demo,

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use podium_core::AdRequest;
 use podium_engine::{build_demo, Engine, EngineConfig};
 use podium_log::MemoryLog;
-use podium_sim::demo::{true_response, DemoConfig};
+use podium_sim::demo::true_response;
 use podium_sim::traffic::{RequestGen, TrafficConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,13 +32,9 @@ pub enum Design {
 /// Options of `podium sim market`.
 #[derive(Args, Debug)]
 pub struct MarketArgs {
-    /// Demo data directory whose marketplace and models the control arm serves (created if
-    /// absent).
-    #[arg(long, default_value = "./podium-data")]
-    data_dir: PathBuf,
-    /// Seed of the demo world, when the directory is created.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// The world the control arm serves.
+    #[command(flatten)]
+    world: crate::sim::DemoWorld,
     /// Requests over the simulated day (both arms together).
     #[arg(long, default_value_t = 20_000)]
     requests: usize,
@@ -260,10 +256,7 @@ pub fn run(args: MarketArgs) -> anyhow::Result<()> {
             "--treatment-exploration must be in [0, 1]"
         );
     }
-    let demo = DemoConfig {
-        seed: args.seed,
-        ..DemoConfig::default()
-    };
+    let demo = args.world.config();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -275,14 +268,7 @@ pub fn run(args: MarketArgs) -> anyhow::Result<()> {
         monitoring: false,
         ..EngineConfig::default()
     };
-    build_demo(
-        &args.data_dir,
-        &demo,
-        offline.clone(),
-        Arc::new(MemoryLog::spawn(1)),
-        pool.clone(),
-    )
-    .with_context(|| format!("loading the demo world in {}", args.data_dir.display()))?;
+    args.world.ensure(offline.clone(), pool.clone())?;
 
     // Cluster design: clusters (country × genre) drawn to arms; budgets follow traffic shares.
     let traffic = TrafficConfig::demo();
@@ -306,7 +292,7 @@ pub fn run(args: MarketArgs) -> anyhow::Result<()> {
         let share = if arm == 0 { 1.0 - treated } else { treated };
         let treatment = arm == 1;
         budgets.push(arm_dir(
-            &args.data_dir,
+            &args.world.data_dir,
             dir.path(),
             args.budget_scale * share,
             args.treatment_config.as_deref().filter(|_| treatment),
