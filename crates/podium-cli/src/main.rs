@@ -5,6 +5,7 @@ mod loadgen;
 mod model;
 mod replay;
 mod serve;
+mod signals;
 mod sim;
 mod sim_market;
 
@@ -84,6 +85,13 @@ enum Command {
     ///   podium replay --log ./podium-data/logs --models ./candidate/models.toml --config auction.toml
     #[command(verbatim_doc_comment)]
     Replay(replay::ReplayArgs),
+    /// Check real-time signal sources against their services; run the demo signal service.
+    ///
+    /// Example:
+    ///   podium signals check --definitions features.toml
+    ///   podium signals demo --http 127.0.0.1:9100 --grpc 127.0.0.1:9101 --delay 1ms
+    #[command(subcommand, verbatim_doc_comment)]
+    Signals(signals::SignalsCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,5 +118,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Features(cmd) => features::run(cmd),
         Command::Replay(args) => replay::run(args),
+        Command::Signals(cmd) => signals::run(cmd),
     }
 }

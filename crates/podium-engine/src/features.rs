@@ -108,7 +108,10 @@ pub(crate) fn prepare(
             (store.clone(), n)
         }
     };
-    let hydrator = Hydrator::new(space, store).map_err(|e| e.to_string())?;
+    let signals = podium_features::Signals::new(definitions.sources())?;
+    let hydrator = Hydrator::new(space, store)
+        .and_then(|h| h.with_signals(signals))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(PreparedFeatures {
         hydrator,
         definitions,

@@ -1070,11 +1070,15 @@ impl Engine {
             .hydrate(&req, inner.config.hydrate_budget.min(deadline.remaining()))
             .await;
         let hydrate_us = us(t.elapsed());
-        let mut degraded: Vec<String> = hydrated
-            .degraded
-            .iter()
-            .map(|d| format!("hydrate: {d}"))
-            .collect();
+        let mut degraded: Vec<String> =
+            hydrated
+                .degraded
+                .iter()
+                .map(|d| format!("hydrate: {d}"))
+                .chain(hydrated.signal_fallbacks.iter().map(|(source, why)| {
+                    format!("signal {source}: {}, defaults served", why.as_str())
+                }))
+                .collect();
 
         let computed = self
             .select(

@@ -2,6 +2,7 @@
 //! what they fold (event type, field, window). Parsed once at start-up into checked types; it does
 //! not evaluate anything (see [`crate::tiles`] and [`crate::stream`]).
 
+use crate::signals::SourceDef;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -163,10 +164,11 @@ pub struct FeatureDef {
     pub ttl: Duration,
 }
 
-/// A definitions file, checked: features in file order.
+/// A definitions file, checked: features in file order, then the real-time signal sources.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Definitions {
     features: Vec<FeatureDef>,
+    sources: Vec<SourceDef>,
 }
 
 /// A definitions file that could not be read or is wrong; names the file and the field.
@@ -200,6 +202,18 @@ pub enum DefinitionError {
         /// What is wrong.
         message: String,
     },
+    /// A signal source does not make sense.
+    #[error("feature definitions {file}: source `{source_name}`, field `{field}`: {message}")]
+    Source {
+        /// The file.
+        file: PathBuf,
+        /// The source's name.
+        source_name: String,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -207,6 +221,8 @@ pub enum DefinitionError {
 struct RawFile {
     #[serde(default, rename = "feature")]
     features: Vec<RawFeature>,
+    #[serde(default, rename = "source")]
+    sources: Vec<crate::signals::RawSource>,
 }
 
 #[derive(Deserialize)]
@@ -228,27 +244,30 @@ struct RawFeature {
     ttl: String,
 }
 
-/// Parses `30s`, `5m`, `1h`, `7d` (a positive integer and one unit).
+/// Parses `250ms`, `30s`, `5m`, `1h`, `7d` (a positive integer and one unit).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit (s, m, h or d)"))?;
+        .ok_or_else(|| format!("`{s}` has no unit (ms, s, m, h or d)"))?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n
         .parse()
         .map_err(|_| format!("`{s}` does not start with a number"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{s}`: unknown unit `{unit}` (s, m, h or d)")),
+    let millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h or d)")),
     };
     if n == 0 {
         return Err(format!("`{s}` is zero"));
     }
-    Ok(Duration::from_secs(n * secs))
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// The default tile for a window: 5 min tiles up to 1 h, hourly tiles beyond, so that a read
@@ -368,7 +387,14 @@ impl Definitions {
                 ttl,
             });
         }
-        Ok(Self { features })
+        let names = seen;
+        let sources = crate::signals::check_sources(raw.sources, &names, file)?;
+        Ok(Self { features, sources })
+    }
+
+    /// The real-time signal sources (`[[source]]`), in file order.
+    pub fn sources(&self) -> &[SourceDef] {
+        &self.sources
     }
 
     /// All features, in file order.

@@ -2,6 +2,7 @@
 //! context features, and lay both out with the candidates' features as a column-major frame.
 
 use crate::definitions::Entity;
+use crate::signals::{Fallback, Signals};
 use crate::space::{FeatureSpace, Source};
 use crate::store::{now_ms, OnlineStore, StoredValue};
 use arc_swap::ArcSwap;
@@ -104,6 +105,8 @@ pub struct Hydrated {
     pub served: Vec<ServedEntity>,
     /// Wall-clock time of the fetch (ms since the epoch): freshness was judged against it.
     pub at_ms: i64,
+    /// The signal sources that served their defaults to this request, and why.
+    pub signal_fallbacks: Vec<(Arc<str>, Fallback)>,
     table: Arc<CandidateTable>,
 }
 
@@ -230,6 +233,9 @@ pub struct Hydrator {
     candidate_stored: Vec<(usize, bool, f32, Option<i64>)>,
     candidate_columns: Vec<(usize, usize)>,
     table: ArcSwap<CandidateTable>,
+    /// Real-time signal sources, and per source the columns of its features (in its order).
+    signals: Signals,
+    signal_cols: Vec<(Arc<str>, Vec<usize>)>,
     refreshing: AtomicBool,
     refresh_every: Duration,
     stats: Arc<HydrationStats>,
@@ -244,6 +250,16 @@ pub enum SpaceError {
     /// Features keyed by an entity whose id requests do not carry.
     #[error("feature {0:?} is keyed by the device, and requests carry no device id; key it by the user instead")]
     NoDeviceId(String),
+    /// A signal source's feature the space does not hold as a signal.
+    #[error(
+        "feature {feature:?} of signal source {source_name:?} is not a signal feature of the space"
+    )]
+    SignalFeature {
+        /// The source.
+        source_name: String,
+        /// The feature.
+        feature: String,
+    },
 }
 
 /// How often the candidate table is re-read from the store by default.
@@ -293,12 +309,47 @@ impl Hydrator {
             candidate_stored,
             candidate_columns,
             table: ArcSwap::default(),
+            signals: Signals::default(),
+            signal_cols: Vec::new(),
             refreshing: AtomicBool::new(false),
             refresh_every: DEFAULT_CANDIDATE_REFRESH,
             space,
             store,
             stats: Arc::default(),
         })
+    }
+
+    /// Calls these real-time signal sources on every request, beside the store read; their
+    /// features must be signal features of the space ([`FeatureSpace::with_definitions`] makes
+    /// them so).
+    pub fn with_signals(mut self, signals: Signals) -> Result<Self, SpaceError> {
+        let mut cols = Vec::with_capacity(signals.sources().len());
+        for s in signals.sources() {
+            let def = s.def();
+            let of_source = def
+                .features
+                .iter()
+                .map(|f| {
+                    self.space
+                        .of(Source::Signal)
+                        .find(|(_, spec)| spec.name == f.name)
+                        .map(|(c, _)| c)
+                        .ok_or_else(|| SpaceError::SignalFeature {
+                            source_name: def.name.clone(),
+                            feature: f.name.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            cols.push((Arc::from(def.name.as_str()), of_source));
+        }
+        self.signals = signals;
+        self.signal_cols = cols;
+        Ok(self)
+    }
+
+    /// The real-time signal sources called per request.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Re-reads the candidate table every `every` instead of every second.
@@ -454,9 +505,11 @@ impl Hydrator {
         self.stats
             .entities
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let (rows, degraded) = if keys.is_empty() {
-            (Vec::new(), None)
-        } else {
+        // The signal sources are called in parallel with the store read, under the same budget.
+        let store_read = async {
+            if keys.is_empty() {
+                return (Vec::new(), None);
+            }
             match tokio::time::timeout(budget, self.store.get_many(&keys)).await {
                 Ok(Ok(rows)) if rows.len() == keys.len() => (rows, None),
                 Ok(Ok(rows)) => {
@@ -483,6 +536,20 @@ impl Hydrator {
                 }
             }
         };
+        let ((rows, degraded), signals) = if self.signals.is_empty() {
+            (store_read.await, Vec::new())
+        } else {
+            tokio::join!(store_read, self.signals.fetch(req, budget))
+        };
+        let mut signal_fallbacks = Vec::new();
+        for ((name, cols), outcome) in self.signal_cols.iter().zip(signals) {
+            for (&c, v) in cols.iter().zip(outcome.values) {
+                values[c] = v;
+            }
+            if let Some(why) = outcome.fallback {
+                signal_fallbacks.push((name.clone(), why));
+            }
+        }
         if degraded.is_none() {
             let missing = rows.iter().filter(|r| r.is_none()).count();
             self.stats
@@ -512,6 +579,7 @@ impl Hydrator {
             degraded,
             served,
             at_ms: now,
+            signal_fallbacks,
             table: self.table.load_full(),
         }
     }

@@ -11,6 +11,7 @@ pub mod definitions;
 pub mod hydrate;
 pub mod offline;
 pub mod redis_store;
+pub mod signals;
 pub mod space;
 pub mod store;
 pub mod stream;
@@ -24,6 +25,7 @@ pub use offline::{
     EventLogWriter, OfflineError, QueryPoint, RollPolicy, ServedLogWriter, ServedRow,
 };
 pub use redis_store::{RedisOptions, RedisStore};
+pub use signals::{Signals, SourceDef};
 pub use space::{FeatureSpace, FeatureSpec, Source};
 pub use store::{now_ms, MemoryStore, OnlineStore, SnapshotError, StoreError, StoredValue};
 pub use stream::{Aggregator, NatsConfig, StreamStats};

@@ -15,6 +15,8 @@ pub enum Source {
     Stored(Entity),
     /// Per candidate line item, supplied by the retrieval stage (marketplace attributes).
     Candidate,
+    /// Returned per request by a real-time signal source (`[[source]]` of the definitions).
+    Signal,
 }
 
 impl Source {
@@ -109,7 +111,7 @@ impl FeatureSpace {
         let mut specs: Vec<FeatureSpec> = self
             .specs
             .iter()
-            .filter(|s| !matches!(s.source, Source::Stored(_)))
+            .filter(|s| !matches!(s.source, Source::Stored(_) | Source::Signal))
             .cloned()
             .collect();
         for f in defs.features() {
@@ -126,6 +128,18 @@ impl FeatureSpace {
                 // A stored vector older than the feature's ttl (by its as-of time) is stale.
                 ttl: Some(f.ttl),
             });
+        }
+        for source in defs.sources() {
+            for f in &source.features {
+                if specs.iter().any(|s| s.name == f.name) {
+                    return Err(format!(
+                        "feature {:?} of signal source {:?} is defined by the world too",
+                        f.name, source.name
+                    ));
+                }
+                // Freshness is the source's (cache ttl, max_age), judged when it answers.
+                specs.push(FeatureSpec::new(f.name.clone(), Source::Signal, f.default));
+            }
         }
         Ok(Self::new(specs))
     }

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod oip;
 pub mod otlp;
+pub mod signal_demo;
 
 pub use admin::admin_router;
 pub use admission::{Admission, AdmissionConfig};

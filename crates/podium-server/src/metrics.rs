@@ -92,6 +92,40 @@ async fn refresh(state: &AppState) {
             .absolute(get(&h.candidate_refreshes));
         metrics::counter!("podium_features_candidate_refresh_errors_total")
             .absolute(get(&h.candidate_refresh_errors));
+        for source in engine.hydrator().signals().sources() {
+            let name = source.def().name.clone();
+            let st = source.stats();
+            for (outcome, c) in [
+                ("cache_hit", &st.cache_hits),
+                ("answered", &st.answered),
+                ("late", &st.late),
+                ("error", &st.errors),
+                ("breaker_open", &st.skipped),
+                ("shed", &st.shed),
+                ("stale", &st.stale),
+            ] {
+                metrics::counter!("podium_signal_requests_total", "source" => name.clone(), "outcome" => outcome)
+                    .absolute(get(c));
+            }
+            metrics::counter!("podium_signal_calls_total", "source" => name.clone())
+                .absolute(get(&st.calls));
+            metrics::counter!("podium_signal_call_failures_total", "source" => name.clone())
+                .absolute(get(&st.call_failures));
+            metrics::counter!("podium_signal_hedges_total", "source" => name.clone())
+                .absolute(get(&st.hedges));
+            metrics::counter!("podium_signal_hedge_wins_total", "source" => name.clone())
+                .absolute(get(&st.hedge_wins));
+            metrics::counter!("podium_signal_breaker_opened_total", "source" => name.clone())
+                .absolute(get(&st.breaker_opened));
+            metrics::counter!("podium_signal_values_missing_total", "source" => name.clone())
+                .absolute(get(&st.values_missing));
+            let state = match source.status().breaker {
+                podium_features::signals::BreakerState::Closed => 0.0,
+                podium_features::signals::BreakerState::Open => 1.0,
+                podium_features::signals::BreakerState::HalfOpen => 2.0,
+            };
+            metrics::gauge!("podium_signal_breaker_state", "source" => name).set(state);
+        }
         let store = crate::events::store_health(engine).await;
         let up = store["reachable"].as_bool().unwrap_or(false);
         metrics::gauge!("podium_features_store_up", "backend" => store["backend"].as_str().unwrap_or("unknown").to_string())
