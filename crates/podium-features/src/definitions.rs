@@ -515,9 +515,55 @@ ttl = "1d"
         assert!(e.contains("/nonexistent/features.toml"), "{e}");
     }
 
+    const SOURCE: &str = r#"
+[[source]]
+name = "session"
+protocol = "http"
+url = "http://127.0.0.1:9100/signals"
+fields = ["user.id", "content.id"]
+timeout = "15ms"
+cache_ttl = "30s"
+[[source.feature]]
+name = "session_depth"
+default = 0.0
+"#;
+
+    #[test]
+    fn sources_parse_and_bad_ones_name_the_source_and_field() {
+        let d = parse(&format!("{GOOD}{SOURCE}")).unwrap();
+        let s = &d.sources()[0];
+        assert_eq!(s.timeout, Duration::from_millis(15));
+        assert_eq!(s.cache_ttl, Some(Duration::from_secs(30)));
+        assert_eq!(s.features[0].field, "session_depth");
+        assert_eq!(s.fields.len(), 2);
+        assert_eq!(s.breaker.failures, crate::signals::DEFAULT_BREAKER_FAILURES);
+
+        let bad = |edit: &dyn Fn(&str) -> String| err(&format!("{GOOD}{}", edit(SOURCE)));
+        let e = bad(&|s| s.replace("\"user.id\"", "\"user.age\""));
+        assert!(
+            e.contains("features.toml") && e.contains("source `session`") && e.contains("user.age"),
+            "{e}"
+        );
+        let e = bad(&|s| s.replace("http://127.0.0.1:9100", "https://example.com"));
+        assert!(e.contains("`url`") && e.contains("http://"), "{e}");
+        let e = bad(&|s| s.replace("15ms", "15"));
+        assert!(e.contains("`timeout`") && e.contains("no unit"), "{e}");
+        let e = bad(&|s| s.replace("cache_ttl", "hedge_after"));
+        assert!(e.contains("`hedge_after`") && e.contains("idempotent"), "{e}");
+        let e = bad(&|s| s.replace("protocol = \"http\"", "protocol = \"soap\""));
+        assert!(e.contains("soap"), "{e}");
+        let e = bad(&|s| s.replace("session_depth", "user_age_bucket"));
+        assert!(e.contains("user_age_bucket") && e.contains("twice"), "{e}");
+        let e = bad(&|s| s.replace("[[source.feature]]\nname = \"session_depth\"\ndefault = 0.0\n", ""));
+        assert!(e.contains("at least one feature"), "{e}");
+        let e = err(&format!("{GOOD}{SOURCE}{SOURCE}").replacen("session_depth", "x", 1));
+        assert!(e.contains("defined twice"), "{e}");
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("h").is_err());

@@ -626,7 +626,6 @@ impl SignalSource {
                 reqwest::Client::builder()
                     .tcp_nodelay(true)
                     .pool_max_idle_per_host(def.max_in_flight)
-                    .timeout(def.timeout)
                     .build()
                     .map_err(|e| format!("signal source `{}`: {e}", def.name))?,
             ),
