@@ -6,6 +6,8 @@
 #   fast       all three sources answering at once (loopback)
 #   fast-1ms   all three answering after 1 ms
 #   slow       two at once, one after 50 ms (timeout 15 ms, so its breaker opens)
+#   tail       two at once, one whose every 20th call takes 10 ms (past the 5 ms budget)
+#   tail-hedged  the same, that source hedged after 1 ms
 # For each: the server's own hydrate_us of POST /v1/features/hydrate at RATE/s, and of
 # POST /v1/decide at 400/s with the decisions' end-to-end latency (deadline 20 ms).
 #
@@ -37,13 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-demo() { # http-port grpc-port delay
-  "$BIN" signals demo --http "127.0.0.1:$1" --grpc "127.0.0.1:$2" --delay "$3" 2> /dev/null &
+demo() { # http-port grpc-port delay [slow-every]
+  "$BIN" signals demo --http "127.0.0.1:$1" --grpc "127.0.0.1:$2" --delay "$3" \
+    --slow-every "${4:-1}" 2> /dev/null &
   PIDS+=($!)
 }
 demo 19100 19101 0ms
 demo 19102 19103 1ms
 demo 19104 19105 50ms
+demo 19106 19107 10ms 20
 sleep 0.5
 
 serve() {
@@ -62,7 +66,7 @@ load() {
     | tee -a "$OUT"
 }
 
-sources() { # session-port context-port brand-port
+sources() { # session-port context-port brand-port [brand settings]
   cat <<TOML
 
 [[source]]
@@ -97,6 +101,7 @@ protocol = "http"
 url = "http://127.0.0.1:$3/brand"
 fields = ["content.id"]
 timeout = "15ms"
+${4:-}
 [[source.feature]]
 name = "sig_brand_safety"
 field = "brand_safety"
@@ -121,4 +126,9 @@ sources 19102 19102 19102 | cat "$DATA/features.toml" - > target/signals-fast-1m
 sources 19100 19100 19104 | cat "$DATA/features.toml" - > target/signals-slow.toml
 run fast --features target/signals-fast.toml
 run fast-1ms --features target/signals-fast-1ms.toml
+sources 19100 19100 19106 | cat "$DATA/features.toml" - > target/signals-tail.toml
+sources 19100 19100 19106 $'idempotent = true\nhedge_after = "1ms"' \
+  | cat "$DATA/features.toml" - > target/signals-tail-hedged.toml
 run slow --features target/signals-slow.toml
+run tail --features target/signals-tail.toml
+run tail-hedged --features target/signals-tail-hedged.toml

@@ -549,12 +549,20 @@ default = 0.0
         let e = bad(&|s| s.replace("15ms", "15"));
         assert!(e.contains("`timeout`") && e.contains("no unit"), "{e}");
         let e = bad(&|s| s.replace("cache_ttl", "hedge_after"));
-        assert!(e.contains("`hedge_after`") && e.contains("idempotent"), "{e}");
+        assert!(
+            e.contains("`hedge_after`") && e.contains("idempotent"),
+            "{e}"
+        );
         let e = bad(&|s| s.replace("protocol = \"http\"", "protocol = \"soap\""));
         assert!(e.contains("soap"), "{e}");
         let e = bad(&|s| s.replace("session_depth", "user_age_bucket"));
         assert!(e.contains("user_age_bucket") && e.contains("twice"), "{e}");
-        let e = bad(&|s| s.replace("[[source.feature]]\nname = \"session_depth\"\ndefault = 0.0\n", ""));
+        let e = bad(&|s| {
+            s.replace(
+                "[[source.feature]]\nname = \"session_depth\"\ndefault = 0.0\n",
+                "",
+            )
+        });
         assert!(e.contains("at least one feature"), "{e}");
         let e = err(&format!("{GOOD}{SOURCE}{SOURCE}").replacen("session_depth", "x", 1));
         assert!(e.contains("defined twice"), "{e}");

@@ -585,7 +585,7 @@ struct Answer {
 
 enum Client {
     Http(reqwest::Client),
-    Grpc(OnceCell<tonic::client::Grpc<tonic::transport::Channel>>),
+    Grpc(Box<OnceCell<tonic::client::Grpc<tonic::transport::Channel>>>),
 }
 
 /// One source, ready to call.
@@ -629,7 +629,7 @@ impl SignalSource {
                     .build()
                     .map_err(|e| format!("signal source `{}`: {e}", def.name))?,
             ),
-            Protocol::Grpc => Client::Grpc(OnceCell::new()),
+            Protocol::Grpc => Client::Grpc(Box::default()),
         };
         let cache = def.cache_ttl.map(|ttl| {
             moka::sync::Cache::builder()

@@ -70,7 +70,10 @@ fn signals(toml: &str) -> Signals {
 fn expected(req: &AdRequest) -> Vec<f32> {
     let mut fields = BTreeMap::new();
     fields.insert("user.id".to_string(), req.user.id.as_str().to_string());
-    fields.insert("content.id".to_string(), req.content.id.as_str().to_string());
+    fields.insert(
+        "content.id".to_string(),
+        req.content.id.as_str().to_string(),
+    );
     fields.insert("content.live".to_string(), req.content.live.to_string());
     fields.insert(
         "content.event_id".to_string(),
@@ -123,7 +126,12 @@ async fn a_slow_source_serves_its_defaults_within_the_budget_and_the_others_stil
     slow.control.set_delay(Duration::from_millis(50));
     let s = signals(&format!(
         "{}{}",
-        source(&slow, "slow", "http", "timeout = \"200ms\"\ncache_ttl = \"10s\""),
+        source(
+            &slow,
+            "slow",
+            "http",
+            "timeout = \"200ms\"\ncache_ttl = \"10s\""
+        ),
         source(&fast, "fast", "grpc", "timeout = \"200ms\"")
     ));
     // Connections are opened once, before the timed requests.
@@ -298,7 +306,11 @@ async fn a_hedged_call_answers_when_the_first_call_stalls() {
         let t = Instant::now();
         let out = s.fetch(&req, Duration::from_secs(1)).await;
         answered(&out[0], &req);
-        assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
     }
     let st = s.sources()[0].stats();
     assert!(st.hedge_wins.load(Ordering::Relaxed) >= 1);
