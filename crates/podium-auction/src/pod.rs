@@ -26,8 +26,9 @@ pub struct PodCandidate {
     pub ecpm: Micros,
     /// Guaranteed line items pay their own eCPM (the contract rate), never an auction price.
     pub guaranteed: bool,
-    /// The creatives that may play.
-    pub creatives: Vec<PodCreative>,
+    /// The creatives that may play (shared: a line item's creatives are the same on every
+    /// request, so callers build them once).
+    pub creatives: std::sync::Arc<[PodCreative]>,
     /// Advertiser dedupe key (an id or hash chosen by the caller).
     pub advertiser: u64,
     /// Category dedupe key (an id or hash chosen by the caller).

@@ -65,7 +65,8 @@ struct Keys {
     category: u64,
     /// Frequency-cap counters: line item, campaign, advertiser.
     caps: [u64; 3],
-    creatives: Vec<u64>,
+    /// The line item's creatives as pods take them (durations and dedupe keys).
+    creatives: std::sync::Arc<[PodCreative]>,
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -135,7 +136,12 @@ impl MarketSnapshot {
                 creatives: li
                     .creatives
                     .iter()
-                    .map(|c| stable_hash(c.id.as_str()))
+                    .enumerate()
+                    .map(|(c, cr)| PodCreative {
+                        index: c as u32,
+                        duration_s: cr.duration_s,
+                        key: stable_hash(cr.id.as_str()),
+                    })
                     .collect(),
             })
             .collect();
@@ -565,17 +571,7 @@ pub(crate) fn value_candidates(
                 },
                 ecpm: value,
                 guaranteed,
-                creatives: li
-                    .creatives
-                    .iter()
-                    .zip(&keys.creatives)
-                    .enumerate()
-                    .map(|(c, (cr, &key))| PodCreative {
-                        index: c as u32,
-                        duration_s: cr.duration_s,
-                        key,
-                    })
-                    .collect(),
+                creatives: keys.creatives.clone(),
                 advertiser: keys.advertiser,
                 category: keys.category,
                 position: li.position,
