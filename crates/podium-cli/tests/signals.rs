@@ -185,4 +185,45 @@ async fn decisions_carry_signal_values_or_defaults_within_the_deadline() {
                 .contains("podium_signal_requests_total{outcome=\"cache_hit\",source=\"session\"}"),
         "{metrics}"
     );
+    // The decision log holds the signal values served, as request-level features.
+    let recent = server.get_json("/v1/decisions/recent?limit=5").await;
+    for record in recent.as_array().unwrap() {
+        let served = |name: &str| {
+            record["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f[0] == name)
+                .unwrap_or_else(|| panic!("no {name} in {record}"))[1]
+                .as_f64()
+                .unwrap()
+        };
+        assert_eq!(served("session_depth"), session["session_depth"]);
+        assert_eq!(served("event_minute"), live["event_minute"]);
+        assert_eq!(served("brand_safety"), 0.75);
+    }
+
+    // And the log replays exactly from what it holds: no source is called again.
+    let mut server = server;
+    server.stop_gracefully().await;
+    let calls = (fast.control.calls(), slow.control.calls());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args(["replay", "--log"])
+        .arg(dir.path().join("logs"))
+        .args(["--rescore", "1"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let n = v["decisions"].as_u64().unwrap();
+    assert!(n >= 9, "{v}");
+    assert_eq!(v["reproduced"], n, "{v}");
+    assert_eq!(v["scores_reproduced"], v["scores_checked"], "{v}");
+    assert_eq!((fast.control.calls(), slow.control.calls()), calls);
 }
