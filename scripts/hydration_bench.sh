@@ -34,30 +34,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-serve() {
-  "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --feature-snapshot off "$@" \
-    > target/hydration-server.log 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 300); do curl -sf "$URL/readyz" > /dev/null && return; sleep 1; done
-  echo "server did not become ready" >&2; exit 1
-}
-
-load() {
-  local label=$1 path=$2 field=$3 rate=$4 secs=$5
-  "$BIN" loadgen --target "$URL$path" --rate "$rate" --duration "${secs}s" \
-    --workload standard --server-timing "$field" 2> /dev/null \
-    | python3 -c "import json,sys; d=json.load(sys.stdin); d['run']='$label'; print(json.dumps(d))" \
-    | tee -a "$OUT"
-}
+. scripts/bench_lib.sh
 
 for store in embedded redis; do
   if [ "$store" = redis ]; then
     redis-server --port "$REDIS_PORT" --save '' --appendonly no > /dev/null 2>&1 &
     REDIS=$!
     sleep 0.5
-    serve --feature-store "redis://127.0.0.1:$REDIS_PORT"
+    serve target/hydration-server.log --feature-store "redis://127.0.0.1:$REDIS_PORT"
   else
-    serve
+    serve target/hydration-server.log
   fi
   load "$store-warmup" /v1/features/hydrate hydrate_us 500 5 > /dev/null
   load "$store-hydrate" /v1/features/hydrate hydrate_us "$RATE" "$SECS"

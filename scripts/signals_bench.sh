@@ -50,21 +50,7 @@ demo 19104 19105 50ms
 demo 19106 19107 10ms 20
 sleep 0.5
 
-serve() {
-  "$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --feature-snapshot off "$@" \
-    > target/signals-server.log 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 300); do curl -sf "$URL/readyz" > /dev/null && return; sleep 1; done
-  echo "server did not become ready" >&2; exit 1
-}
-
-load() {
-  local label=$1 path=$2 field=$3 rate=$4 secs=$5
-  "$BIN" loadgen --target "$URL$path" --rate "$rate" --duration "${secs}s" \
-    --workload standard --server-timing "$field" 2> /dev/null \
-    | python3 -c "import json,sys; d=json.load(sys.stdin); d['run']='$label'; print(json.dumps(d))" \
-    | tee -a "$OUT"
-}
+. scripts/bench_lib.sh
 
 sources() { # session-port context-port brand-port [brand settings]
   cat <<TOML
@@ -111,7 +97,7 @@ TOML
 
 run() { # label [serve flags...]
   local label=$1; shift
-  serve "$@"
+  serve target/signals-server.log "$@"
   load "$label-warmup" /v1/features/hydrate hydrate_us 500 3 > /dev/null
   load "$label-hydrate" /v1/features/hydrate hydrate_us "$RATE" "$SECS"
   load "$label-decide" /v1/decide timings_us.hydrate_us 400 "$SECS"
