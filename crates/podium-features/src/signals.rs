@@ -720,6 +720,11 @@ impl SignalSource {
                 cache.invalidate(key);
             }
         }
+        if wait.is_zero() {
+            // No time left: a call would only add load.
+            self.stats.late.fetch_add(1, Ordering::Relaxed);
+            return self.defaults(Fallback::Late);
+        }
         let Admit::Call { probe } = self.breaker.admit() else {
             self.stats.skipped.fetch_add(1, Ordering::Relaxed);
             return self.defaults(Fallback::Open);
