@@ -914,8 +914,11 @@ impl SignalSource {
                 let codec =
                     tonic_prost::ProstCodec::<proto::FetchRequest, proto::FetchResponse>::default();
                 let path = http::uri::PathAndQuery::from_static(proto::FETCH_PATH);
+                let mut request = tonic::Request::new(msg.clone());
+                // `grpc-timeout`: the source may give up when Podium will have.
+                request.set_timeout(self.def.timeout);
                 let resp = grpc
-                    .unary(tonic::Request::new(msg.clone()), path, codec)
+                    .unary(request, path, codec)
                     .await
                     .map_err(|s| format!("gRPC {}: {:?}: {}", self.def.url, s.code(), s.message()))?
                     .into_inner();

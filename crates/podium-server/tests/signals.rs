@@ -364,3 +364,15 @@ default = 0.25
     let err = s.sources()[0].status().last_error.unwrap();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+#[tokio::test]
+async fn no_time_left_serves_defaults_without_a_call() {
+    let server = demo().await;
+    let s = signals(&source(&server, "any", "grpc", "timeout = \"1s\""));
+    let out = s.fetch(&request("u"), Duration::ZERO).await;
+    defaulted(&out[0], Fallback::Late);
+    assert_eq!(server.control.calls(), 0);
+    let req = request("u");
+    answered(&s.fetch(&req, Duration::from_secs(1)).await[0], &req);
+    assert_eq!(server.control.calls(), 1);
+}
