@@ -197,6 +197,10 @@ async fn decisions_carry_signal_values_or_defaults_within_the_deadline() {
         "{d}"
     );
 
+    // The feature stats say the same.
+    let stats = server.get_json("/v1/features/stats").await;
+    assert_eq!(stats["signals"].as_array().unwrap().len(), 3, "{stats}");
+
     let metrics = server.get_text("/metrics").await;
     for line in [
         "podium_signal_breaker_state{source=\"slowpoke\"} 1",

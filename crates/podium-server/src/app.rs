@@ -384,23 +384,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
             // Decisions go on with defaults when the feature store is down; readiness says so.
             body["features"] = crate::events::store_health(engine).await;
             // Real-time signal sources: a skipped one serves its defaults, readiness says which.
-            let signals = engine.hydrator().signals();
-            if !signals.is_empty() {
-                body["signals"] = signals
-                    .sources()
-                    .iter()
-                    .map(|s| json!({"status": s.status(), "counters": s.stats()}))
-                    .map(|mut v| {
-                        // One flat object per source: its status, then its counters.
-                        let counters = v["counters"].take();
-                        if let (Some(o), Some(c)) =
-                            (v["status"].as_object_mut(), counters.as_object())
-                        {
-                            o.extend(c.clone());
-                        }
-                        v["status"].take()
-                    })
-                    .collect();
+            if let Some(signals) = crate::events::signals_json(engine) {
+                body["signals"] = signals;
             }
             // Serving goes on when the registry cannot be read; readiness says so.
             if let Some(lifecycle) = state.lifecycle.get() {

@@ -120,6 +120,9 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
         "hydration": hydration_json(engine.hydrator().stats()),
         "store": store_health(engine).await,
     });
+    if let Some(signals) = signals_json(engine) {
+        body["signals"] = signals;
+    }
     if let Some(ingest) = state.events() {
         body["stream"] = stream_json(&ingest.stats);
     }
@@ -141,6 +144,25 @@ pub async fn hydrate(
         .engine()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "models are loading"))?;
     Ok(Json(engine.hydrate_only(&req).await).into_response())
+}
+
+/// Each real-time signal source's state and counters, one flat object per source; `None` when
+/// there is none.
+pub fn signals_json(engine: &podium_engine::Engine) -> Option<Value> {
+    let signals = engine.hydrator().signals();
+    (!signals.is_empty()).then(|| {
+        signals
+            .sources()
+            .iter()
+            .map(|s| {
+                let mut v = json!(s.status());
+                if let (Some(o), Value::Object(c)) = (v.as_object_mut(), json!(s.stats())) {
+                    o.extend(c);
+                }
+                v
+            })
+            .collect()
+    })
 }
 
 /// The online store's health: reachable or the error, within 250 ms.
