@@ -899,6 +899,7 @@ fn total(opts: &[Opt]) -> i64 {
 }
 
 /// Calls `f` with every set bit of `live` in `start..end`, in increasing order.
+#[inline(always)]
 fn for_each_live(live: &[u64], start: usize, end: usize, mut f: impl FnMut(usize)) {
     if start >= end {
         return;
