@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Server;
+use common::{feature, Server};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -718,18 +718,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A request-level feature of a `POST /v1/features/hydrate` answer, by name.
-fn feature(hydration: &Value, name: &str) -> f64 {
-    hydration["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f[0] == name)
-        .unwrap_or_else(|| panic!("no {name} in {hydration}"))[1]
-        .as_f64()
-        .unwrap()
 }
 
 #[tokio::test]

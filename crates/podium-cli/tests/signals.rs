@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Server;
+use common::{feature, Server};
 use podium_server::signal_demo::{demo_values, DemoSignalServer};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -62,17 +62,6 @@ default = 0.75
         grpc = fast.grpc,
         slow = slow.http,
     )
-}
-
-fn feature(hydration: &Value, name: &str) -> f64 {
-    hydration["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f[0] == name)
-        .unwrap_or_else(|| panic!("no {name} in {hydration}"))[1]
-        .as_f64()
-        .unwrap()
 }
 
 fn demo(fields: &[(&str, &str)]) -> BTreeMap<String, f64> {

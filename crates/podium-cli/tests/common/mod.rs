@@ -136,3 +136,15 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A request-level feature of a `POST /v1/features/hydrate` answer, by name.
+pub fn feature(hydration: &Value, name: &str) -> f64 {
+    hydration["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f[0] == name)
+        .unwrap_or_else(|| panic!("no {name} in {hydration}"))[1]
+        .as_f64()
+        .unwrap()
+}
