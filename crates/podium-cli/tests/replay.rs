@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Server;
+use common::{podium, Server};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -22,22 +22,6 @@ fn request(i: usize) -> String {
            "content": {"id": "title-42", "genre": (["drama", "sports"])[i % 2], "live": i.is_multiple_of(4)},
            "breaks": breaks})
     .to_string()
-}
-
-fn podium(args: &[&str], cwd: &Path) -> (bool, Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_podium"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("null");
-    (
-        out.status.success(),
-        serde_json::from_str(last).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Packages a linear CTR model from `weights` as bundle `out` (relative to `cwd`).

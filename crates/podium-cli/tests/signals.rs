@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{feature, Server};
+use common::{feature, podium, Server};
 use podium_server::signal_demo::{demo_values, DemoSignalServer};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -252,20 +252,12 @@ async fn decisions_carry_signal_values_or_defaults_within_the_deadline() {
     let mut server = server;
     server.stop_gracefully().await;
     let calls = (fast.control.calls(), slow.control.calls());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podium"))
-        .args(["replay", "--log"])
-        .arg(dir.path().join("logs"))
-        .args(["--rescore", "1"])
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let log = dir.path().join("logs");
+    let (ok, v, err) = podium(
+        &["replay", "--log", log.to_str().unwrap(), "--rescore", "1"],
+        dir.path(),
     );
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(ok, "{err}\n{v}");
     let n = v["decisions"].as_u64().unwrap();
     assert!(n >= 9, "{v}");
     assert_eq!(v["reproduced"], n, "{v}");

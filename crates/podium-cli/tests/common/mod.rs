@@ -148,3 +148,21 @@ pub fn feature(hydration: &Value, name: &str) -> f64 {
         .as_f64()
         .unwrap()
 }
+
+/// Runs `podium ARGS` in `cwd`: whether it succeeded, its last stdout line as JSON (null when
+/// not JSON), and its stderr.
+pub fn podium(args: &[&str], cwd: &std::path::Path) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_podium"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("null");
+    (
+        out.status.success(),
+        serde_json::from_str(last).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
