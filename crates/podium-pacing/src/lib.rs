@@ -4,6 +4,7 @@
 //! given) and stops a line item once its daily budget is reached. On this seam:
 //!
 //! - [`budget`]: daily and lifetime budgets, flights and local days in a time zone (DST aware);
+//! - [`calendar`]: live events planners know in advance, with the requests they expect;
 //! - [`forecast`]: when in the day traffic comes, learned per hour of the week;
 //! - [`controller`]: pacing controllers (even throttling, ASAP, PID) that spread a day's budget
 //!   along the forecast;
@@ -14,6 +15,7 @@
 //! Everything takes the time as an argument (`now_ms`), so a simulator can drive it.
 
 pub mod budget;
+pub mod calendar;
 pub mod caps;
 pub mod controller;
 pub mod forecast;
@@ -23,6 +25,7 @@ pub mod lease;
 pub mod ledger;
 
 pub use budget::{local_day, BudgetError, BudgetSpec, LifetimeSpread, LocalDay, TimeZone};
+pub use calendar::{Calendar, LiveEvent};
 pub use caps::{cap_key, count_since, FrequencyStore, MemoryFrequencyStore};
 pub use controller::{Controller, PacingMode, PacingState, PidParams, PidTarget};
 pub use forecast::TrafficForecast;

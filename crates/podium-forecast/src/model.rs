@@ -1,0 +1,791 @@
+//! The traffic model: hourly opportunity counts by targeting cell, learned from the log, and the
+//! seasonal forecast of any slice of them.
+//!
+//! Every opportunity falls in one *cell* (country, device, genre, live, the viewer's UTC offset,
+//! what its breaks can hold) and one hour; the model keeps the counts of each (cell, hour), with
+//! the traffic of live events (requests carrying an event id) apart from the baseline. A query
+//! adds up the cells and hours it matches (dayparts in each cell's local time) into one hourly
+//! series and forecasts that series top-down, so a slice's forecast is as smooth as the slice is
+//! large:
+//!
+//! - **baseline**: for each future hour, the average of the same hour of the week over the last
+//!   `weeks` weeks (recent weeks weigh more, half-life `half_life_weeks`), times the traffic's
+//!   weekly growth (a log-linear fit of the total's weekly counts, carried over the lag);
+//! - **live events**: each calendar event in the window adds its expected requests, spread over
+//!   its hours, shared among cells as past events of its genre were (or the genre's live traffic
+//!   when no past event is in the log);
+//! - **uncertainty**: the same forecast made from 1–4 weeks earlier origins for the same window
+//!   shape, against what then happened, gives the slice's relative error; with Poisson noise and
+//!   the error of past events' expected audiences, an 80 % band.
+//!
+//! A sample of viewers (a stable hash of the id) keeps its whole requests, for what counts cannot
+//! tell: frequency caps (how many opportunities each viewer brings per day or week) and the
+//! targeting of booked line items (contention).
+
+use crate::opportunity::{user_draw, Opportunity};
+use crate::query::Targeting;
+use podium_core::{AdRequest, Device};
+use podium_pacing::Calendar;
+use serde::Serialize;
+use std::collections::HashMap;
+
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+pub(crate) const WEEK: usize = 168;
+/// z of an 80 % two-sided normal band.
+const Z80: f64 = 1.281_551_6;
+
+/// How the model learns and how much history it asks for.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Past weeks averaged per hour of the week.
+    pub weeks: usize,
+    /// Half-life of a past week's weight, in weeks.
+    pub half_life_weeks: f64,
+    /// Share of viewers whose requests are kept whole (caps, contention).
+    pub sample_rate: f64,
+    /// Fewest days of history a forecast accepts.
+    pub min_history_days: f64,
+    /// Fewest opportunities a slice must have had over the weeks averaged.
+    pub min_slice: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            weeks: 4,
+            half_life_weeks: 2.0,
+            sample_rate: 0.125,
+            min_history_days: 7.0,
+            min_slice: 100.0,
+        }
+    }
+}
+
+/// Why a forecast cannot be given.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ForecastError {
+    /// The log holds no usable request.
+    #[error("the log holds no requests to learn traffic from")]
+    Empty,
+    /// The history is shorter than a week.
+    #[error("the log covers {days:.1} days of traffic before {origin}; a forecast needs at least {needed} days (a week of every hour)")]
+    TooLittleHistory {
+        /// Days of history.
+        days: f64,
+        /// Days asked for.
+        needed: f64,
+        /// Where the history ends.
+        origin: String,
+    },
+    /// The slice saw too few opportunities to forecast.
+    #[error("too little history for this slice: {count} opportunities in the last {days} days (a forecast needs at least {needed}); no number is given")]
+    SliceTooThin {
+        /// Opportunities seen.
+        count: u64,
+        /// Over how many days.
+        days: u64,
+        /// Fewest accepted.
+        needed: u64,
+    },
+    /// A targeting value the log never saw.
+    #[error("{0}")]
+    UnknownValue(String),
+    /// The window is unusable.
+    #[error("{0}")]
+    BadWindow(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Cell {
+    pub country: u16,
+    pub device: u8,
+    pub genre: u16,
+    pub live: bool,
+    pub offset_min: i16,
+    pub fits: u32,
+}
+
+/// A sampled viewer's request.
+pub(crate) struct SampleRow {
+    pub hour: u32,
+    pub user: u32,
+    pub cell: u32,
+    pub request: Box<AdRequest>,
+}
+
+/// A time window, ms since the UTC epoch, `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First instant.
+    pub start_ms: i64,
+    /// First instant after it.
+    pub end_ms: i64,
+}
+
+/// A targeting query checked against the model's vocabulary.
+pub struct Compiled {
+    pub(crate) targeting: Targeting,
+    pub(crate) cell_ok: Vec<bool>,
+}
+
+/// The learned traffic.
+pub struct TrafficModel {
+    pub(crate) cfg: ModelConfig,
+    /// Hour 0 of the model, hours since the epoch.
+    pub(crate) first_hour: i64,
+    /// Hours `[data_start, origin)` are history; forecasts start at `origin`.
+    pub(crate) data_start: usize,
+    pub(crate) origin: usize,
+    /// Hours the model holds counts for (the log may run past the origin: backtests).
+    pub(crate) hours: usize,
+    pub(crate) countries: Vec<String>,
+    pub(crate) genres: Vec<String>,
+    pub(crate) devices: Vec<String>,
+    pub(crate) cells: Vec<Cell>,
+    /// (cell, hour, count) of the baseline, sorted.
+    pub(crate) baseline: Vec<(u32, u32, u32)>,
+    /// (event, cell, hour, count) of live-event traffic.
+    pub(crate) event_counts: Vec<(u32, u32, u32, u32)>,
+    pub(crate) event_ids: Vec<String>,
+    /// All baseline traffic per hour (the growth fit reads it).
+    pub(crate) total: Vec<f64>,
+    pub(crate) sample: Vec<SampleRow>,
+    pub(crate) calendar: Calendar,
+    /// Requests read, and those of events.
+    pub(crate) requests: u64,
+}
+
+fn intern(v: &mut Vec<String>, ix: &mut HashMap<String, usize>, s: &str) -> usize {
+    if let Some(&i) = ix.get(s) {
+        return i;
+    }
+    v.push(s.to_string());
+    ix.insert(s.to_string(), v.len() - 1);
+    v.len() - 1
+}
+
+/// RFC 3339 of an instant, for messages.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+impl TrafficModel {
+    /// Learns from opportunities (any order). Forecasts start at `origin_ms` (rounded down to
+    /// the hour), or after the last hour of the log; opportunities after the origin are kept
+    /// for backtests but never read by a forecast.
+    pub fn train(
+        opportunities: Vec<Opportunity>,
+        origin_ms: Option<i64>,
+        calendar: Calendar,
+        cfg: ModelConfig,
+    ) -> Result<Self, ForecastError> {
+        if opportunities.is_empty() {
+            return Err(ForecastError::Empty);
+        }
+        let first_ms = opportunities.iter().map(|o| o.ts_ms).min().unwrap_or(0);
+        let last_ms = opportunities.iter().map(|o| o.ts_ms).max().unwrap_or(0);
+        let first_hour = first_ms.div_euclid(HOUR_MS);
+        let end_hour = last_ms.div_euclid(HOUR_MS) + 1;
+        let origin_hour = origin_ms.map_or(end_hour, |o| o.div_euclid(HOUR_MS));
+        let hours = (end_hour.max(origin_hour) - first_hour).max(0) as usize;
+        let origin = (origin_hour - first_hour).max(0) as usize;
+        // The first hour is partial unless the log starts on it.
+        let data_start = usize::from(first_ms.rem_euclid(HOUR_MS) > 60_000);
+
+        let (mut countries, mut genres, mut devices) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cix, mut gix, mut dix) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut cell_ix: HashMap<Cell, u32> = HashMap::new();
+        let mut base: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut events: HashMap<(u32, u32, u32), u32> = HashMap::new();
+        let mut event_ids: Vec<String> = Vec::new();
+        let mut eix = HashMap::new();
+        let mut total = vec![0.0; hours];
+        let mut sample = Vec::new();
+        let mut user_ix: HashMap<String, u32> = HashMap::new();
+        let requests = opportunities.len() as u64;
+        for o in opportunities {
+            let cell = Cell {
+                country: intern(&mut countries, &mut cix, &o.country) as u16,
+                device: intern(&mut devices, &mut dix, &o.device) as u8,
+                genre: intern(&mut genres, &mut gix, &o.genre) as u16,
+                live: o.live,
+                offset_min: o.utc_offset_min.clamp(-16 * 60, 16 * 60) as i16,
+                fits: o.fits,
+            };
+            let c = *cell_ix.entry(cell).or_insert_with(|| {
+                cells.push(cell);
+                (cells.len() - 1) as u32
+            });
+            let hour = (o.ts_ms.div_euclid(HOUR_MS) - first_hour) as u32;
+            match &o.event_id {
+                Some(id) => {
+                    let e = intern(&mut event_ids, &mut eix, id) as u32;
+                    *events.entry((e, c, hour)).or_default() += 1;
+                }
+                None => {
+                    *base.entry((c, hour)).or_default() += 1;
+                    total[hour as usize] += 1.0;
+                }
+            }
+            if let Some(request) = o.request {
+                let n = user_ix.len() as u32;
+                let user = *user_ix.entry(o.user_id).or_insert(n);
+                sample.push(SampleRow {
+                    hour,
+                    user,
+                    cell: c,
+                    request,
+                });
+            }
+        }
+        let mut baseline: Vec<(u32, u32, u32)> =
+            base.into_iter().map(|((c, h), n)| (c, h, n)).collect();
+        baseline.sort_unstable();
+        let mut event_counts: Vec<(u32, u32, u32, u32)> = events
+            .into_iter()
+            .map(|((e, c, h), n)| (e, c, h, n))
+            .collect();
+        event_counts.sort_unstable();
+        Ok(Self {
+            cfg,
+            first_hour,
+            data_start,
+            origin,
+            hours,
+            countries,
+            genres,
+            devices,
+            cells,
+            baseline,
+            event_counts,
+            event_ids,
+            total,
+            sample,
+            calendar,
+            requests,
+        })
+    }
+
+    /// Where forecasts start, ms since the epoch.
+    pub fn origin_ms(&self) -> i64 {
+        (self.first_hour + self.origin as i64) * HOUR_MS
+    }
+
+    /// Where the history starts, ms since the epoch.
+    pub fn history_start_ms(&self) -> i64 {
+        (self.first_hour + self.data_start as i64) * HOUR_MS
+    }
+
+    /// Days of history before the origin.
+    pub fn history_days(&self) -> f64 {
+        self.origin.saturating_sub(self.data_start) as f64 / 24.0
+    }
+
+    /// Requests the model learned from.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// The calendar of live events.
+    pub fn calendar(&self) -> &Calendar {
+        &self.calendar
+    }
+
+    /// Values seen per dimension: (countries, devices, genres), sorted.
+    pub fn vocabulary(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        (
+            sorted(&self.countries),
+            sorted(&self.devices),
+            sorted(&self.genres),
+        )
+    }
+
+    /// Checks a query's values against what the log saw, and finds the cells it matches.
+    pub fn compile(&self, t: &Targeting) -> Result<Compiled, ForecastError> {
+        let ids = |what: &str, asked: &[String], seen: &[String]| {
+            asked
+                .iter()
+                .map(|a| {
+                    seen.iter().position(|s| s == a).ok_or_else(|| {
+                        let mut known = seen.to_vec();
+                        known.sort();
+                        ForecastError::UnknownValue(format!(
+                            "{what} {a:?} does not appear in the log (it has: {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        for d in &t.devices {
+            if !Device::ALL.iter().any(|x| x.as_str() == d) {
+                let names: Vec<&str> = Device::ALL.iter().map(|x| x.as_str()).collect();
+                return Err(ForecastError::UnknownValue(format!(
+                    "device {d:?} is not a device ({})",
+                    names.join(", ")
+                )));
+            }
+        }
+        let countries = ids("country", &t.countries, &self.countries)?;
+        let devices = ids("device", &t.devices, &self.devices)?;
+        let genres = ids("genre", &t.genres, &self.genres)?;
+        let mask = t.fits_mask();
+        let cell_ok = self
+            .cells
+            .iter()
+            .map(|c| {
+                (countries.is_empty() || countries.contains(&usize::from(c.country)))
+                    && (devices.is_empty() || devices.contains(&usize::from(c.device)))
+                    && (genres.is_empty() || genres.contains(&usize::from(c.genre)))
+                    && t.live.is_none_or(|l| l == c.live)
+                    && c.fits & mask != 0
+            })
+            .collect();
+        Ok(Compiled {
+            targeting: t.clone(),
+            cell_ok,
+        })
+    }
+
+    /// The local hour of the week of a model hour in a cell.
+    fn local_week_hour(&self, cell: u32, hour: u32) -> usize {
+        let minutes = (self.first_hour + i64::from(hour)) * 60
+            + i64::from(self.cells[cell as usize].offset_min);
+        (minutes.div_euclid(60) + 72).rem_euclid(WEEK as i64) as usize
+    }
+
+    /// Whether opportunities of a cell at a model hour match the query.
+    pub(crate) fn matches(&self, q: &Compiled, cell: u32, hour: u32) -> bool {
+        q.cell_ok[cell as usize]
+            && (q.targeting.week_hours.is_none()
+                || q.targeting.at_hour(self.local_week_hour(cell, hour)))
+    }
+
+    /// The query's baseline opportunities per model hour (live events apart).
+    pub fn baseline_series(&self, q: &Compiled) -> Vec<f64> {
+        let mut s = vec![0.0; self.hours];
+        for &(c, h, n) in &self.baseline {
+            if self.matches(q, c, h) {
+                s[h as usize] += f64::from(n);
+            }
+        }
+        s
+    }
+
+    /// The query's live-event opportunities per model hour.
+    pub fn event_series(&self, q: &Compiled) -> Vec<f64> {
+        let mut s = vec![0.0; self.hours];
+        for &(_, c, h, n) in &self.event_counts {
+            if self.matches(q, c, h) {
+                s[h as usize] += f64::from(n);
+            }
+        }
+        s
+    }
+
+    /// Model hours of a window: `[from, to)`, the window rounded out to whole hours.
+    pub fn hours_of(&self, w: Window) -> (i64, i64) {
+        (
+            w.start_ms.div_euclid(HOUR_MS) - self.first_hour,
+            (w.end_ms + HOUR_MS - 1).div_euclid(HOUR_MS) - self.first_hour,
+        )
+    }
+
+    /// Weekly growth (log per week) of all baseline traffic over the weeks before `origin`.
+    fn growth(&self, origin: usize) -> f64 {
+        let mut weeks = Vec::new();
+        for j in 1..=self.cfg.weeks.max(2) {
+            let Some(from) = origin.checked_sub(j * WEEK) else {
+                break;
+            };
+            if from < self.data_start {
+                break;
+            }
+            let t: f64 = self.total[from..from + WEEK].iter().sum();
+            if t <= 0.0 {
+                break;
+            }
+            weeks.push((-(j as f64), t.ln()));
+        }
+        if weeks.len() < 3 {
+            return 0.0;
+        }
+        let n = weeks.len() as f64;
+        let mx = weeks.iter().map(|w| w.0).sum::<f64>() / n;
+        let my = weeks.iter().map(|w| w.1).sum::<f64>() / n;
+        let sxy: f64 = weeks.iter().map(|w| (w.0 - mx) * (w.1 - my)).sum();
+        let sxx: f64 = weeks.iter().map(|w| (w.0 - mx).powi(2)).sum();
+        (sxy / sxx).clamp(-0.1, 0.1)
+    }
+
+    /// The seasonal forecast of `series` for hours `[from, to)`, made at `origin` (reads only
+    /// hours before it).
+    pub(crate) fn seasonal(&self, series: &[f64], origin: usize, from: i64, to: i64) -> Vec<f64> {
+        let growth = self.growth(origin);
+        (from..to)
+            .map(|t| {
+                let lag0 = (t - origin as i64).max(0) / WEEK as i64 + 1;
+                let (mut sum, mut wsum, mut lag) = (0.0, 0.0, 0.0);
+                for j in 0..self.cfg.weeks as i64 {
+                    let idx = t - WEEK as i64 * (lag0 + j);
+                    if idx < self.data_start as i64 || idx >= origin as i64 {
+                        break;
+                    }
+                    let w = 0.5f64.powf(j as f64 / self.cfg.half_life_weeks);
+                    sum += w * series[idx as usize];
+                    wsum += w;
+                    lag += w * (lag0 + j) as f64;
+                }
+                if wsum == 0.0 {
+                    return 0.0;
+                }
+                sum / wsum * (growth * lag / wsum).exp()
+            })
+            .collect()
+    }
+
+    /// Checks a window against the history, and its model hours.
+    pub fn check_window(&self, w: Window) -> Result<(i64, i64, Vec<String>), ForecastError> {
+        let mut notes = Vec::new();
+        if w.end_ms <= w.start_ms {
+            return Err(ForecastError::BadWindow(format!(
+                "the window ends ({}) before it starts ({})",
+                iso(w.end_ms),
+                iso(w.start_ms)
+            )));
+        }
+        if w.end_ms <= self.origin_ms() {
+            return Err(ForecastError::BadWindow(format!(
+                "the window {} – {} is entirely in the past: the log's traffic runs until {}, forecasts start there",
+                iso(w.start_ms),
+                iso(w.end_ms),
+                iso(self.origin_ms())
+            )));
+        }
+        let days = self.history_days();
+        if days < self.cfg.min_history_days {
+            return Err(ForecastError::TooLittleHistory {
+                days,
+                needed: self.cfg.min_history_days,
+                origin: iso(self.origin_ms()),
+            });
+        }
+        let (mut from, to) = self.hours_of(w);
+        if from < self.origin as i64 {
+            notes.push(format!(
+                "the window starts before the log ends ({}); forecast from there on",
+                iso(self.origin_ms())
+            ));
+            from = self.origin as i64;
+        }
+        if to - from > 366 * 24 {
+            return Err(ForecastError::BadWindow(
+                "the window is longer than a year".into(),
+            ));
+        }
+        Ok((from, to, notes))
+    }
+
+    /// Forecasts a query's opportunities over a window (no caps, no contention).
+    pub fn forecast(&self, q: &Compiled, w: Window) -> Result<VolumeForecast, ForecastError> {
+        let (from, to, notes) = self.check_window(w)?;
+        self.forecast_hours(q, from, to, notes)
+    }
+
+    pub(crate) fn forecast_hours(
+        &self,
+        q: &Compiled,
+        from: i64,
+        to: i64,
+        mut notes: Vec<String>,
+    ) -> Result<VolumeForecast, ForecastError> {
+        let series = self.baseline_series(q);
+        let span = (self.cfg.weeks * WEEK).min(self.origin - self.data_start);
+        // Past live events count as history of the slice (their traffic forecasts events).
+        let seen: f64 = series[self.origin - span..self.origin].iter().sum::<f64>()
+            + self.event_series(q)[self.origin - span..self.origin]
+                .iter()
+                .sum::<f64>();
+        if seen < self.cfg.min_slice {
+            return Err(ForecastError::SliceTooThin {
+                count: seen as u64,
+                days: (span / 24) as u64,
+                needed: self.cfg.min_slice as u64,
+            });
+        }
+        let baseline = self.seasonal(&series, self.origin, from, to);
+        let (events, listed) = self.event_forecast(q, from, to);
+        let base_total: f64 = baseline.iter().sum();
+        let event_total: f64 = events.iter().sum();
+
+        // The same forecast from earlier origins, against what then happened.
+        let mut errors = Vec::new();
+        for j in 1..=4usize {
+            let Some(o) = self.origin.checked_sub(j * WEEK) else {
+                break;
+            };
+            if o < self.data_start + WEEK {
+                break;
+            }
+            let shift = (j * WEEK) as i64;
+            let f: f64 = self
+                .seasonal(&series, o, from - shift, to - shift)
+                .iter()
+                .sum();
+            let a: f64 = ((from - shift).max(0)..(to - shift).min(self.origin as i64))
+                .map(|h| series[h as usize])
+                .sum();
+            if a > 0.0 {
+                errors.push((f - a) / a);
+            }
+        }
+        let sigma_rel = (!errors.is_empty())
+            .then(|| (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt());
+        if sigma_rel.is_none() {
+            notes
+                .push("under two weeks of history: the band holds sampling noise only".to_string());
+        }
+        let event_sigma = self.event_sigma();
+        let var = (sigma_rel.unwrap_or(0.0) * base_total).powi(2)
+            + base_total
+            + (event_sigma * event_total).powi(2);
+        let total = base_total + event_total;
+        let half = Z80 * var.sqrt();
+        Ok(VolumeForecast {
+            from_ms: (self.first_hour + from) * HOUR_MS,
+            to_ms: (self.first_hour + to) * HOUR_MS,
+            hourly: baseline.iter().zip(&events).map(|(b, e)| b + e).collect(),
+            baseline: base_total,
+            events: event_total,
+            total,
+            low: (total - half).max(0.0),
+            high: total + half,
+            backtest_errors: errors,
+            event_list: listed,
+            history: seen,
+            notes,
+        })
+    }
+
+    /// Calendar events in `[from, to)` (model hours): their expected requests matching the
+    /// query, per hour.
+    fn event_forecast(&self, q: &Compiled, from: i64, to: i64) -> (Vec<f64>, Vec<String>) {
+        let mut out = vec![0.0; (to - from).max(0) as usize];
+        let mut listed = Vec::new();
+        for ev in &self.calendar.events {
+            let Ok((s, e)) = ev.span_ms() else { continue };
+            let (eh0, eh1) = (
+                s.div_euclid(HOUR_MS) - self.first_hour,
+                (e + HOUR_MS - 1).div_euclid(HOUR_MS) - self.first_hour,
+            );
+            // Only events after the origin: earlier ones are in the history as they happened.
+            let (a, b) = (eh0.max(from).max(self.origin as i64), eh1.min(to));
+            if a >= b {
+                continue;
+            }
+            let mix = self.event_mix(ev.genre.as_deref());
+            let mix_total: f64 = mix.values().sum();
+            if mix_total <= 0.0 {
+                continue;
+            }
+            let per_hour = ev.expected_requests as f64 / (eh1 - eh0) as f64;
+            let mut added = 0.0;
+            for h in a..b {
+                for (&c, &n) in &mix {
+                    if self.matches(q, c, h as u32) {
+                        let v = per_hour * n / mix_total;
+                        out[(h - from) as usize] += v;
+                        added += v;
+                    }
+                }
+            }
+            if added > 0.0 {
+                listed.push(ev.id.clone());
+            }
+        }
+        (out, listed)
+    }
+
+    /// How an event's requests share out among cells: past events of its genre before the
+    /// origin, else any past event, else the genre's live baseline traffic.
+    fn event_mix(&self, genre: Option<&str>) -> HashMap<u32, f64> {
+        let genre_ix = genre.and_then(|g| self.genres.iter().position(|x| x == g));
+        let mut mix: HashMap<u32, f64> = HashMap::new();
+        let origin = self.origin as u32;
+        let of_genre =
+            |c: u32| genre_ix.is_none_or(|g| usize::from(self.cells[c as usize].genre) == g);
+        for &(_, c, h, n) in &self.event_counts {
+            if h < origin && of_genre(c) {
+                *mix.entry(c).or_default() += f64::from(n);
+            }
+        }
+        if mix.is_empty() {
+            for &(_, c, h, n) in &self.event_counts {
+                if h < origin {
+                    *mix.entry(c).or_default() += f64::from(n);
+                }
+            }
+        }
+        if mix.is_empty() {
+            for &(c, h, n) in &self.baseline {
+                if h < origin && self.cells[c as usize].live && of_genre(c) {
+                    *mix.entry(c).or_default() += f64::from(n);
+                }
+            }
+        }
+        mix
+    }
+
+    /// Relative error of the calendar's expected audiences, from past events in the log (0.25
+    /// when fewer than two can be checked).
+    fn event_sigma(&self) -> f64 {
+        let mut logs = Vec::new();
+        for (e, id) in self.event_ids.iter().enumerate() {
+            let Some(ev) = self.calendar.get(id) else {
+                continue;
+            };
+            let seen: f64 = self
+                .event_counts
+                .iter()
+                .filter(|x| x.0 == e as u32 && x.2 < self.origin as u32)
+                .map(|x| f64::from(x.3))
+                .sum();
+            if seen > 0.0 && ev.expected_requests > 0 {
+                logs.push((seen / ev.expected_requests as f64).ln());
+            }
+        }
+        if logs.len() < 2 {
+            return 0.25;
+        }
+        (logs.iter().map(|l| l * l).sum::<f64>() / logs.len() as f64).sqrt()
+    }
+
+    /// Opportunities that happened in `[from, to)` (model hours), events included: a
+    /// backtest's actuals.
+    pub fn actual(&self, q: &Compiled, from: i64, to: i64) -> Vec<f64> {
+        let (b, e) = (self.baseline_series(q), self.event_series(q));
+        (from..to)
+            .map(|h| {
+                if h < 0 || h as usize >= self.hours {
+                    0.0
+                } else {
+                    b[h as usize] + e[h as usize]
+                }
+            })
+            .collect()
+    }
+
+    /// Sampled rows of the `weeks` averaged before the origin.
+    pub(crate) fn recent_sample(&self) -> impl Iterator<Item = &SampleRow> {
+        let from = self
+            .origin
+            .saturating_sub(self.cfg.weeks * WEEK)
+            .max(self.data_start) as u32;
+        let origin = self.origin as u32;
+        self.sample
+            .iter()
+            .filter(move |r| r.hour >= from && r.hour < origin)
+    }
+
+    /// With a frequency cap of `max` per `period_hours` (local periods), the share of a query's
+    /// opportunities a capped line item can take, when only `keep` of each viewer's
+    /// opportunities are left to it; and the sampled opportunities it rests on.
+    pub fn cap_share(&self, q: &Compiled, max: u32, period_hours: i64, keep: f64) -> (f64, u64) {
+        // Per (viewer, period): opportunities, and whether the period lies whole in the history.
+        let mut per: HashMap<(u32, i64), (u32, bool)> = HashMap::new();
+        // Weeks start on Monday: hour 0 of the epoch is hour 72 of its week.
+        let shift = if period_hours >= WEEK as i64 { 72 } else { 0 };
+        let from = self
+            .origin
+            .saturating_sub(self.cfg.weeks * WEEK)
+            .max(self.data_start) as i64;
+        for r in self.recent_sample() {
+            if self.matches(q, r.cell, r.hour) {
+                let offset_min = i64::from(self.cells[r.cell as usize].offset_min);
+                let local_h = ((self.first_hour + i64::from(r.hour)) * 60 + offset_min)
+                    .div_euclid(60)
+                    + shift;
+                let period = local_h.div_euclid(period_hours);
+                let start =
+                    period * period_hours - shift - offset_min.div_euclid(60) - self.first_hour;
+                let whole = start >= from && start + period_hours <= self.origin as i64;
+                let e = per.entry((r.user, period)).or_insert((0, whole));
+                e.0 += 1;
+            }
+        }
+        // Whole periods only, when there are enough: a partial one understates the cap.
+        let whole: u64 = per.values().filter(|v| v.1).map(|v| u64::from(v.0)).sum();
+        let use_all = whole < 30;
+        let counted = || per.values().filter(|v| use_all || v.1).map(|v| v.0);
+        let n: u64 = counted().map(u64::from).sum();
+        if n == 0 {
+            return (keep, 0);
+        }
+        let capped: f64 = counted()
+            .map(|v| (f64::from(v) * keep).min(f64::from(max)))
+            .sum();
+        (capped / n as f64, n)
+    }
+
+    /// Distinct viewers a query reaches over a span of `hours` (the most recent such span of
+    /// history, scaled up from the sample), and the viewers sampled.
+    pub fn reach(&self, q: &Compiled, hours: usize) -> (f64, usize) {
+        let hours = hours.min(self.origin - self.data_start);
+        let from = (self.origin - hours) as u32;
+        let mut seen = std::collections::HashSet::new();
+        for r in self
+            .sample
+            .iter()
+            .filter(|r| r.hour >= from && r.hour < self.origin as u32)
+        {
+            if self.matches(q, r.cell, r.hour) {
+                seen.insert(r.user);
+            }
+        }
+        (seen.len() as f64 / self.cfg.sample_rate, seen.len())
+    }
+
+    /// Whether a viewer is in the sample.
+    pub fn sampled(&self, user_id: &str) -> bool {
+        user_draw(user_id) < self.cfg.sample_rate
+    }
+}
+
+/// A forecast of opportunities over a window.
+#[derive(Clone, Debug, Serialize)]
+pub struct VolumeForecast {
+    /// Hours forecast, ms since the epoch.
+    pub from_ms: i64,
+    /// End of the hours forecast.
+    pub to_ms: i64,
+    /// Per hour, baseline and events.
+    #[serde(skip)]
+    pub hourly: Vec<f64>,
+    /// Regular traffic.
+    pub baseline: f64,
+    /// Expected traffic of calendar events in the window.
+    pub events: f64,
+    /// Both.
+    pub total: f64,
+    /// 80 % band.
+    pub low: f64,
+    /// 80 % band.
+    pub high: f64,
+    /// Relative errors of the same forecast made 1, 2, … weeks earlier.
+    pub backtest_errors: Vec<f64>,
+    /// Calendar events counted.
+    pub event_list: Vec<String>,
+    /// The slice's opportunities over the weeks averaged.
+    pub history: f64,
+    /// What the reader should know.
+    pub notes: Vec<String>,
+}
