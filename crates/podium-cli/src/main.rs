@@ -1,6 +1,7 @@
 //! The `podium` binary.
 
 mod features;
+mod forecast;
 mod loadgen;
 mod model;
 mod replay;
@@ -8,6 +9,7 @@ mod serve;
 mod signals;
 mod sim;
 mod sim_market;
+mod sim_traffic;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -92,6 +94,14 @@ enum Command {
     ///   podium signals demo --http 127.0.0.1:9100 --grpc 127.0.0.1:9101 --delay 1ms
     #[command(subcommand, verbatim_doc_comment)]
     Signals(signals::SignalsCommand),
+    /// Forecast avails (inventory) for booking guaranteed campaigns, and backtest the forecast.
+    ///
+    /// Example:
+    ///   podium forecast avails --log ./podium-data/logs --targeting "country=US, device=tv" \
+    ///       --start 2026-12-07 --end 2026-12-14 --cap 3/day
+    ///   podium forecast backtest --log ./traffic/logs --train-days 21 --plot backtest.html
+    #[command(subcommand, verbatim_doc_comment)]
+    Forecast(forecast::ForecastCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,5 +129,6 @@ fn main() -> anyhow::Result<()> {
         Command::Features(cmd) => features::run(cmd),
         Command::Replay(args) => replay::run(args),
         Command::Signals(cmd) => signals::run(cmd),
+        Command::Forecast(cmd) => forecast::run(cmd),
     }
 }

@@ -145,6 +145,12 @@ pub struct ServeArgs {
     /// is retried every 10 s) [default: <data-dir>/logs].
     #[arg(long)]
     log_dir: Option<String>,
+    /// Decision log the avails forecast (`/v1/admin/forecast/...`) learns from: a directory
+    /// holding `decisions/` (e.g. the fleet's logs gathered in one place) [default: this
+    /// server's --log-dir when it is local]. Its live-event calendar is `events.toml` of the
+    /// data directory, else beside the log.
+    #[arg(long)]
+    forecast_log: Option<PathBuf>,
     /// Export decision traces (a `decide` span with a span per stage) over OTLP/HTTP (JSON) to
     /// this collector: a base URL (`http://collector:4318`) or the full traces URL.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -359,6 +365,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => axum::Router::new(),
     };
+    // Avails forecasts read the server's own decision log and calendar (`events.toml` of the
+    // data directory); behind the admin token when there is one.
+    let admin = match args
+        .forecast_log
+        .clone()
+        .or_else(|| log_dir_of(&args, world.dir()))
+    {
+        Some(log_dir) => admin.merge(podium_server::forecast_router(
+            state.clone(),
+            podium_server::ForecastConfig {
+                calendar: Some(world.dir().join("events.toml")).filter(|p| p.is_file()),
+                log_dir,
+                token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            },
+        )),
+        None => admin,
+    };
     let experiments = match &args.experiments {
         Some(path) => Some(podium_engine::Experiments::read(path)?),
         None => None,
@@ -522,6 +545,16 @@ type Logs = (
     Option<Arc<ParquetLog<DecisionRow>>>,
     Option<Arc<podium_log::ship::Shipper>>,
 );
+
+/// The local directory the decision log is written to (`None` when logs are off).
+fn log_dir_of(args: &ServeArgs, data_dir: &Path) -> Option<PathBuf> {
+    match args.log_dir.as_deref() {
+        Some("off") => None,
+        Some(url) if podium_log::ship::is_object_store(url) => None,
+        Some(d) => Some(PathBuf::from(d)),
+        None => Some(data_dir.join("logs")),
+    }
+}
 
 /// The decision sink (the in-memory ring, behind the served-feature log unless logs are off)
 /// and the event log.

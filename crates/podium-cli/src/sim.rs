@@ -79,6 +79,23 @@ pub enum SimCommand {
     ///   podium sim market --design cluster --treatment-models ./candidate
     #[command(verbatim_doc_comment)]
     Market(crate::sim_market::MarketArgs),
+    /// Simulate weeks of ad traffic through the demo engine and write them as a decision log.
+    ///
+    /// Traffic with the structure real traffic has (podium_sim::weeks): an hour-of-day curve in
+    /// each country's local time, weekends higher, +1 % a week, Poisson noise per hour, a device
+    /// and genre mix that moves with the hour, heavy-tailed viewers, and live events (one or two a
+    /// week, 2–3 h, 5–20 % of a day's requests on top, their requests carrying content.event_id).
+    /// Every request is decided by the real demo engine at its simulated time (budgets, pacing
+    /// and caps run on simulated days; 97 % of placed ads play) and logged by the real decision
+    /// log writer into <out>/logs/decisions/; <out>/events.toml is the calendar of the events,
+    /// with those of the 14 days after the span. Ends with a JSON line {"days", "requests",
+    /// "event_requests", "files", "elapsed_s", "decisions_per_s", "log", "calendar", …}.
+    ///
+    /// Example:
+    ///   podium sim traffic --days 28 --requests-per-day 20000 --out ./traffic
+    ///   podium sim traffic --days 35 --seed 2 --start 2026-11-02T00:00:00Z --out ./traffic-2
+    #[command(verbatim_doc_comment)]
+    Traffic(crate::sim_traffic::TrafficArgs),
 }
 
 /// Options of `podium sim gen`.
@@ -205,6 +222,7 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
         SimCommand::Reserve(args) => reserve(args),
         SimCommand::Pacing(args) => pacing(args),
         SimCommand::Market(args) => crate::sim_market::run(args),
+        SimCommand::Traffic(args) => crate::sim_traffic::run(args),
     }
 }
 

@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 struct Period {
     /// The market snapshot they belong to (its address: a new snapshot is a new period).
     market: usize,
+    /// From when every key is today's (the latest start of day over the line items' zones): a
+    /// caller whose clock goes back (a simulation started in the past) gets the keys of its day.
+    valid_from_ms: i64,
     /// Until when every key is today's (the earliest end of day over the line items' zones).
     valid_until_ms: i64,
     /// Day key of each line item (line items may sit in different time zones).
@@ -94,6 +97,7 @@ impl Pacing {
             }),
             period: ArcSwap::from_pointee(Period {
                 market: 0,
+                valid_from_ms: i64::MAX,
                 valid_until_ms: i64::MIN,
                 keys: Vec::new(),
                 states: Vec::new(),
@@ -136,13 +140,17 @@ impl Pacing {
             .unwrap_or(li.daily_budget)
     }
 
-    /// The keys and states for `market` today: one load and two comparisons when they are
+    /// The keys and states for `market` today: one load and a few comparisons when they are
     /// current, rebuilt (time zones resolved) only when the market or a day changes.
     fn period(&self, market: &MarketSnapshot, now_ms: i64) -> Arc<Period> {
         let p = self.period.load_full();
         let id = market as *const MarketSnapshot as usize;
         let n = market.marketplace.line_items.len();
-        if p.market == id && p.keys.len() == n && now_ms < p.valid_until_ms {
+        if p.market == id
+            && p.keys.len() == n
+            && now_ms < p.valid_until_ms
+            && now_ms >= p.valid_from_ms
+        {
             return p;
         }
         let days: Vec<LocalDay> = (0..n).map(|i| Self::day_of(market, i, now_ms)).collect();
@@ -170,6 +178,7 @@ impl Pacing {
         };
         let period = Arc::new(Period {
             market: id,
+            valid_from_ms: days.iter().map(|d| d.start_ms).max().unwrap_or(now_ms),
             valid_until_ms: days
                 .iter()
                 .map(|d| d.end_ms)
@@ -321,6 +330,7 @@ impl Pacing {
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
         self.period.store(Arc::new(Period {
             market: p.market,
+            valid_from_ms: p.valid_from_ms,
             valid_until_ms: p.valid_until_ms,
             keys: p.keys.clone(),
             states,

@@ -1024,11 +1024,22 @@ impl Engine {
     /// counts against its deadline. Always answers: a stage that fails or runs late degrades
     /// (defaults, fallback priors, an empty pod) and says so in `degraded`.
     pub async fn decide(&self, req: AdRequest, received: Instant) -> Decision {
-        let inner = &self.inner;
-        let deadline = Deadline::new(received, req.tmax.unwrap_or(inner.config.default_tmax));
-        let ts_ms = SystemTime::now()
+        let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        self.decide_at(req, received, now_ms).await
+    }
+
+    /// Decides one validated request as [`decide`](Self::decide) does, at `now_ms` (ms since the
+    /// UTC epoch) instead of the wall clock: the record's `ts_ms`, the day whose budgets and
+    /// guaranteed delivery count, pacing and frequency caps all take this time, so a simulator
+    /// can run days of traffic in minutes. `received` stays a real instant: the deadline is
+    /// wall-clock time spent deciding. Stored feature values are still aged by the wall clock,
+    /// the clock they were written by.
+    pub async fn decide_at(&self, req: AdRequest, received: Instant, now_ms: u64) -> Decision {
+        let inner = &self.inner;
+        let deadline = Deadline::new(received, req.tmax.unwrap_or(inner.config.default_tmax));
+        let ts_ms = now_ms;
         let market = inner.market.load_full();
         let models = inner.models.load_full();
         let assignment = inner.experiments.load().assign(req.user.id.as_str());
@@ -1037,7 +1048,7 @@ impl Engine {
         // Retrieval first: it needs no features, and it names the candidates whose stored
         // features join the viewer's in hydration's one batched read.
         let t = Instant::now();
-        let day = Day::today();
+        let (day, _) = Day::of_ms(ts_ms as i64);
         let open = self.open_set(&market);
         open.refresh(day, inner.spend.as_ref());
         let mut eligible = market

@@ -177,3 +177,60 @@ async fn a_line_item_never_reserves_more_than_its_daily_budget() {
     let (li, _) = reserved.iter().next().unwrap();
     assert!(engine.record_impression("u-42", li.as_str(), 1, Some(50.0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_at_runs_on_the_simulated_clock_and_each_simulated_day_has_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(engine(tmp.path()).await);
+    let path = tmp.path().join("marketplace.json");
+    let mut market = podium_auction::Marketplace::read(&path).unwrap();
+    let budget = podium_core::Micros::from_units(0.05);
+    for li in &mut market.line_items {
+        li.daily_budget = budget;
+    }
+    market.write(&path).unwrap();
+    let (engine, log) = engine(tmp.path()).await;
+    // A wall-clock decision first, then simulated days in the past, the later one first: each
+    // day counts its own budgets whatever the order.
+    engine.warm_up(1).await;
+    const DAY: u64 = 86_400_000;
+    let oct_5 = 1_791_158_400_000 + 10 * 3_600_000;
+    let mut spent: Vec<std::collections::HashMap<String, podium_core::Micros>> = Vec::new();
+    for day in [oct_5 + DAY, oct_5] {
+        let mut today: std::collections::HashMap<String, podium_core::Micros> = Default::default();
+        for i in 0..40u64 {
+            let now = day + i * 60_000;
+            let mut req = request(&format!("r-{day}-{i}"), &[(4, 90)]);
+            req.user.id = format!("u-{i}").as_str().into();
+            let d = engine.decide_at(req, Instant::now(), now).await;
+            let record = log.recent(1).await.pop().unwrap();
+            assert_eq!(record.ts_ms, now);
+            assert_eq!(record.decision.request_id, d.request_id);
+            for a in &d.breaks[0].ads {
+                let cost = a.price_cpm.cpm_to_impression_cost();
+                *today.entry(a.line_item_id.to_string()).or_default() += cost;
+                engine.record_impression(
+                    &format!("u-{i}"),
+                    a.line_item_id.as_str(),
+                    now as i64,
+                    Some(a.price_cpm.as_units()),
+                );
+            }
+        }
+        for (li, s) in &today {
+            assert!(
+                *s <= budget,
+                "{li} spent {s:?} of a {budget:?} budget in a day"
+            );
+        }
+        spent.push(today);
+    }
+    // Line items that reached their budget on the later day served again on the earlier one.
+    let again = spent[0]
+        .iter()
+        .filter(|(li, s)| {
+            s.0 * 2 > budget.0 && spent[1].get(*li).is_some_and(|t| t.0 * 2 > budget.0)
+        })
+        .count();
+    assert!(again > 0, "{spent:?}");
+}

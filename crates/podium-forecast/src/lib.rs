@@ -43,3 +43,102 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
         "{text:?} is not a time (RFC 3339, 2026-12-01T00:00:00Z, or a date, 2026-12-01)"
     ))
 }
+
+/// A model learned from a log directory, with what reading it found.
+pub struct Loaded {
+    /// The model.
+    pub model: TrafficModel,
+    /// Decision files read.
+    pub files: usize,
+    /// Files or rows refused (the rest was read).
+    pub problems: Vec<ReadProblem>,
+    /// The calendar file used, if any.
+    pub calendar: Option<std::path::PathBuf>,
+}
+
+/// The calendar beside a log when none is named: `events.toml` in the log directory or the
+/// directory above it.
+pub fn find_calendar(log: &std::path::Path) -> Option<std::path::PathBuf> {
+    [log.join("events.toml"), log.join("../events.toml")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Reads a log (and its calendar) and learns the traffic; forecasts start at `origin_ms` or
+/// where the log ends.
+pub fn load(
+    log: &std::path::Path,
+    calendar: Option<&std::path::Path>,
+    cfg: ModelConfig,
+    origin_ms: Option<i64>,
+) -> Result<Loaded, String> {
+    let calendar_path = calendar
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| find_calendar(log));
+    let cal = match &calendar_path {
+        Some(p) => podium_pacing::Calendar::read(p)?,
+        None => podium_pacing::Calendar::default(),
+    };
+    let read = read_log(log, cfg.sample_rate)?;
+    let model = TrafficModel::train(read.opportunities, origin_ms, cal, cfg).map_err(|e| {
+        let why = read
+            .problems
+            .first()
+            .map_or(String::new(), |p| format!(" ({}: {})", p.file, p.error));
+        format!("{}: {e}{why}", log.display())
+    })?;
+    Ok(Loaded {
+        model,
+        files: read.files,
+        problems: read.problems,
+        calendar: calendar_path,
+    })
+}
+
+/// A chart of a slice: the last two weeks of history and the forecast of the window, with its
+/// band.
+pub fn forecast_chart(
+    model: &TrafficModel,
+    targeting: &Targeting,
+    window: Window,
+) -> Result<plot::Chart, ForecastError> {
+    let q = model.compile(targeting)?;
+    let vol = model.forecast(&q, window)?;
+    let hour = 3_600_000;
+    let first = model.first_hour;
+    let origin = model.origin as i64;
+    let past = (origin - 14 * 24).max(model.data_start as i64);
+    let history = model.actual(&q, past, origin);
+    let from = vol.from_ms / hour - first;
+    let band = (
+        vol.low / vol.total.max(1e-9),
+        vol.high / vol.total.max(1e-9),
+    );
+    let at = |h: i64| (first + h) * hour;
+    Ok(plot::Chart {
+        title: format!(
+            "{}: opportunities per hour, history and forecast",
+            if targeting.text.is_empty() {
+                "*"
+            } else {
+                &targeting.text
+            }
+        ),
+        lines: vec![
+            plot::Line::of("history", "#1f77b4", (past..origin).map(at).zip(history)),
+            plot::Line::of(
+                "forecast",
+                "#d62728",
+                (from..).map(at).zip(vol.hourly.iter().copied()),
+            ),
+        ],
+        band: Some(
+            (from..)
+                .map(at)
+                .zip(&vol.hourly)
+                .map(|(x, f)| (x, f * band.0, f * band.1))
+                .collect(),
+        ),
+        marker_ms: Some(model.origin_ms()),
+    })
+}

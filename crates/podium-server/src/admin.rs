@@ -61,27 +61,34 @@ fn registry_error(e: RegistryError) -> Response {
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
+    if let Err(denied) = check_bearer(request.headers(), &state.token) {
+        return denied;
+    }
+    next.run(request).await
+}
+
+/// Checks `Authorization: Bearer <token>` against the admin token; the 401 answer when it does
+/// not match. An empty configured token matches nothing.
+#[allow(clippy::result_large_err)]
+pub(crate) fn check_bearer(headers: &axum::http::HeaderMap, token: &str) -> Result<(), Response> {
+    let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let ok = match presented {
         // Constant-time so the token cannot be guessed byte by byte from response times.
-        Some(t) => {
-            !state.token.is_empty() && bool::from(t.as_bytes().ct_eq(state.token.as_bytes()))
-        }
+        Some(t) => !token.is_empty() && bool::from(t.as_bytes().ct_eq(token.as_bytes())),
         None => false,
     };
-    if !ok {
-        let message = if presented.is_none() {
-            "missing Authorization: Bearer <token> header"
-        } else {
-            "invalid admin token"
-        };
-        return error(StatusCode::UNAUTHORIZED, message);
+    if ok {
+        return Ok(());
     }
-    next.run(request).await
+    let message = if presented.is_none() {
+        "missing Authorization: Bearer <token> header"
+    } else {
+        "invalid admin token"
+    };
+    Err(error(StatusCode::UNAUTHORIZED, message))
 }
 
 /// Parses a JSON body, naming the field at fault; an empty body reads as `{}`.

@@ -8,12 +8,16 @@
 //! Benchmarks and capacity figures run on [`standard`]: the standard workload of
 //! `ARCHITECTURE.md` §7 (5,000 line items, 1,000,000 viewers, a linear ranker, five GBDTs and
 //! three MLPs), generated from a seed by `podium sim gen`.
+//!
+//! Forecasting is measured on [`weeks`]: weeks of traffic with daily and weekly shapes, growth,
+//! noise and live events, with the calendar of those events.
 
 pub mod counterfactual;
 pub mod demo;
 pub mod pacing;
 pub mod standard;
 pub mod traffic;
+pub mod weeks;
 
 /// A feature definitions file (TOML, as `podium_features::Definitions` reads it) declaring a
 /// world's stored viewer features — so the stream aggregator keeps them — followed by the

@@ -65,6 +65,27 @@ impl TrafficConfig {
     }
 }
 
+/// What a caller fixes of a request drawn by [`RequestGen::request_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct Dims<'a> {
+    /// The viewer is `u-{user}`.
+    pub user: usize,
+    /// Country (ISO 3166-1 alpha-2).
+    pub country: &'a str,
+    /// The screen.
+    pub device: Device,
+    /// The viewer's offset from UTC, when known.
+    pub utc_offset_min: Option<i32>,
+    /// Content genre.
+    pub genre: &'a str,
+    /// Whether the stream is live.
+    pub live: bool,
+    /// Content id; a catalogue title (`t-…`) is drawn when absent.
+    pub content_id: Option<&'a str>,
+    /// The live event the stream carries.
+    pub event_id: Option<&'a str>,
+}
+
 /// Generates requests from a seed; the same seed gives the same stream.
 pub struct RequestGen {
     rng: ChaCha8Rng,
@@ -103,15 +124,7 @@ impl RequestGen {
         self.next += 1;
         let r = &mut self.rng;
         let cfg = &self.cfg;
-        let breaks = (0..r.random_range(1..=cfg.max_breaks))
-            .map(|b| AdBreak {
-                id: format!("b{b}").as_str().into(),
-                position: POSITIONS[r.random_range(0..3)],
-                max_ads: r.random_range(cfg.slots.0..=cfg.slots.1),
-                max_duration_s: r.random_range(cfg.seconds.0..=cfg.seconds.1),
-                rules: Default::default(),
-            })
-            .collect();
+        let breaks = draw_breaks(r, cfg);
         let country = if r.random_bool(cfg.home_share) {
             cfg.home_country
         } else {
@@ -143,10 +156,58 @@ impl RequestGen {
         }
     }
 
+    /// The next request with the viewer and content `dims` gives; its breaks (and its title when
+    /// `dims` names none) are drawn as [`next_request`](Self::next_request) draws them.
+    pub fn request_with(&mut self, dims: &Dims<'_>) -> AdRequest {
+        let id = self.next;
+        self.next += 1;
+        let r = &mut self.rng;
+        let breaks = draw_breaks(r, &self.cfg);
+        let content_id = match dims.content_id {
+            Some(c) => c.into(),
+            None => format!("t-{}", r.random_range(0..5_000)).as_str().into(),
+        };
+        AdRequest {
+            request_id: format!("lg-{id}").as_str().into(),
+            user: User {
+                id: format!("u-{}", dims.user).as_str().into(),
+                country: dims.country.to_string(),
+                device: dims.device,
+                region: None,
+                segments: Vec::new(),
+                utc_offset_min: dims.utc_offset_min,
+            },
+            content: Content {
+                id: content_id,
+                genre: dims.genre.to_string(),
+                live: dims.live,
+                rating: None,
+                event_id: dims.event_id.map(str::to_string),
+            },
+            breaks,
+            tmax: None,
+            blocked_categories: Vec::new(),
+            blocked_advertisers: Vec::new(),
+        }
+    }
+
     /// The next request as a JSON body of `POST /v1/decide`.
     pub fn next_body(&mut self) -> String {
         body(&self.next_request())
     }
+}
+
+/// One to `max_breaks` breaks of drawn position, slots and length.
+fn draw_breaks(r: &mut ChaCha8Rng, cfg: &TrafficConfig) -> Vec<AdBreak> {
+    (0..r.random_range(1..=cfg.max_breaks))
+        .map(|b| AdBreak {
+            id: format!("b{b}").as_str().into(),
+            position: POSITIONS[r.random_range(0..3)],
+            max_ads: r.random_range(cfg.slots.0..=cfg.slots.1),
+            max_duration_s: r.random_range(cfg.seconds.0..=cfg.seconds.1),
+            rules: Default::default(),
+        })
+        .collect()
 }
 
 /// The JSON body of `POST /v1/decide` for a request.
