@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The pacing control loop runs once per simulated minute, as it runs about once a second live.
-const TICK_MS: i64 = 60_000;
 /// Share of placed ads that play (the viewer stays): their impressions count spend and caps.
 const PLAY_RATE: f64 = 0.97;
+/// Rows per log file: a file's row group is held in memory until it closes, and readers (pyarrow)
+/// load row groups whole, so files stay at a few hundred MB.
+const ROWS_PER_FILE: usize = 100_000;
 /// Rows at most queued for the log writer: the log drops rows past its queue (8,192), and a
 /// simulation must lose none, so deciding waits for the writer instead.
 const LOG_BACKLOG: u64 = 4_096;
@@ -50,8 +51,12 @@ pub struct TrafficArgs {
     /// Decisions in flight at once. The requests and their times do not depend on it; with more
     /// than one, the engine's state (pacing, caps, learned reserves) sees neighbouring requests
     /// in an order that may vary, and so may their ads, and the log's row order.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Simulated seconds between steps of the pacing control loop (live, about one second: a
+    /// few requests apart; here a minute is a few dozen requests apart at 20,000 a day).
+    #[arg(long, default_value_t = 60)]
+    tick_s: u32,
     /// Demo data directory whose marketplace and models decide (created if absent).
     #[arg(long, default_value = "./podium-data")]
     data_dir: PathBuf,
@@ -131,6 +136,10 @@ pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
         (1..=1_024).contains(&args.concurrency),
         "--concurrency must be between 1 and 1024"
     );
+    anyhow::ensure!(
+        (1..=3_600).contains(&args.tick_s),
+        "--tick-s must be between 1 and 3600"
+    );
     fresh_dir(&args.out)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +156,10 @@ pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
     let sink = DecisionLogSink::decisions(
         Arc::new(Discard),
         &log_dir.join("decisions"),
-        RollPolicy::default(),
+        RollPolicy {
+            max_rows: ROWS_PER_FILE,
+            ..RollPolicy::default()
+        },
     )
     .context("--out: the decision log")?;
     let log = sink.log().clone();
@@ -191,7 +203,15 @@ pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     let started = Instant::now();
-    let counts = rt.block_on(drive(&engine, &weeks, &log, args.concurrency, &bar));
+    let tick_ms = i64::from(args.tick_s) * 1000;
+    let counts = rt.block_on(drive(
+        &engine,
+        &weeks,
+        &log,
+        args.concurrency,
+        tick_ms,
+        &bar,
+    ));
     let decided_s = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -232,13 +252,15 @@ pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Decides every hour's requests in order of simulated time, `concurrency` at once, ticking
-/// pacing once per simulated minute and never letting the log writer fall behind its queue.
+/// Decides every hour's requests in order of simulated time, `concurrency` at once, stepping
+/// pacing every `tick_ms` of simulated time and never letting the log writer fall behind its
+/// queue.
 async fn drive(
     engine: &Engine,
     weeks: &Weeks,
     log: &ParquetLog<DecisionRow>,
     concurrency: usize,
+    tick_ms: i64,
     bar: &indicatif::ProgressBar,
 ) -> Counts {
     let mut counts = Counts::default();
@@ -251,7 +273,7 @@ async fn drive(
         for t in weeks.hour(h) {
             while next_tick <= t.ts_ms {
                 engine.pacing_tick(next_tick).await;
-                next_tick += TICK_MS;
+                next_tick += tick_ms;
             }
             while inflight.len() >= concurrency {
                 if let Some(done) = inflight.join_next().await {

@@ -239,9 +239,10 @@ fn contention(
     for (k, f) in forecast.iter().enumerate() {
         per_how[(from + k as i64).rem_euclid(WEEK as i64) as usize] += f;
     }
+    // Regular traffic stands for regular supply: past live events are not in the baseline.
     let rows: Vec<_> = model
         .recent_sample()
-        .filter(|r| per_how[r.hour as usize % WEEK] > 0.0)
+        .filter(|r| r.request.content.event_id.is_none() && per_how[r.hour as usize % WEEK] > 0.0)
         .collect();
     let mut count_how = [0u32; WEEK];
     for r in &rows {

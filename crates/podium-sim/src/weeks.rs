@@ -7,8 +7,9 @@
 //!
 //! Everything is drawn from the seed; each hour and each week of events from a stream of its own,
 //! so a longer run starts with the same traffic and events as a shorter one. Requests are built
-//! by [`RequestGen`] (breaks, titles). What the engine decides, and what viewers do with the ads,
-//! is not modelled here.
+//! by [`RequestGen`] (breaks, titles); like its requests, they carry no `utc_offset_min`: local
+//! time shapes when viewers watch, not what the request says. What the engine decides, and what
+//! viewers do with the ads, is not modelled here.
 
 use crate::traffic::{Dims, RequestGen, TrafficConfig};
 use podium_core::{AdRequest, Device};
@@ -436,7 +437,7 @@ impl Weeks {
                 let genre = t.genres[pick(&mut r, &genres)];
                 let dims = Dims {
                     user,
-                    country: *country,
+                    country,
                     device,
                     utc_offset_min: None,
                     genre,
