@@ -126,6 +126,21 @@ pub struct Window {
 pub struct Compiled {
     pub(crate) targeting: Targeting,
     pub(crate) cell_ok: Vec<bool>,
+    countries: Vec<usize>,
+    devices: Vec<usize>,
+    genres: Vec<usize>,
+    mask: u32,
+}
+
+impl Compiled {
+    /// Whether a cell's dimensions match (dayparts aside).
+    fn cell_matches(&self, c: &Cell) -> bool {
+        (self.countries.is_empty() || self.countries.contains(&usize::from(c.country)))
+            && (self.devices.is_empty() || self.devices.contains(&usize::from(c.device)))
+            && (self.genres.is_empty() || self.genres.contains(&usize::from(c.genre)))
+            && self.targeting.live.is_none_or(|l| l == c.live)
+            && c.fits & self.mask != 0
+    }
 }
 
 /// The learned traffic.
@@ -338,28 +353,21 @@ impl TrafficModel {
         let countries = ids("country", &t.countries, &self.countries)?;
         let devices = ids("device", &t.devices, &self.devices)?;
         let genres = ids("genre", &t.genres, &self.genres)?;
-        let mask = t.fits_mask();
-        let cell_ok = self
-            .cells
-            .iter()
-            .map(|c| {
-                (countries.is_empty() || countries.contains(&usize::from(c.country)))
-                    && (devices.is_empty() || devices.contains(&usize::from(c.device)))
-                    && (genres.is_empty() || genres.contains(&usize::from(c.genre)))
-                    && t.live.is_none_or(|l| l == c.live)
-                    && c.fits & mask != 0
-            })
-            .collect();
-        Ok(Compiled {
+        let mut q = Compiled {
             targeting: t.clone(),
-            cell_ok,
-        })
+            cell_ok: Vec::new(),
+            countries,
+            devices,
+            genres,
+            mask: t.fits_mask(),
+        };
+        q.cell_ok = self.cells.iter().map(|c| q.cell_matches(c)).collect();
+        Ok(q)
     }
 
-    /// The local hour of the week of a model hour in a cell.
-    fn local_week_hour(&self, cell: u32, hour: u32) -> usize {
-        let minutes = (self.first_hour + i64::from(hour)) * 60
-            + i64::from(self.cells[cell as usize].offset_min);
+    /// The local hour of the week of a model hour at a UTC offset.
+    fn local_week_hour(&self, offset_min: i16, hour: i64) -> usize {
+        let minutes = (self.first_hour + hour) * 60 + i64::from(offset_min);
         (minutes.div_euclid(60) + 72).rem_euclid(WEEK as i64) as usize
     }
 
@@ -367,7 +375,17 @@ impl TrafficModel {
     pub(crate) fn matches(&self, q: &Compiled, cell: u32, hour: u32) -> bool {
         q.cell_ok[cell as usize]
             && (q.targeting.week_hours.is_none()
-                || q.targeting.at_hour(self.local_week_hour(cell, hour)))
+                || q.targeting.at_hour(
+                    self.local_week_hour(self.cells[cell as usize].offset_min, i64::from(hour)),
+                ))
+    }
+
+    /// As [`matches`](Self::matches) for a cell given by value.
+    fn matches_cell(&self, q: &Compiled, cell: &Cell, hour: i64) -> bool {
+        q.cell_matches(cell)
+            && (q.targeting.week_hours.is_none()
+                || q.targeting
+                    .at_hour(self.local_week_hour(cell.offset_min, hour)))
     }
 
     /// The query's baseline opportunities per model hour (live events apart).
@@ -592,16 +610,16 @@ impl TrafficModel {
             if a >= b {
                 continue;
             }
-            let mix = self.event_mix(ev.genre.as_deref());
-            let mix_total: f64 = mix.values().sum();
+            let mix = self.event_mix(ev);
+            let mix_total: f64 = mix.iter().map(|m| m.1).sum();
             if mix_total <= 0.0 {
                 continue;
             }
             let per_hour = ev.expected_requests as f64 / (eh1 - eh0) as f64;
             let mut added = 0.0;
             for h in a..b {
-                for (&c, &n) in &mix {
-                    if self.matches(q, c, h as u32) {
+                for (c, n) in &mix {
+                    if self.matches_cell(q, c, h) {
                         let v = per_hour * n / mix_total;
                         out[(h - from) as usize] += v;
                         added += v;
@@ -615,32 +633,127 @@ impl TrafficModel {
         (out, listed)
     }
 
-    /// How an event's requests share out among cells: past events of its genre before the
-    /// origin, else any past event, else the genre's live baseline traffic.
-    fn event_mix(&self, genre: Option<&str>) -> HashMap<u32, f64> {
-        let genre_ix = genre.and_then(|g| self.genres.iter().position(|x| x == g));
-        let mut mix: HashMap<u32, f64> = HashMap::new();
+    /// How an event's requests share out among cells: as past events of its genre before the
+    /// origin did (else any past event, else the genre's live baseline traffic). When the
+    /// calendar names the event's market, and past events' too, the share past events drew from
+    /// their own market goes to this event's market (their cells moved there), the rest as
+    /// their audiences elsewhere were.
+    fn event_mix(&self, ev: &podium_pacing::LiveEvent) -> Vec<(Cell, f64)> {
+        let genre_ix = ev
+            .genre
+            .as_deref()
+            .and_then(|g| self.genres.iter().position(|x| x == g));
         let origin = self.origin as u32;
         let of_genre =
             |c: u32| genre_ix.is_none_or(|g| usize::from(self.cells[c as usize].genre) == g);
-        for &(_, c, h, n) in &self.event_counts {
+        let mut past: HashMap<(u32, u32), f64> = HashMap::new();
+        for &(e, c, h, n) in &self.event_counts {
             if h < origin && of_genre(c) {
-                *mix.entry(c).or_default() += f64::from(n);
+                *past.entry((e, c)).or_default() += f64::from(n);
             }
         }
-        if mix.is_empty() {
-            for &(_, c, h, n) in &self.event_counts {
+        if past.is_empty() {
+            for &(e, c, h, n) in &self.event_counts {
                 if h < origin {
-                    *mix.entry(c).or_default() += f64::from(n);
+                    *past.entry((e, c)).or_default() += f64::from(n);
                 }
             }
         }
-        if mix.is_empty() {
+        if past.is_empty() {
+            let mut mix: HashMap<u32, f64> = HashMap::new();
             for &(c, h, n) in &self.baseline {
                 if h < origin && self.cells[c as usize].live && of_genre(c) {
                     *mix.entry(c).or_default() += f64::from(n);
                 }
             }
+            return mix
+                .into_iter()
+                .map(|(c, n)| (self.cells[c as usize], n))
+                .collect();
+        }
+        let home = ev
+            .country
+            .as_deref()
+            .and_then(|c| self.countries.iter().position(|x| x == c));
+        let home_of = |e: u32| {
+            self.calendar
+                .get(&self.event_ids[e as usize])
+                .and_then(|p| p.country.as_deref())
+                .and_then(|c| self.countries.iter().position(|x| x == c))
+        };
+        let all_cells = |past: &HashMap<(u32, u32), f64>| {
+            let mut mix: HashMap<Cell, f64> = HashMap::new();
+            for (&(_, c), &n) in past {
+                *mix.entry(self.cells[c as usize]).or_default() += n;
+            }
+            mix
+        };
+        let Some(h) = home.filter(|_| past.keys().any(|&(e, _)| home_of(e).is_some())) else {
+            return all_cells(&past).into_iter().collect();
+        };
+        // An event's audience: a share `s` from its own market, the rest as all traffic is
+        // spread over markets (`g`). Past events with a known market give `s`.
+        let mut g = vec![0.0; self.countries.len()];
+        for &(c, hr, n) in &self.baseline {
+            if hr < origin {
+                g[usize::from(self.cells[c as usize].country)] += f64::from(n);
+            }
+        }
+        let g_total: f64 = g.iter().sum::<f64>().max(1.0);
+        g.iter_mut().for_each(|x| *x /= g_total);
+        let mut sizes: HashMap<u32, (f64, f64, usize)> = HashMap::new();
+        for (&(e, c), &n) in &past {
+            if let Some(ph) = home_of(e) {
+                let entry = sizes.entry(e).or_insert((0.0, 0.0, ph));
+                entry.1 += n;
+                if usize::from(self.cells[c as usize].country) == ph {
+                    entry.0 += n;
+                }
+            }
+        }
+        let (mut s_sum, mut w_sum) = (0.0, 0.0);
+        for &(at_home, total, ph) in sizes.values() {
+            let own = (at_home / total - g[ph]) / (1.0 - g[ph]).max(1e-9);
+            s_sum += own.clamp(0.0, 1.0) * total;
+            w_sum += total;
+        }
+        let s = if w_sum > 0.0 { s_sum / w_sum } else { 0.0 };
+        // Within a market, cells as past event audiences there were; a market no past event
+        // reached takes the cells of all past audiences, moved there.
+        let everywhere = all_cells(&past);
+        let mut mix = Vec::new();
+        for (k, &gk) in g.iter().enumerate() {
+            let w = (1.0 - s) * gk + if k == h { s } else { 0.0 };
+            if w <= 0.0 {
+                continue;
+            }
+            let own: Vec<(Cell, f64)> = everywhere
+                .iter()
+                .filter(|(c, _)| usize::from(c.country) == k)
+                .map(|(c, n)| (*c, *n))
+                .collect();
+            let cells = if own.is_empty() {
+                let offset = self
+                    .cells
+                    .iter()
+                    .find(|c| usize::from(c.country) == k)
+                    .map_or(0, |c| c.offset_min);
+                everywhere
+                    .iter()
+                    .map(|(c, n)| {
+                        let moved = Cell {
+                            country: k as u16,
+                            offset_min: offset,
+                            ..*c
+                        };
+                        (moved, *n)
+                    })
+                    .collect()
+            } else {
+                own
+            };
+            let total: f64 = cells.iter().map(|c| c.1).sum();
+            mix.extend(cells.into_iter().map(|(c, n)| (c, w * n / total)));
         }
         mix
     }

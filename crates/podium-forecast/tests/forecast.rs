@@ -58,7 +58,7 @@ struct World {
     calendar: Calendar,
 }
 
-fn event(id: &str, day: i64, hour: i64, expected: u64) -> LiveEvent {
+fn event(id: &str, day: i64, hour: i64, expected: u64, country: &str) -> LiveEvent {
     let iso = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
@@ -73,6 +73,7 @@ fn event(id: &str, day: i64, hour: i64, expected: u64) -> LiveEvent {
         end: iso(start + 3 * HOUR),
         expected_requests: expected,
         genre: Some("sports".into()),
+        country: Some(country.into()),
     }
 }
 
@@ -83,15 +84,21 @@ fn world(weeks: i64, seed: u64) -> World {
     let mut id = 0;
     let calendar = Calendar {
         events: vec![
-            event("match-1", 9, 19, 3000),
-            event("match-2", 17, 20, 4000),
-            event("match-3", 31, 19, 5000),
+            event("match-1", 9, 19, 3000, "US"),
+            event("match-2", 17, 20, 4000, "US"),
+            event("match-3", 31, 19, 5000, "CA"),
         ],
     };
-    let mut push = |rng: &mut ChaCha8Rng, ts: i64, ev: Option<&str>, genre: &str| {
+    // An event draws 80 % of its audience from its own market, the rest as all traffic does.
+    let mut push = |rng: &mut ChaCha8Rng, ts: i64, ev: Option<(&str, &str)>, genre: &str| {
         id += 1;
         let user = format!("u{}", rng.random_range(0..3000));
-        let country = if rng.random::<f64>() < US { "US" } else { "CA" };
+        let country = match ev {
+            Some((_, home)) if rng.random::<f64>() < 0.8 => home,
+            _ if rng.random::<f64>() < US => "US",
+            _ => "CA",
+        };
+        let ev = ev.map(|e| e.0);
         let device = if rng.random::<f64>() < TV {
             "tv"
         } else {
@@ -122,7 +129,8 @@ fn world(weeks: i64, seed: u64) -> World {
         let n = (ev.expected_requests as f64 * rng.random_range(0.95..1.05)) as u64;
         for _ in 0..n {
             let ts = rng.random_range(s..e);
-            push(&mut rng, ts, Some(&ev.id), "sports");
+            let home = ev.country.clone().unwrap();
+            push(&mut rng, ts, Some((&ev.id, &home)), "sports");
         }
     }
     World { opps, calendar }
@@ -234,11 +242,13 @@ fn live_events_are_spikes_the_calendar_announces() {
     );
     // Past events are not baseline: live sport has no regular traffic here.
     assert!(sports.opportunities - sports.from_events < 1.0);
+    // A Canadian match: 80 % of its audience in Canada, the rest spread as all traffic is.
     let ca = query(&m, "country=CA,genre=sports,live=true", week(28)).unwrap();
     let share = ca.from_events / 5000.0;
+    let want = 0.8 + 0.2 * (1.0 - US);
     assert!(
-        (share - (1.0 - US)).abs() < 0.05,
-        "CA share of events {share}"
+        (share - want).abs() < 0.03,
+        "CA share of the event {share}, not {want}"
     );
     // A week without an event has none.
     let later = query(&m, "*", week(35)).unwrap();

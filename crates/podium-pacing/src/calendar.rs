@@ -11,6 +11,7 @@
 //! end = "2026-11-15T22:00:00Z"
 //! expected_requests = 120000       # planners' estimate of the ad requests it brings
 //! genre = "sports"                 # optional: the genre its streams carry
+//! country = "US"                   # optional: the market it is mainly watched in
 //! ```
 //!
 //! Forecasting keeps an event's traffic apart from the baseline (its requests carry its id), and
@@ -37,6 +38,10 @@ pub struct LiveEvent {
     /// Genre of its streams, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub genre: Option<String>,
+    /// The market it is mainly watched in (ISO country code), when known: a home match draws
+    /// most of its audience there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
 }
 
 impl LiveEvent {

@@ -557,6 +557,7 @@ impl Weeks {
                     end: rfc3339(start + len),
                     expected_requests: expected as u64,
                     genre: Some(kind.to_string()),
+                    country: Some(country.to_string()),
                 });
                 if start >= cfg.end_ms() {
                     continue;
