@@ -95,8 +95,8 @@ pub fn load(
     })
 }
 
-/// A chart of a slice: the last two weeks of history and the forecast of the window, with its
-/// band.
+/// A chart of a slice: the last two weeks of what happened, the last week as forecast a week
+/// before it (forecast against actual), and the forecast of the window with its band.
 pub fn forecast_chart(
     model: &TrafficModel,
     targeting: &Targeting,
@@ -117,21 +117,36 @@ pub fn forecast_chart(
     let at = |h: i64| (first + h) * hour;
     Ok(plot::Chart {
         title: format!(
-            "{}: opportunities per hour, history and forecast",
+            "{}: opportunities per hour, forecast against actual, and ahead",
             if targeting.text.is_empty() {
                 "*"
             } else {
                 &targeting.text
             }
         ),
-        lines: vec![
-            plot::Line::of("history", "#1f77b4", (past..origin).map(at).zip(history)),
-            plot::Line::of(
+        lines: [
+            Some(plot::Line::of(
+                "actual",
+                "#1f77b4",
+                (past..origin).map(at).zip(history),
+            )),
+            // The last week as forecast a week before: forecast against actual.
+            model.hindcast(&q, 1).map(|(start, values)| {
+                plot::Line::of(
+                    "forecast a week before",
+                    "#ff7f0e",
+                    (start..).map(at).zip(values),
+                )
+            }),
+            Some(plot::Line::of(
                 "forecast",
                 "#d62728",
                 (from..).map(at).zip(vol.hourly.iter().copied()),
-            ),
-        ],
+            )),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         band: Some(
             (from..)
                 .map(at)

@@ -425,7 +425,8 @@ impl TrafficModel {
             let Some(from) = origin.checked_sub(j * WEEK) else {
                 break;
             };
-            if from < self.data_start {
+            // A partial first hour is 1/168 of a week: no reason to drop the week.
+            if from + 1 < self.data_start {
                 break;
             }
             let t: f64 = self.total[from..from + WEEK].iter().sum();
@@ -541,7 +542,7 @@ impl TrafficModel {
             });
         }
         let baseline = self.seasonal(&series, self.origin, from, to);
-        let (events, listed) = self.event_forecast(q, from, to);
+        let (events, listed) = self.event_forecast(q, self.origin, from, to);
         let base_total: f64 = baseline.iter().sum();
         let event_total: f64 = events.iter().sum();
 
@@ -596,7 +597,13 @@ impl TrafficModel {
 
     /// Calendar events in `[from, to)` (model hours): their expected requests matching the
     /// query, per hour.
-    fn event_forecast(&self, q: &Compiled, from: i64, to: i64) -> (Vec<f64>, Vec<String>) {
+    fn event_forecast(
+        &self,
+        q: &Compiled,
+        origin: usize,
+        from: i64,
+        to: i64,
+    ) -> (Vec<f64>, Vec<String>) {
         let mut out = vec![0.0; (to - from).max(0) as usize];
         let mut listed = Vec::new();
         for ev in &self.calendar.events {
@@ -606,11 +613,11 @@ impl TrafficModel {
                 (e + HOUR_MS - 1).div_euclid(HOUR_MS) - self.first_hour,
             );
             // Only events after the origin: earlier ones are in the history as they happened.
-            let (a, b) = (eh0.max(from).max(self.origin as i64), eh1.min(to));
+            let (a, b) = (eh0.max(from).max(origin as i64), eh1.min(to));
             if a >= b {
                 continue;
             }
-            let mix = self.event_mix(ev);
+            let mix = self.event_mix(ev, origin);
             let mix_total: f64 = mix.iter().map(|m| m.1).sum();
             if mix_total <= 0.0 {
                 continue;
@@ -638,12 +645,12 @@ impl TrafficModel {
     /// calendar names the event's market, and past events' too, the share past events drew from
     /// their own market goes to this event's market (their cells moved there), the rest as
     /// their audiences elsewhere were.
-    fn event_mix(&self, ev: &podium_pacing::LiveEvent) -> Vec<(Cell, f64)> {
+    fn event_mix(&self, ev: &podium_pacing::LiveEvent, origin: usize) -> Vec<(Cell, f64)> {
         let genre_ix = ev
             .genre
             .as_deref()
             .and_then(|g| self.genres.iter().position(|x| x == g));
-        let origin = self.origin as u32;
+        let origin = origin as u32;
         let of_genre =
             |c: u32| genre_ix.is_none_or(|g| usize::from(self.cells[c as usize].genre) == g);
         let mut past: HashMap<(u32, u32), f64> = HashMap::new();
@@ -780,6 +787,21 @@ impl TrafficModel {
             return 0.25;
         }
         (logs.iter().map(|l| l * l).sum::<f64>() / logs.len() as f64).sqrt()
+    }
+
+    /// The forecast of the last `weeks` weeks of history made at their start (from what was
+    /// known then, the calendar's events included), to set against what happened: model hours
+    /// `[from, origin)` and the hourly values. `None` without a week of history before them.
+    pub fn hindcast(&self, q: &Compiled, weeks: usize) -> Option<(i64, Vec<f64>)> {
+        let o = self.origin.checked_sub(weeks * WEEK)?;
+        if o < self.data_start + WEEK {
+            return None;
+        }
+        let series = self.baseline_series(q);
+        let (from, to) = (o as i64, self.origin as i64);
+        let base = self.seasonal(&series, o, from, to);
+        let (events, _) = self.event_forecast(q, o, from, to);
+        Some((from, base.iter().zip(&events).map(|(b, e)| b + e).collect()))
     }
 
     /// Opportunities that happened in `[from, to)` (model hours), events included: a

@@ -133,7 +133,7 @@ impl Chart {
             ));
         }
         for (k, l) in self.lines.iter().enumerate() {
-            let x = left + 10.0 + 110.0 * k as f64;
+            let x = left + 10.0 + 170.0 * k as f64;
             svg.push_str(&format!(
                 "<rect x=\"{x}\" y=\"4\" width=\"12\" height=\"3\" fill=\"{}\"/><text x=\"{}\" y=\"10\">{}</text>",
                 escape(&l.color),

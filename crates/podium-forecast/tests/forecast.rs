@@ -406,3 +406,28 @@ fn bad_queries_and_windows_are_refused_clearly() {
     assert!(matches!(e, ForecastError::TooLittleHistory { .. }), "{e}");
     assert!(e.to_string().contains("5.0 days"), "{e}");
 }
+
+#[test]
+fn the_plot_sets_last_weeks_forecast_against_what_happened() {
+    let m = model(4, None);
+    let t = Targeting::parse("country=US").unwrap();
+    let chart = podium_forecast::forecast_chart(&m, &t, week(28)).unwrap();
+    let names: Vec<&str> = chart.lines.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["actual", "forecast a week before", "forecast"]);
+    // The week before the origin, as forecast from its start, against what happened.
+    let sum = |k: usize, from: i64| -> f64 {
+        chart.lines[k]
+            .points
+            .iter()
+            .filter(|p| p.0 >= from && p.0 < T0 + 28 * DAY)
+            .map(|p| p.1)
+            .sum()
+    };
+    let (forecast, actual) = (sum(1, T0 + 21 * DAY), sum(0, T0 + 21 * DAY));
+    assert!(
+        ((forecast - actual) / actual).abs() < 0.03,
+        "{forecast} against {actual}"
+    );
+    let page = chart.page("");
+    assert!(page.contains("<svg") && page.contains("forecast a week before"));
+}
