@@ -141,19 +141,27 @@ async fn an_expired_deadline_still_answers_with_a_well_formed_decision() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_item_never_reserves_more_than_its_daily_budget() {
-    let tmp = tempfile::tempdir().unwrap();
-    drop(engine(tmp.path()).await);
-    // Budgets of 5 cents: one or two impressions each at the demo's prices.
-    let path = tmp.path().join("marketplace.json");
+/// The demo engine with every line item's daily budget set to `budget`.
+async fn engine_with_budgets(
+    dir: &std::path::Path,
+    budget: podium_core::Micros,
+) -> (Engine, MemoryLog) {
+    drop(engine(dir).await);
+    let path = dir.join("marketplace.json");
     let mut market = podium_auction::Marketplace::read(&path).unwrap();
-    let budget = podium_core::Micros::from_units(0.05);
     for li in &mut market.line_items {
         li.daily_budget = budget;
     }
     market.write(&path).unwrap();
-    let (engine, _) = engine(tmp.path()).await;
+    engine(dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_item_never_reserves_more_than_its_daily_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Budgets of 5 cents: one or two impressions each at the demo's prices.
+    let budget = podium_core::Micros::from_units(0.05);
+    let (engine, _) = engine_with_budgets(tmp.path(), budget).await;
     let mut reserved: std::collections::HashMap<_, podium_core::Micros> = Default::default();
     let mut filled = 0;
     for i in 0..8 {
@@ -181,15 +189,8 @@ async fn a_line_item_never_reserves_more_than_its_daily_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decide_at_runs_on_the_simulated_clock_and_each_simulated_day_has_its_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    drop(engine(tmp.path()).await);
-    let path = tmp.path().join("marketplace.json");
-    let mut market = podium_auction::Marketplace::read(&path).unwrap();
     let budget = podium_core::Micros::from_units(0.05);
-    for li in &mut market.line_items {
-        li.daily_budget = budget;
-    }
-    market.write(&path).unwrap();
-    let (engine, log) = engine(tmp.path()).await;
+    let (engine, log) = engine_with_budgets(tmp.path(), budget).await;
     // A wall-clock decision first, then simulated days in the past, the later one first: each
     // day counts its own budgets whatever the order.
     engine.warm_up(1).await;

@@ -13,7 +13,9 @@
 //! yet arrived when the served value was computed from a real inconsistency.
 
 mod decision_log;
-pub use decision_log::{DecisionRow, ReplayColumns, DECISION_LOG_VERSION, TIMING_COLUMNS};
+pub use decision_log::{
+    DecisionRow, ReplayColumns, DECISION_LOG_VERSION, STATE_COLUMNS, TIMING_COLUMNS,
+};
 
 use crate::definitions::{Definitions, Entity, EventType, FeatureKind};
 use crate::stream::{Aggregator, Event, Rejection};

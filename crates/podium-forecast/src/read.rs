@@ -3,28 +3,18 @@
 
 use crate::opportunity::{user_draw, Opportunity};
 use podium_core::AdRequest;
-use podium_features::offline::read_decision_rows;
+use podium_features::offline::{read_decision_rows, STATE_COLUMNS};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// Columns the forecast never reads.
-const SKIPPED: [&str; 16] = [
+/// Text columns the forecast never reads (nor the replay state, [`STATE_COLUMNS`]).
+const SKIPPED_TEXT: [&str; 6] = [
     "model_versions",
     "degraded",
     "experiments",
     "features",
     "served",
     "decision",
-    "market_fingerprint",
-    "score_tasks",
-    "top",
-    "scores",
-    "multipliers",
-    "available",
-    "reserves",
-    "cap_history",
-    "lease_lost",
-    "exploration",
 ];
 
 /// A file (or row) that could not be read.
@@ -79,8 +69,9 @@ pub fn read_log(path: &Path, sample_rate: f64) -> Result<LogRead, String> {
         files: 0,
         problems: Vec::new(),
     };
+    let skipped: Vec<&str> = SKIPPED_TEXT.into_iter().chain(STATE_COLUMNS).collect();
     for f in &files {
-        let rows = match read_decision_rows(f, &SKIPPED) {
+        let rows = match read_decision_rows(f, &skipped) {
             Ok(rows) => rows,
             Err(e) => {
                 out.problems.push(ReadProblem {

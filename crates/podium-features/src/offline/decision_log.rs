@@ -102,7 +102,7 @@ pub const TIMING_COLUMNS: [&str; 8] = [
 ];
 
 /// The replay-state columns (layout 2): a layout-1 file lacks them and reads with none.
-const STATE_COLUMNS: [&str; 10] = [
+pub const STATE_COLUMNS: [&str; 10] = [
     "market_fingerprint",
     "score_tasks",
     "top",
