@@ -216,10 +216,11 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         Some(p) => podium_pacing::Calendar::read(p).map_err(anyhow::Error::msg)?,
         None => podium_pacing::Calendar::default(),
     };
-    let read =
-        podium_forecast::read_log(&a.log.log, cfg.sample_rate).map_err(anyhow::Error::msg)?;
-    let report = podium_forecast::backtest(
-        read.opportunities,
+    let mut builder = podium_forecast::ModelBuilder::new(cfg.clone());
+    let (_, problems) = podium_forecast::read_each(&a.log.log, cfg.sample_rate, |o| builder.add(o))
+        .map_err(anyhow::Error::msg)?;
+    let report = podium_forecast::backtest_built(
+        builder,
         calendar,
         &BacktestConfig {
             train_days: a.train_days,
@@ -227,7 +228,6 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
             min_daily: a.min_daily,
             target_error: a.target,
         },
-        cfg,
     )
     .with_context(|| a.log.log.display().to_string())?;
     if let Some(path) = &a.output {
@@ -262,9 +262,9 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<()> {
         "target": a.target,
         "judged_slices": judged,
         "calendar": calendar_path.map(|p| p.display().to_string()),
-        "problems": read.problems,
+        "problems": problems,
         "elapsed_s": (t.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     });
     let _ = writeln!(std::io::stdout(), "{summary}");
-    problems_exit(&read.problems)
+    problems_exit(&problems)
 }

@@ -1,7 +1,7 @@
 //! Backtests: learn from days `1..=N` of a log, forecast days `N+1..=N+H`, and compare with what
 //! the log says happened, slice by slice.
 
-use crate::model::{iso, ForecastError, ModelConfig, TrafficModel, HOUR_MS};
+use crate::model::{iso, ForecastError, ModelBuilder, ModelConfig, TrafficModel, HOUR_MS};
 use crate::opportunity::Opportunity;
 use crate::plot::{Chart, Line};
 use crate::query::Targeting;
@@ -116,12 +116,22 @@ pub fn backtest(
     cfg: &BacktestConfig,
     model_cfg: ModelConfig,
 ) -> Result<BacktestReport, ForecastError> {
-    let first = opportunities
-        .iter()
-        .map(|o| o.ts_ms)
-        .min()
-        .ok_or(ForecastError::Empty)?;
-    let last = opportunities.iter().map(|o| o.ts_ms).max().unwrap_or(first);
+    let mut b = ModelBuilder::new(model_cfg);
+    for o in opportunities {
+        b.add(o);
+    }
+    backtest_built(b, calendar, cfg)
+}
+
+/// Runs a backtest over a log's opportunities gathered in a builder.
+pub fn backtest_built(
+    builder: ModelBuilder,
+    calendar: Calendar,
+    cfg: &BacktestConfig,
+) -> Result<BacktestReport, ForecastError> {
+    let (Some(first), Some(last)) = (builder.first_ms(), builder.last_ms()) else {
+        return Err(ForecastError::Empty);
+    };
     let day0 = first.div_euclid(DAY_MS) * DAY_MS;
     let origin = day0 + i64::from(cfg.train_days) * DAY_MS;
     let end = origin + i64::from(cfg.horizon_days) * DAY_MS;
@@ -135,8 +145,8 @@ pub fn backtest(
             iso(end)
         )));
     }
-    let requests = opportunities.len() as u64;
-    let model = TrafficModel::train(opportunities, Some(origin), calendar, model_cfg)?;
+    let requests = builder.requests();
+    let model = builder.finish(Some(origin), calendar)?;
     let mut results = Vec::new();
     for text in slices(&model) {
         let Ok(t) = Targeting::parse(&text) else {

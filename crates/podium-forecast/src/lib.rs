@@ -21,11 +21,11 @@ pub mod query;
 pub mod read;
 
 pub use avails::{avails, Avails, AvailsQuery, Cap, Competitor};
-pub use backtest::{backtest, BacktestConfig, BacktestReport, SliceResult};
-pub use model::{ForecastError, ModelConfig, TrafficModel, VolumeForecast, Window};
+pub use backtest::{backtest, backtest_built, BacktestConfig, BacktestReport, SliceResult};
+pub use model::{ForecastError, ModelBuilder, ModelConfig, TrafficModel, VolumeForecast, Window};
 pub use opportunity::Opportunity;
 pub use query::Targeting;
-pub use read::{read_log, LogRead, ReadProblem};
+pub use read::{read_each, read_log, LogRead, ReadProblem};
 
 /// Parses a window bound: RFC 3339 (`2026-12-01T00:00:00Z`) or a date (`2026-12-01`, UTC
 /// midnight).
@@ -79,18 +79,18 @@ pub fn load(
         Some(p) => podium_pacing::Calendar::read(p)?,
         None => podium_pacing::Calendar::default(),
     };
-    let read = read_log(log, cfg.sample_rate)?;
-    let model = TrafficModel::train(read.opportunities, origin_ms, cal, cfg).map_err(|e| {
-        let why = read
-            .problems
+    let mut builder = ModelBuilder::new(cfg.clone());
+    let (files, problems) = read::read_each(log, cfg.sample_rate, |o| builder.add(o))?;
+    let model = builder.finish(origin_ms, cal).map_err(|e| {
+        let why = problems
             .first()
             .map_or(String::new(), |p| format!(" ({}: {})", p.file, p.error));
         format!("{}: {e}{why}", log.display())
     })?;
     Ok(Loaded {
         model,
-        files: read.files,
-        problems: read.problems,
+        files,
+        problems,
         calendar: calendar_path,
     })
 }

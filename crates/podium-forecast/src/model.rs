@@ -187,6 +187,160 @@ pub fn iso(ms: i64) -> String {
     )
 }
 
+/// Learns a [`TrafficModel`] one opportunity at a time: memory holds the counts per (cell,
+/// hour) and the sampled viewers' requests, not the log.
+pub struct ModelBuilder {
+    cfg: ModelConfig,
+    countries: (Vec<String>, HashMap<String, usize>),
+    genres: (Vec<String>, HashMap<String, usize>),
+    devices: (Vec<String>, HashMap<String, usize>),
+    cells: Vec<Cell>,
+    cell_ix: HashMap<Cell, u32>,
+    /// Counts by (cell, hour since the epoch).
+    base: HashMap<(u32, i64), u32>,
+    events: HashMap<(u32, u32, i64), u32>,
+    event_ids: (Vec<String>, HashMap<String, usize>),
+    sample: Vec<(i64, u32, u32, Box<AdRequest>)>,
+    users: HashMap<String, u32>,
+    first_ms: i64,
+    last_ms: i64,
+    requests: u64,
+}
+
+impl ModelBuilder {
+    /// An empty model.
+    pub fn new(cfg: ModelConfig) -> Self {
+        Self {
+            cfg,
+            countries: Default::default(),
+            genres: Default::default(),
+            devices: Default::default(),
+            cells: Vec::new(),
+            cell_ix: HashMap::new(),
+            base: HashMap::new(),
+            events: HashMap::new(),
+            event_ids: Default::default(),
+            sample: Vec::new(),
+            users: HashMap::new(),
+            first_ms: i64::MAX,
+            last_ms: i64::MIN,
+            requests: 0,
+        }
+    }
+
+    /// The earliest request seen, ms since the epoch (`None` before any).
+    pub fn first_ms(&self) -> Option<i64> {
+        (self.requests > 0).then_some(self.first_ms)
+    }
+
+    /// The latest request seen.
+    pub fn last_ms(&self) -> Option<i64> {
+        (self.requests > 0).then_some(self.last_ms)
+    }
+
+    /// Requests added.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Counts one opportunity.
+    pub fn add(&mut self, o: Opportunity) {
+        let cell = Cell {
+            country: intern(&mut self.countries.0, &mut self.countries.1, &o.country) as u16,
+            device: intern(&mut self.devices.0, &mut self.devices.1, &o.device) as u8,
+            genre: intern(&mut self.genres.0, &mut self.genres.1, &o.genre) as u16,
+            live: o.live,
+            offset_min: o.utc_offset_min.clamp(-16 * 60, 16 * 60) as i16,
+            fits: o.fits,
+        };
+        let cells = &mut self.cells;
+        let c = *self.cell_ix.entry(cell).or_insert_with(|| {
+            cells.push(cell);
+            (cells.len() - 1) as u32
+        });
+        let hour = o.ts_ms.div_euclid(HOUR_MS);
+        self.first_ms = self.first_ms.min(o.ts_ms);
+        self.last_ms = self.last_ms.max(o.ts_ms);
+        self.requests += 1;
+        match &o.event_id {
+            Some(id) => {
+                let e = intern(&mut self.event_ids.0, &mut self.event_ids.1, id) as u32;
+                *self.events.entry((e, c, hour)).or_default() += 1;
+            }
+            None => *self.base.entry((c, hour)).or_default() += 1,
+        }
+        if let Some(request) = o.request {
+            let n = self.users.len() as u32;
+            let user = *self.users.entry(o.user_id).or_insert(n);
+            self.sample.push((hour, user, c, request));
+        }
+    }
+
+    /// The model; forecasts start at `origin_ms` (rounded down to the hour), or after the last
+    /// hour seen.
+    pub fn finish(
+        self,
+        origin_ms: Option<i64>,
+        calendar: Calendar,
+    ) -> Result<TrafficModel, ForecastError> {
+        if self.requests == 0 {
+            return Err(ForecastError::Empty);
+        }
+        let first_hour = self.first_ms.div_euclid(HOUR_MS);
+        let end_hour = self.last_ms.div_euclid(HOUR_MS) + 1;
+        let origin_hour = origin_ms.map_or(end_hour, |o| o.div_euclid(HOUR_MS));
+        let hours = (end_hour.max(origin_hour) - first_hour).max(0) as usize;
+        let origin = (origin_hour - first_hour).max(0) as usize;
+        // The first hour is partial unless the log starts on it.
+        let data_start = usize::from(self.first_ms.rem_euclid(HOUR_MS) > 60_000);
+        let at = |h: i64| (h - first_hour) as u32;
+        let mut total = vec![0.0; hours];
+        let mut baseline: Vec<(u32, u32, u32)> = self
+            .base
+            .into_iter()
+            .map(|((c, h), n)| {
+                total[at(h) as usize] += f64::from(n);
+                (c, at(h), n)
+            })
+            .collect();
+        baseline.sort_unstable();
+        let mut event_counts: Vec<(u32, u32, u32, u32)> = self
+            .events
+            .into_iter()
+            .map(|((e, c, h), n)| (e, c, at(h), n))
+            .collect();
+        event_counts.sort_unstable();
+        let sample = self
+            .sample
+            .into_iter()
+            .map(|(h, user, cell, request)| SampleRow {
+                hour: at(h),
+                user,
+                cell,
+                request,
+            })
+            .collect();
+        Ok(TrafficModel {
+            cfg: self.cfg,
+            first_hour,
+            data_start,
+            origin,
+            hours,
+            countries: self.countries.0,
+            genres: self.genres.0,
+            devices: self.devices.0,
+            cells: self.cells,
+            baseline,
+            event_counts,
+            event_ids: self.event_ids.0,
+            total,
+            sample,
+            calendar,
+            requests: self.requests,
+        })
+    }
+}
+
 impl TrafficModel {
     /// Learns from opportunities (any order). Forecasts start at `origin_ms` (rounded down to
     /// the hour), or after the last hour of the log; opportunities after the origin are kept
@@ -197,92 +351,11 @@ impl TrafficModel {
         calendar: Calendar,
         cfg: ModelConfig,
     ) -> Result<Self, ForecastError> {
-        if opportunities.is_empty() {
-            return Err(ForecastError::Empty);
-        }
-        let first_ms = opportunities.iter().map(|o| o.ts_ms).min().unwrap_or(0);
-        let last_ms = opportunities.iter().map(|o| o.ts_ms).max().unwrap_or(0);
-        let first_hour = first_ms.div_euclid(HOUR_MS);
-        let end_hour = last_ms.div_euclid(HOUR_MS) + 1;
-        let origin_hour = origin_ms.map_or(end_hour, |o| o.div_euclid(HOUR_MS));
-        let hours = (end_hour.max(origin_hour) - first_hour).max(0) as usize;
-        let origin = (origin_hour - first_hour).max(0) as usize;
-        // The first hour is partial unless the log starts on it.
-        let data_start = usize::from(first_ms.rem_euclid(HOUR_MS) > 60_000);
-
-        let (mut countries, mut genres, mut devices) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut cix, mut gix, mut dix) = (HashMap::new(), HashMap::new(), HashMap::new());
-        let mut cells: Vec<Cell> = Vec::new();
-        let mut cell_ix: HashMap<Cell, u32> = HashMap::new();
-        let mut base: HashMap<(u32, u32), u32> = HashMap::new();
-        let mut events: HashMap<(u32, u32, u32), u32> = HashMap::new();
-        let mut event_ids: Vec<String> = Vec::new();
-        let mut eix = HashMap::new();
-        let mut total = vec![0.0; hours];
-        let mut sample = Vec::new();
-        let mut user_ix: HashMap<String, u32> = HashMap::new();
-        let requests = opportunities.len() as u64;
+        let mut b = ModelBuilder::new(cfg);
         for o in opportunities {
-            let cell = Cell {
-                country: intern(&mut countries, &mut cix, &o.country) as u16,
-                device: intern(&mut devices, &mut dix, &o.device) as u8,
-                genre: intern(&mut genres, &mut gix, &o.genre) as u16,
-                live: o.live,
-                offset_min: o.utc_offset_min.clamp(-16 * 60, 16 * 60) as i16,
-                fits: o.fits,
-            };
-            let c = *cell_ix.entry(cell).or_insert_with(|| {
-                cells.push(cell);
-                (cells.len() - 1) as u32
-            });
-            let hour = (o.ts_ms.div_euclid(HOUR_MS) - first_hour) as u32;
-            match &o.event_id {
-                Some(id) => {
-                    let e = intern(&mut event_ids, &mut eix, id) as u32;
-                    *events.entry((e, c, hour)).or_default() += 1;
-                }
-                None => {
-                    *base.entry((c, hour)).or_default() += 1;
-                    total[hour as usize] += 1.0;
-                }
-            }
-            if let Some(request) = o.request {
-                let n = user_ix.len() as u32;
-                let user = *user_ix.entry(o.user_id).or_insert(n);
-                sample.push(SampleRow {
-                    hour,
-                    user,
-                    cell: c,
-                    request,
-                });
-            }
+            b.add(o);
         }
-        let mut baseline: Vec<(u32, u32, u32)> =
-            base.into_iter().map(|((c, h), n)| (c, h, n)).collect();
-        baseline.sort_unstable();
-        let mut event_counts: Vec<(u32, u32, u32, u32)> = events
-            .into_iter()
-            .map(|((e, c, h), n)| (e, c, h, n))
-            .collect();
-        event_counts.sort_unstable();
-        Ok(Self {
-            cfg,
-            first_hour,
-            data_start,
-            origin,
-            hours,
-            countries,
-            genres,
-            devices,
-            cells,
-            baseline,
-            event_counts,
-            event_ids,
-            total,
-            sample,
-            calendar,
-            requests,
-        })
+        b.finish(origin_ms, calendar)
     }
 
     /// Where forecasts start, ms since the epoch.

@@ -61,35 +61,46 @@ pub fn decision_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Reads a decision log; viewers under `sample_rate` keep their whole requests.
+/// Reads a decision log into memory; viewers under `sample_rate` keep their whole requests.
 pub fn read_log(path: &Path, sample_rate: f64) -> Result<LogRead, String> {
+    let mut opportunities = Vec::new();
+    let (files, problems) = read_each(path, sample_rate, |o| opportunities.push(o))?;
+    Ok(LogRead {
+        opportunities,
+        files,
+        problems,
+    })
+}
+
+/// Reads a decision log file by file, handing each request to `f` (so that a large log need not
+/// fit in memory); the files read, and the files or rows refused.
+pub fn read_each(
+    path: &Path,
+    sample_rate: f64,
+    mut f: impl FnMut(Opportunity),
+) -> Result<(usize, Vec<ReadProblem>), String> {
     let files = decision_files(path)?;
-    let mut out = LogRead {
-        opportunities: Vec::new(),
-        files: 0,
-        problems: Vec::new(),
-    };
+    let (mut read, mut problems) = (0, Vec::new());
     let skipped: Vec<&str> = SKIPPED_TEXT.into_iter().chain(STATE_COLUMNS).collect();
-    for f in &files {
-        let rows = match read_decision_rows(f, &skipped) {
+    for file in &files {
+        let rows = match read_decision_rows(file, &skipped) {
             Ok(rows) => rows,
             Err(e) => {
-                out.problems.push(ReadProblem {
-                    file: f.display().to_string(),
+                problems.push(ReadProblem {
+                    file: file.display().to_string(),
                     error: e.to_string(),
                 });
                 continue;
             }
         };
-        out.files += 1;
+        read += 1;
         let mut bad = 0usize;
         let mut first_bad = None;
         for (i, row) in rows.iter().enumerate() {
             match serde_json::from_str::<AdRequest>(&row.request) {
                 Ok(req) => {
                     let keep = user_draw(&row.user_id) < sample_rate;
-                    out.opportunities
-                        .push(Opportunity::of(&req, row.ts_ms, keep));
+                    f(Opportunity::of(&req, row.ts_ms, keep));
                 }
                 Err(e) => {
                     bad += 1;
@@ -98,11 +109,11 @@ pub fn read_log(path: &Path, sample_rate: f64) -> Result<LogRead, String> {
             }
         }
         if let Some(first) = first_bad {
-            out.problems.push(ReadProblem {
-                file: f.display().to_string(),
+            problems.push(ReadProblem {
+                file: file.display().to_string(),
                 error: format!("{bad} rows without a readable request, skipped (first: {first})"),
             });
         }
     }
-    Ok(out)
+    Ok((read, problems))
 }
