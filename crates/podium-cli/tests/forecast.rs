@@ -179,6 +179,20 @@ async fn forecasts_avails_backtests_and_answers_over_the_admin_api() {
         dir,
     );
     assert!(!ok && stderr.contains("needs it to run until"), "{stderr}");
+    let (ok, _, stderr) = podium(
+        &[
+            "forecast",
+            "backtest",
+            "--log",
+            "traffic/logs",
+            "--train-days",
+            "3",
+            "--horizon-days",
+            "1",
+        ],
+        dir,
+    );
+    assert!(!ok && stderr.contains("at least 7 days"), "{stderr}");
 
     // A truncated file is named; what the others hold is still forecast and printed.
     let logs = dir.join("traffic/logs/decisions");

@@ -147,6 +147,14 @@ pub fn backtest_built(
     }
     let requests = builder.requests();
     let model = builder.finish(Some(origin), calendar)?;
+    // As a forecast would: every hour of the week must have been seen.
+    if model.history_days() < model.cfg.min_history_days {
+        return Err(ForecastError::TooLittleHistory {
+            days: model.history_days(),
+            needed: model.cfg.min_history_days,
+            origin: iso(origin),
+        });
+    }
     let mut results = Vec::new();
     for text in slices(&model) {
         let Ok(t) = Targeting::parse(&text) else {

@@ -431,3 +431,20 @@ fn the_plot_sets_last_weeks_forecast_against_what_happened() {
     let page = chart.page("");
     assert!(page.contains("<svg") && page.contains("forecast a week before"));
 }
+
+#[test]
+fn a_backtest_needs_a_week_of_history() {
+    let w = world(2, 3);
+    let e = backtest(
+        w.opps,
+        w.calendar,
+        &BacktestConfig {
+            train_days: 3,
+            horizon_days: 1,
+            ..Default::default()
+        },
+        exact_cfg(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, ForecastError::TooLittleHistory { .. }), "{e}");
+}
