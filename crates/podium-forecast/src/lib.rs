@@ -25,7 +25,7 @@ pub use backtest::{backtest, backtest_built, BacktestConfig, BacktestReport, Sli
 pub use model::{ForecastError, ModelBuilder, ModelConfig, TrafficModel, VolumeForecast, Window};
 pub use opportunity::Opportunity;
 pub use query::Targeting;
-pub use read::{read_each, read_log, LogRead, ReadProblem};
+pub use read::{read_each, ReadProblem};
 
 /// Parses a window bound: RFC 3339 (`2026-12-01T00:00:00Z`) or a date (`2026-12-01`, UTC
 /// midnight).

@@ -26,16 +26,6 @@ pub struct ReadProblem {
     pub error: String,
 }
 
-/// What reading a log gave.
-pub struct LogRead {
-    /// Every readable request.
-    pub opportunities: Vec<Opportunity>,
-    /// Files read.
-    pub files: usize,
-    /// Files or rows refused.
-    pub problems: Vec<ReadProblem>,
-}
-
 /// The decision files of a log: `DIR/decisions/*.parquet`, `DIR/*.parquet`, or one file.
 pub fn decision_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     if path.is_file() {
@@ -59,17 +49,6 @@ pub fn decision_files(path: &Path) -> Result<Vec<PathBuf>, String> {
         ));
     }
     Ok(files)
-}
-
-/// Reads a decision log into memory; viewers under `sample_rate` keep their whole requests.
-pub fn read_log(path: &Path, sample_rate: f64) -> Result<LogRead, String> {
-    let mut opportunities = Vec::new();
-    let (files, problems) = read_each(path, sample_rate, |o| opportunities.push(o))?;
-    Ok(LogRead {
-        opportunities,
-        files,
-        problems,
-    })
 }
 
 /// Reads a decision log file by file, handing each request to `f` (so that a large log need not
