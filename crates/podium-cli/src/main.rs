@@ -1,5 +1,6 @@
 //! The `podium` binary.
 
+mod config;
 mod features;
 mod forecast;
 mod loadgen;
@@ -11,12 +12,12 @@ mod sim;
 mod sim_market;
 mod sim_traffic;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::io::IsTerminal;
 
 /// Podium: a real-time ad decisioning engine with its own model-serving tier.
 #[derive(Parser)]
-#[command(name = "podium", version, about, long_about = None)]
+#[command(name = "podium", version, about, long_about = None, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +36,7 @@ enum Command {
     /// Example:
     ///   podium serve --listen 127.0.0.1:8080 --data-dir ./podium-data
     ///   podium serve --workload standard --seed 1
+    ///   podium serve --config deploy/podium.toml    # a fleet server (docs/reliability.md)
     #[command(verbatim_doc_comment)]
     Serve(Box<serve::ServeArgs>),
     /// Send open-loop load to a decision server and report latency percentiles.
@@ -105,7 +107,16 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let serve_options = Cli::command()
+        .find_subcommand("serve")
+        .map(|s| {
+            s.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let argv = config::expand(std::env::args_os().collect(), &serve_options)?;
+    let cli = Cli::parse_from(argv);
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Structured JSON when a machine reads the logs; readable lines on a terminal.
@@ -130,5 +141,27 @@ fn main() -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(args),
         Command::Signals(cmd) => signals::run(cmd),
         Command::Forecast(cmd) => forecast::run(cmd),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_given_again_overrides_the_earlier_one() {
+        // What `--config` relies on: the file's flags come first, the command line's after.
+        let cli = Cli::try_parse_from([
+            "podium",
+            "serve",
+            "--fleet-size=3",
+            "--frequency-store=redis://a",
+            "--fleet-size=5",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(format!("{args:?}").contains("fleet_size: 5"), "{args:?}");
     }
 }

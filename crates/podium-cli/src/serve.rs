@@ -27,9 +27,31 @@ use std::time::{Duration, Instant};
 /// Options of `podium serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// A TOML file of these options (keys in snake_case; a `[fleet]` table with `redis`,
+    /// `nats` and `object_store` switches every backend to its distributed form; see
+    /// deploy/podium.toml). Flags on the command line override it. Also PODIUM_CONFIG.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the decision listener (decide, OpenRTB, VAST, events, inference, metrics).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of the admin listener (publish, promote, rollback, forecasts, the audit trail):
+    /// admin routes are served here only, never on --listen. The default is loopback on a free
+    /// port, printed at start; set a fixed one in production.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    admin_listen: SocketAddr,
+    /// The admin audit trail (JSON Lines, one record per change, synced before the answer)
+    /// [default: <data-dir>/admin-audit.jsonl].
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Where viewers' impressions are counted for frequency caps: `memory` (this process) or
+    /// `redis://host:port[/db]`, shared by a fleet so that a cap holds across servers.
+    #[arg(long, default_value = "memory")]
+    frequency_store: String,
+    /// This server's name in the fleet: its NATS consumer (`podium-features-<id>`) is durable
+    /// under it, so a restart resumes where it stopped [default: <hostname>-<listen port>].
+    #[arg(long, env = "PODIUM_SERVER_ID")]
+    server_id: Option<String>,
     /// Which world to serve. Unset: the standard workload if --data-dir holds a workload.json
     /// (as `podium sim gen` writes), else the demo.
     #[arg(long, value_enum)]
@@ -294,6 +316,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
     let pool = ComputePool::new(args.compute_threads);
     let mut admission = AdmissionConfig::for_threads(pool.threads());
     if args.max_in_flight > 0 {
@@ -317,6 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
         state.set_tracer(tracer);
     }
+    state.set_admin_url(format!("http://{admin_addr}"));
     let log = MemoryLog::spawn(args.log_capacity.max(1));
     state.set_log(log.clone());
     let public = args
@@ -335,6 +362,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Write errors are ignored: a caller that closed our stdout must not take the server down.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "podium listening on http://{addr}");
+    let _ = writeln!(out, "podium admin API on http://{admin_addr}");
     let _ = writeln!(
         out,
         "try: curl -s http://{addr}/v1/decide -H 'content-type: application/json' -d '{{\"request_id\":\"r-1\",\"user\":{{\"id\":\"u-123\",\"country\":\"US\",\"device\":\"tv\"}},\"content\":{{\"id\":\"title-42\",\"genre\":\"drama\",\"live\":false}},\"breaks\":[{{\"id\":\"b1\",\"position\":\"midroll\",\"max_ads\":4,\"max_duration_s\":90}}]}}'"
@@ -359,9 +387,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin = match (&registry, &args.admin_token) {
         (Some(r), Some(token)) if !token.is_empty() => {
             podium_server::admin_router(r.clone(), token.clone())
-        }
-        (None, Some(_)) => {
-            anyhow::bail!("--admin-token needs --registry: the admin API manages the registry")
         }
         _ => axum::Router::new(),
     };
@@ -417,6 +442,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--fleet-size must be between 1 and 10000"
     );
     let fleet_size = args.fleet_size;
+    let fleet = FleetIdentity::of(&args, &data_dir)?;
+    let frequency_store: Option<Arc<dyn podium_pacing::FrequencyStore>> =
+        match args.frequency_store.as_str() {
+            "memory" => None,
+            url if url.starts_with("redis://") => Some(Arc::new(
+                podium_pacing::RedisFrequencyStore::connect(
+                    url,
+                    podium_auction::MAX_CAP_WINDOW_S as i64 * 1000,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("--frequency-store: {e}: is Redis running?"))?,
+            )),
+            other => anyhow::bail!(
+                "--frequency-store must be `memory` or redis://host:port, got {other:?}"
+            ),
+        };
     let (store, snapshot) = open_store(&args, &data_dir).await?;
     let logs = open_logs(&args, &data_dir, log)?;
     let features = FeatureSetup {
@@ -439,6 +480,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || world.build(config, sink, pool, &features))
                 .await
                 .context("loading the world")??;
+        if let Some(store) = frequency_store {
+            engine.use_frequency_store(store);
+        }
         start_stream(
             &loader_state,
             &engine,
@@ -447,6 +491,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             events,
             events_log,
             tiles,
+            &fleet,
         );
         engine.warm_up(20).await;
         tracing::info!(
@@ -493,10 +538,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
 
+    // The admin API on its own socket: nothing under /v1/admin answers on the decision one.
+    let audit_path = args
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| data_dir.join("admin-audit.jsonl"));
+    let audit = podium_server::AuditLog::open(&audit_path, args.admin_token.clone())
+        .with_context(|| format!("opening the admin audit trail {}", audit_path.display()))?;
+    let admin_server = axum::serve(
+        admin_listener,
+        podium_server::admin_app(admin, audit).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal());
+    let admin_task = tokio::spawn(async move {
+        if let Err(e) = admin_server.await {
+            tracing::error!(error = %e, "the admin listener stopped");
+        }
+    });
     let mut server = std::pin::pin!(podium_server::serve_with(
         listener,
         state,
-        admin,
+        axum::Router::new(),
         shutdown_signal()
     ));
     tokio::select! {
@@ -509,6 +571,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let served = server.await.context("serving HTTP");
+    admin_task.abort();
     let _ = tokio::task::spawn_blocking(move || traces.flush_traces()).await;
     stop_stream().await;
     if let Some(s) = &snapshot {
@@ -698,6 +761,41 @@ impl EventSource {
     }
 }
 
+/// Who this server is in a fleet, and where it spools events NATS did not take.
+struct FleetIdentity {
+    server_id: String,
+    spool_dir: PathBuf,
+}
+
+impl FleetIdentity {
+    fn of(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Self> {
+        let server_id = match &args.server_id {
+            Some(id) => id.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "podium".into());
+                format!("{host}-{}", args.listen.port())
+            }
+        };
+        // NATS consumer names allow no whitespace, dots, `*` or `>`.
+        anyhow::ensure!(
+            !server_id.is_empty()
+                && server_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "--server-id must be letters, digits, '-' or '_', got {server_id:?}"
+        );
+        Ok(Self {
+            server_id,
+            spool_dir: data_dir.join("events-spool"),
+        })
+    }
+}
+
 /// Starts the stream aggregator that folds events into the engine's online store.
 fn start_stream(
     state: &AppState,
@@ -707,6 +805,7 @@ fn start_stream(
     source: EventSource,
     log: Option<Arc<ParquetLog<Event>>>,
     tiles: PathBuf,
+    fleet: &FleetIdentity,
 ) {
     // Accepted impressions (once per event id) count toward the viewer's frequency caps.
     let caps = |a: Aggregator| {
@@ -714,7 +813,11 @@ fn start_stream(
         a.with_applied(Box::new(move |e: &Event| {
             // Tracking events name the ad they report on (`trk:<request>:<break>:<seq>:<event>`):
             // impressions and outcomes join the models' predictions for it.
-            if let Some((ad, _)) = e.id.strip_prefix("trk:").and(e.id.rsplit_once(':')) {
+            let ad =
+                e.id.strip_prefix("trk:")
+                    .and(e.id.rsplit_once(':'))
+                    .map(|(ad, _)| ad);
+            if let Some(ad) = ad {
                 let calibration = engine.calibration();
                 match e.kind {
                     podium_features::EventType::Impression => calibration.impression(ad, e.ts_ms),
@@ -730,7 +833,7 @@ fn start_stream(
                     e.entity_id(podium_features::Entity::User),
                     e.entity_id(podium_features::Entity::LineItem),
                 ) {
-                    engine.record_impression(user, li, e.ts_ms, e.value);
+                    engine.record_impression(user, li, e.ts_ms, e.value, ad, &e.id);
                 }
             }
         }))
@@ -765,7 +868,10 @@ fn start_stream(
             let stats = aggregator.stats();
             // Bounded: a flood of posted events waits for the aggregator instead of growing.
             let (sender, rx) = tokio::sync::mpsc::channel(16_384);
-            state.set_event_ingest(podium_server::events::EventIngest { sender, stats });
+            state.set_event_ingest(podium_server::events::EventIngest {
+                sink: podium_server::events::EventSink::InProcess(sender),
+                stats,
+            });
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(podium_features::stream::run_in_process_saving(
                 aggregator,
@@ -780,13 +886,26 @@ fn start_stream(
             }
         }
         EventSource::Nats(url) => {
-            state.set_stream_stats(stats);
+            // Every server reads the whole stream (its own durable consumer), so each has every
+            // viewer's windows; effects that must happen once are idempotent by event id (caps)
+            // or owned by the server that placed the ad (spend).
+            let mut consume = NatsConfig::new(url.clone());
+            consume.durable = format!("podium-features-{}", fleet.server_id);
+            engine.confirm_own_ads_only();
+            match podium_features::Publisher::start(NatsConfig::new(url), &fleet.spool_dir) {
+                Ok(publisher) => state.set_event_ingest(podium_server::events::EventIngest {
+                    sink: podium_server::events::EventSink::Nats(publisher),
+                    stats,
+                }),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    dir = %fleet.spool_dir.display(),
+                    "event spool unusable: this server takes no events over HTTP"
+                ),
+            }
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(podium_features::stream::run_nats(
-                aggregator,
-                NatsConfig::new(url),
-                store,
-                stop,
+                aggregator, consume, store, stop,
             ));
             if let Ok(mut slot) = STREAM_STOP.lock() {
                 *slot = Some((stop_tx, task));

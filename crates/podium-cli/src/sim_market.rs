@@ -465,6 +465,8 @@ fn respond(
                 ad.line_item_id.as_str(),
                 now,
                 Some(price),
+                None,
+                "",
             );
             let (p_click, p_complete) = frame
                 .as_ref()

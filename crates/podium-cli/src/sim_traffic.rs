@@ -310,6 +310,8 @@ async fn decide(engine: Engine, t: TimedRequest) -> Outcome {
                 ad.line_item_id.as_str(),
                 t.ts_ms,
                 Some(ad.price_cpm.as_units()),
+                None,
+                "",
             );
         }
     }

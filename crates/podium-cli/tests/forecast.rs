@@ -209,7 +209,7 @@ async fn forecasts_avails_backtests_and_answers_over_the_admin_api() {
     )
     .await;
     let (status, body) = server
-        .post(
+        .admin_post(
             "/v1/admin/forecast/avails",
             r#"{"targeting": "country=US, device=tv, duration=30", "start": "2026-10-13", "end": "2026-10-20", "cap": "2/day"}"#,
         )
@@ -217,7 +217,7 @@ async fn forecasts_avails_backtests_and_answers_over_the_admin_api() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(num(&body, "opportunities"), opp, "{body}");
     let (status, body) = server
-        .post(
+        .admin_post(
             "/v1/admin/forecast/avails",
             r#"{"targeting": "genre=opera", "start": "2026-10-13", "end": "2026-10-20"}"#,
         )
@@ -225,11 +225,11 @@ async fn forecasts_avails_backtests_and_answers_over_the_admin_api() {
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("opera"), "{body}");
     let (status, _) = server
-        .post("/v1/admin/forecast/avails", r#"{"start": "x"}"#)
+        .admin_post("/v1/admin/forecast/avails", r#"{"start": "x"}"#)
         .await;
     assert_eq!(status, 400);
     let page = server
-        .get_text("/v1/admin/forecast/plot?targeting=device=tv")
+        .admin_get_text("/v1/admin/forecast/plot?targeting=device=tv")
         .await;
     assert!(
         page.contains("<svg") && page.contains("device=tv"),
@@ -239,4 +239,9 @@ async fn forecasts_avails_backtests_and_answers_over_the_admin_api() {
         .get_text("/dashboard")
         .await
         .contains("/v1/admin/forecast/plot"));
+    // The decision listener has no admin route.
+    let (status, _) = server
+        .post("/v1/admin/forecast/avails", r#"{"start": "2026-10-13"}"#)
+        .await;
+    assert_eq!(status, 404);
 }

@@ -256,7 +256,7 @@ async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_roll
     let client = reqwest::Client::new();
     let promote = |token: &'static str| {
         client
-            .post(server.url("/v1/admin/models/ctr/promote"))
+            .post(server.admin_url("/v1/admin/models/ctr/promote"))
             .bearer_auth(token)
             .json(&json!({"version": "11", "stage": "production", "why": "over HTTP"}))
             .send()

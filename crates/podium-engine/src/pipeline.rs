@@ -1,7 +1,7 @@
 //! The pipeline itself.
 
 use crate::experiments::{Assignment, Experiments};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use podium_auction::pod::{solve_pod, PodCandidate, PodCreative, PodOutcome};
 use podium_auction::{
     ecpm, static_floor, CapScope, DynamicReserve, Goal, Marketplace, TargetingIndex,
@@ -234,7 +234,7 @@ impl MarketSnapshot {
         &self,
         req: &AdRequest,
         eligible: &mut Vec<u32>,
-        freq: &dyn FrequencyStore,
+        history: Result<Vec<(u64, i64)>, String>,
         now_ms: i64,
     ) -> Vec<(u64, i64)> {
         let items = &self.marketplace.line_items;
@@ -250,10 +250,15 @@ impl MarketSnapshot {
                     })
             });
         }
-        let history = if self.any_caps {
-            freq.history(req.user.id.as_str())
-        } else {
-            Vec::new()
+        let history = match history {
+            Ok(h) => h,
+            Err(_) => {
+                // Caps that cannot be read are treated as reached: a capped line item sits the
+                // request out rather than risk going over.
+                let items = &self.marketplace.line_items;
+                eligible.retain(|&i| items[i as usize].caps.is_empty());
+                Vec::new()
+            }
         };
         if !history.is_empty() {
             eligible.retain(|&i| !self.capped(i, &history, now_ms, &[]));
@@ -472,7 +477,11 @@ struct Inner {
     models: ArcSwap<ModelSet>,
     hydrator: Hydrator,
     spend: Arc<dyn SpendStore>,
-    freq: Arc<dyn FrequencyStore>,
+    freq: ArcSwap<Arc<dyn FrequencyStore>>,
+    /// With a fleet's shared event stream every server sees every impression: only the server
+    /// that placed an ad confirms its spend. Ads this server placed (tracking key → when), kept
+    /// while their reservations may still be confirmed; `None` when this server confirms all.
+    placed_ads: ArcSwapOption<dashmap::DashMap<String, i64>>,
     pacing: ArcSwap<crate::pacing::Pacing>,
     calibration: Arc<podium_monitor::Calibration>,
     sink: Arc<dyn DecisionSink>,
@@ -776,9 +785,10 @@ impl Engine {
                 models: ArcSwap::from_pointee(models),
                 hydrator,
                 spend,
-                freq: Arc::new(MemoryFrequencyStore::new(
+                freq: ArcSwap::from_pointee(Arc::new(MemoryFrequencyStore::new(
                     podium_auction::MAX_CAP_WINDOW_S as i64 * 1000,
-                )),
+                ))),
+                placed_ads: ArcSwapOption::empty(),
                 pacing: ArcSwap::from_pointee(crate::pacing::Pacing::embedded()),
                 calibration: Arc::new(podium_monitor::Calibration::new(Default::default())),
                 sink,
@@ -789,15 +799,19 @@ impl Engine {
 
     /// An impression of a line item played (from the event path, after deduplication): it
     /// counts toward the viewer's frequency caps and, when the event carries its price (`value`,
-    /// the CPM paid), confirms the spend reserved when it was decided. An id the marketplace does
-    /// not know is ignored (it may be from before a marketplace change); returns whether it was
-    /// counted.
+    /// the CPM paid), confirms the spend reserved when it was decided. `ad` is the tracking key
+    /// of the placed ad (`trk:<request>:<break>:<seq>`) and `event_id` the event's id. In a fleet
+    /// ([`Engine::confirm_own_ads_only`]) only the server that placed `ad` confirms its spend. An
+    /// id the marketplace does not know is ignored (it may be from before a marketplace
+    /// change); returns whether it was counted.
     pub fn record_impression(
         &self,
         user: &str,
         line_item: &str,
         ts_ms: i64,
         price_cpm: Option<f64>,
+        ad: Option<&str>,
+        event_id: &str,
     ) -> bool {
         let market = self.inner.market.load();
         let Some(i) = market.position(&line_item.into()) else {
@@ -805,8 +819,13 @@ impl Engine {
         };
         self.inner
             .freq
-            .record(user, &market.keys[i as usize].caps, ts_ms);
-        if let Some(price) = price_cpm.filter(|p| p.is_finite() && *p >= 0.0) {
+            .load()
+            .record(user, &market.keys[i as usize].caps, ts_ms, event_id);
+        let mine = match &*self.inner.placed_ads.load() {
+            Some(placed) => ad.is_some_and(|a| placed.remove(a).is_some()),
+            None => true,
+        };
+        if let Some(price) = price_cpm.filter(|p| mine && p.is_finite() && *p >= 0.0) {
             let cost = Micros::from_units(price).cpm_to_impression_cost();
             self.inner.pacing.load().confirm(&market, i, cost, ts_ms);
             let li = &market.marketplace.line_items[i as usize];
@@ -817,6 +836,19 @@ impl Engine {
             }
         }
         true
+    }
+
+    /// Counts frequency caps in `store` (a fleet's shared one) instead of this process.
+    pub fn use_frequency_store(&self, store: Arc<dyn FrequencyStore>) {
+        self.inner.freq.store(Arc::new(store));
+    }
+
+    /// For a fleet whose servers all read one event stream: confirm spend only for ads this
+    /// server placed (each impression is then confirmed once, by the server that reserved it).
+    pub fn confirm_own_ads_only(&self) {
+        self.inner
+            .placed_ads
+            .store(Some(Arc::new(dashmap::DashMap::new())));
     }
 
     /// Uses a shared budget ledger (Redis) for a fleet of about `servers`: leases are then taken
@@ -830,6 +862,12 @@ impl Engine {
     /// One step of the pacing control loop (every second or so): reports spend, refills budget
     /// leases, learns traffic and updates every line item's throttle and bid multiplier.
     pub async fn pacing_tick(&self, now_ms: i64) {
+        if let Some(own) = &*self.inner.placed_ads.load() {
+            // An ad unconfirmed this long never played: its reservation has expired too.
+            own.retain(|_, placed| {
+                *placed > now_ms - podium_pacing::LeaseConfig::default().pending_ttl_ms
+            });
+        }
         let market = self.market();
         let pacing = self.inner.pacing.load_full();
         pacing.tick(&market, now_ms).await;
@@ -1054,7 +1092,14 @@ impl Engine {
         let mut eligible = market
             .index
             .eligible_where(&req, ts_ms as i64, |w| open.word(w));
-        let history = market.admit(&req, &mut eligible, inner.freq.as_ref(), ts_ms as i64);
+        let fetched = if market.any_caps {
+            let freq = inner.freq.load_full();
+            freq.history(req.user.id.as_str()).await
+        } else {
+            Ok(Vec::new())
+        };
+        let caps_down = fetched.as_ref().err().cloned();
+        let history = market.admit(&req, &mut eligible, fetched, ts_ms as i64);
         let pacing = inner.pacing.load_full();
         pacing.saw_request();
         let states = pacing.states(&market, ts_ms as i64);
@@ -1077,15 +1122,20 @@ impl Engine {
             .hydrate(&req, inner.config.hydrate_budget.min(deadline.remaining()))
             .await;
         let hydrate_us = us(t.elapsed());
-        let mut degraded: Vec<String> =
-            hydrated
-                .degraded
-                .iter()
-                .map(|d| format!("hydrate: {d}"))
-                .chain(hydrated.signal_fallbacks.iter().map(|(source, why)| {
+        let mut degraded: Vec<String> = hydrated
+            .degraded
+            .iter()
+            .map(|d| format!("hydrate: {d}"))
+            .chain(
+                hydrated.signal_fallbacks.iter().map(|(source, why)| {
                     format!("signal {source}: {}, defaults served", why.as_str())
-                }))
-                .collect();
+                }),
+            )
+            .chain(
+                caps_down
+                    .map(|e| format!("frequency caps unreadable ({e}); capped line items skipped")),
+            )
+            .collect();
 
         let computed = self
             .select(
@@ -1175,6 +1225,7 @@ impl Engine {
         let inner = &self.inner;
         let hydrator = &inner.hydrator;
         let reserve = inner.config.response_reserve;
+        let placed_ads = inner.placed_ads.load_full();
         let mut degraded = Vec::new();
         let mut model_versions = Vec::new();
         let mut note = |s: &Scored| {
@@ -1379,6 +1430,17 @@ impl Engine {
                 .map(|p| {
                     let cand = &candidates[p.candidate];
                     placed_here.push(p.candidate);
+                    if let Some(own) = &placed_ads {
+                        own.insert(
+                            format!(
+                                "trk:{}:{}:{}",
+                                req.request_id.as_str(),
+                                b.id.as_str(),
+                                placed_here.len()
+                            ),
+                            now_ms,
+                        );
+                    }
                     placed.push(cand.line_item);
                     bookings.push((cand.line_item, p.price_cpm));
                     placed_ad(market, b, cand, &p, multipliers[p.candidate])

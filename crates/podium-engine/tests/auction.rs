@@ -157,8 +157,8 @@ async fn caps_blocks_separation_and_guaranteed_priority() {
     assert_eq!(deal_ad.price_cpm, Micros::from_units(5.0), "contract rate");
 
     // One impression of the capped line item: at its cap of one a day for u1, not for u2.
-    assert!(e.record_impression("u1", "capped", now_ms(), None));
-    assert!(!e.record_impression("u1", "no-such-line-item", now_ms(), None));
+    assert!(e.record_impression("u1", "capped", now_ms(), None, None, "e1"));
+    assert!(!e.record_impression("u1", "no-such-line-item", now_ms(), None, None, "e2"));
     let d = e
         .decide(
             request("r2", "u1", 4, 60, PodRules::default()),

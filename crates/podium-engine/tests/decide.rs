@@ -183,7 +183,7 @@ async fn a_line_item_never_reserves_more_than_its_daily_budget() {
     }
     // An impression confirms spend; its line item closes once its budget is spent.
     let (li, _) = reserved.iter().next().unwrap();
-    assert!(engine.record_impression("u-42", li.as_str(), 1, Some(50.0)));
+    assert!(engine.record_impression("u-42", li.as_str(), 1, Some(50.0), None, "e1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,6 +215,8 @@ async fn decide_at_runs_on_the_simulated_clock_and_each_simulated_day_has_its_bu
                     a.line_item_id.as_str(),
                     now as i64,
                     Some(a.price_cpm.as_units()),
+                    None,
+                    "",
                 );
             }
         }

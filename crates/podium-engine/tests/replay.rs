@@ -77,6 +77,8 @@ async fn decided(exploration: f64, n: usize) -> (Engine, Vec<DecisionRecord>) {
                         a.line_item_id.as_str(),
                         r.ts_ms as i64,
                         Some(a.price_cpm.0 as f64 / 1e6),
+                        None,
+                        "",
                     );
                 }
             }

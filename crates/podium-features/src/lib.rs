@@ -10,6 +10,7 @@ pub mod cache;
 pub mod definitions;
 pub mod hydrate;
 pub mod offline;
+pub mod publish;
 pub mod redis_store;
 pub mod signals;
 pub mod space;
@@ -24,6 +25,7 @@ pub use offline::{
     backfill, consistency, read_events, read_served, write_events, ConsistencyReport,
     EventLogWriter, OfflineError, QueryPoint, RollPolicy, ServedLogWriter, ServedRow,
 };
+pub use publish::Publisher;
 pub use redis_store::{RedisOptions, RedisStore};
 pub use signals::{Signals, SourceDef};
 pub use space::{FeatureSpace, FeatureSpec, Source};

@@ -584,14 +584,7 @@ async fn open_consumer(
         .await
         .map_err(|e| err("connect")(&e))?;
     let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
-            name: cfg.stream.clone(),
-            subjects: vec![cfg.subject.clone()],
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err("stream")(&e))?;
+    let stream = ensure_stream(&js, cfg).await?;
     stream
         .get_or_create_consumer(
             &cfg.durable,
@@ -599,11 +592,35 @@ async fn open_consumer(
                 durable_name: Some(cfg.durable.clone()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
+                // A server gone for good (a replaced pod) leaves its consumer behind; JetStream
+                // removes it after a day without a pull.
+                inactive_threshold: Duration::from_secs(86_400),
                 ..Default::default()
             },
         )
         .await
         .map_err(|e| err("consumer")(&e))
+}
+
+/// The event stream, created when missing: events are kept a week (longer than any feature
+/// window a new server must rebuild from them), duplicates by `Nats-Msg-Id` dropped within two
+/// minutes.
+pub async fn ensure_stream(
+    js: &async_nats::jetstream::Context,
+    cfg: &NatsConfig,
+) -> Result<async_nats::jetstream::stream::Stream, NatsError> {
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![cfg.subject.clone()],
+        max_age: Duration::from_secs(7 * 86_400),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError {
+        what: "stream",
+        message: e.to_string(),
+    })
 }
 
 /// Consumes events from JetStream until `stop` turns true, then returns the aggregator.

@@ -20,13 +20,18 @@ pub fn cap_key(scope: &str, id: &str) -> u64 {
     h
 }
 
-/// Where viewers' impressions are counted. The embedded store is in memory.
+/// Where viewers' impressions are counted. The embedded store is in memory; the Redis one is
+/// shared by a fleet.
+#[async_trait::async_trait]
 pub trait FrequencyStore: Send + Sync {
-    /// Records one impression of `user` under each of `keys` at `ts_ms`.
-    fn record(&self, user: &str, keys: &[u64], ts_ms: i64);
+    /// Records one impression of `user` under each of `keys` at `ts_ms`. `event_id` names the
+    /// impression, so that a shared store counts it once however many servers record it. Never
+    /// blocks: a remote store writes behind.
+    fn record(&self, user: &str, keys: &[u64], ts_ms: i64, event_id: &str);
 
-    /// The viewer's remembered impressions, (key, time), oldest first.
-    fn history(&self, user: &str) -> Vec<(u64, i64)>;
+    /// The viewer's remembered impressions, (key, time), oldest first; an error when the store
+    /// cannot be read (the caller then treats every capped line item as capped).
+    async fn history(&self, user: &str) -> Result<Vec<(u64, i64)>, String>;
 }
 
 /// The embedded frequency store: a concurrent map of viewer → recent impressions.
@@ -50,8 +55,9 @@ impl MemoryFrequencyStore {
     }
 }
 
+#[async_trait::async_trait]
 impl FrequencyStore for MemoryFrequencyStore {
-    fn record(&self, user: &str, keys: &[u64], ts_ms: i64) {
+    fn record(&self, user: &str, keys: &[u64], ts_ms: i64, _event_id: &str) {
         let mut h = self.users.entry(user.to_string()).or_default();
         // Events arrive nearly in order; insert keeps the list sorted by time when they do not.
         let at = h.partition_point(|&(_, t)| t <= ts_ms);
@@ -62,8 +68,170 @@ impl FrequencyStore for MemoryFrequencyStore {
         h.drain(..keep_from.max(over));
     }
 
-    fn history(&self, user: &str) -> Vec<(u64, i64)> {
+    async fn history(&self, user: &str) -> Result<Vec<(u64, i64)>, String> {
+        Ok(self.history_now(user))
+    }
+}
+
+impl MemoryFrequencyStore {
+    /// A viewer's impressions, without the async wrapper.
+    pub fn history_now(&self, user: &str) -> Vec<(u64, i64)> {
         self.users.get(user).map_or_else(Vec::new, |h| h.clone())
+    }
+}
+
+/// Frequency caps in Redis, shared by a fleet: one sorted set per viewer,
+/// `podium:caps:{<user>}`, whose members are `<key>:<event id>` scored by time. Adding the same
+/// impression twice (every server of a fleet records what the event stream carries) leaves one
+/// member, so each impression counts once. Writes go behind through a bounded queue drained by
+/// one task in pipelines; while Redis is down they wait in the queue and are retried, and past
+/// the queue's size the newest are dropped (and counted).
+pub struct RedisFrequencyStore {
+    conn: redis::aio::ConnectionManager,
+    horizon_ms: i64,
+    deadline: std::time::Duration,
+    writes: tokio::sync::mpsc::Sender<(String, Vec<u64>, i64, String)>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    shown: String,
+}
+
+impl RedisFrequencyStore {
+    /// Connects to `redis://host:port[/db]`; impressions older than `horizon_ms` are forgotten.
+    /// Starts the write-behind task on the current tokio runtime.
+    pub async fn connect(url: &str, horizon_ms: i64) -> Result<Self, String> {
+        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+        let shown = crate::ledger::redact(url);
+        let client = redis::Client::open(url).map_err(|e| format!("{shown}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(250)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(250)))
+            .set_number_of_retries(0);
+        let conn = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| format!("connecting to {shown}: no answer within 1 s"))?
+        .map_err(|e| format!("connecting to {shown}: {e}"))?;
+        let (writes, rx) = tokio::sync::mpsc::channel(100_000);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(write_behind(conn.clone(), rx, horizon_ms, shown.clone()));
+        Ok(Self {
+            conn,
+            horizon_ms,
+            deadline: std::time::Duration::from_millis(250),
+            writes,
+            dropped,
+            shown,
+        })
+    }
+
+    /// Impressions dropped because the write queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn key(user: &str) -> String {
+        format!("podium:caps:{{{user}}}")
+    }
+}
+
+/// Drains the write queue into Redis, a pipeline per batch; a failed batch is retried (after a
+/// pause) until it lands, so an outage delays impressions rather than losing them.
+async fn write_behind(
+    mut conn: redis::aio::ConnectionManager,
+    mut rx: tokio::sync::mpsc::Receiver<(String, Vec<u64>, i64, String)>,
+    horizon_ms: i64,
+    shown: String,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        for (user, keys, ts_ms, event_id) in &batch {
+            let key = RedisFrequencyStore::key(user);
+            for k in keys {
+                pipe.zadd(&key, format!("{k:016x}:{event_id}"), *ts_ms)
+                    .ignore();
+            }
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(format!("({}", ts_ms - horizon_ms))
+                .ignore();
+            pipe.cmd("ZREMRANGEBYRANK")
+                .arg(&key)
+                .arg(0)
+                .arg(-(MAX_HISTORY as i64) - 1)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(horizon_ms.max(1))
+                .ignore();
+        }
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let sent = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                pipe.query_async::<()>(&mut conn),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, redis = %shown, pending = batch.len(), "frequency caps: write failed; retrying")
+                }
+                Err(_) => {
+                    tracing::warn!(redis = %shown, pending = batch.len(), "frequency caps: write timed out; retrying")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
+        }
+        batch.clear();
+    }
+}
+
+#[async_trait::async_trait]
+impl FrequencyStore for RedisFrequencyStore {
+    fn record(&self, user: &str, keys: &[u64], ts_ms: i64, event_id: &str) {
+        if keys.is_empty() {
+            return;
+        }
+        let item = (user.to_string(), keys.to_vec(), ts_ms, event_id.to_string());
+        if self.writes.try_send(item).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    async fn history(&self, user: &str) -> Result<Vec<(u64, i64)>, String> {
+        let mut conn = self.conn.clone();
+        let read = redis::cmd("ZRANGE")
+            .arg(Self::key(user))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .to_owned();
+        let got = tokio::time::timeout(self.deadline, async move {
+            read.query_async::<Vec<(String, i64)>>(&mut conn).await
+        })
+        .await
+        .map_err(|_| {
+            format!(
+                "frequency caps on {}: no answer within {:?}",
+                self.shown, self.deadline
+            )
+        })?
+        .map_err(|e| format!("frequency caps on {}: {e}", self.shown))?;
+        let newest = got.last().map_or(0, |(_, t)| *t);
+        Ok(got
+            .into_iter()
+            .filter(|(_, t)| *t >= newest - self.horizon_ms)
+            .filter_map(|(member, t)| {
+                let hex = member.split(':').next()?;
+                u64::from_str_radix(hex, 16).ok().map(|k| (k, t))
+            })
+            .collect())
     }
 }
 
@@ -83,18 +251,18 @@ mod tests {
         let li = cap_key("line_item", "li-1");
         let adv = cap_key("advertiser", "adv-1");
         assert_ne!(li, cap_key("advertiser", "li-1"), "scopes do not collide");
-        s.record("u1", &[li, adv], 1_000);
-        s.record("u1", &[li, adv], 5_000);
+        s.record("u1", &[li, adv], 1_000, "e1");
+        s.record("u1", &[li, adv], 5_000, "e2");
         // Out of order: still counted at its own time.
-        s.record("u1", &[adv], 3_000);
-        let h = s.history("u1");
+        s.record("u1", &[adv], 3_000, "e3");
+        let h = s.history_now("u1");
         assert_eq!(count_since(&h, li, 0), 2);
         assert_eq!(count_since(&h, adv, 0), 3);
         assert_eq!(count_since(&h, adv, 2_000), 2);
-        assert!(s.history("u2").is_empty());
+        assert!(s.history_now("u2").is_empty());
         // A day later the first three are past the horizon.
-        s.record("u1", &[li], 86_400_000 + 4_000);
-        let h = s.history("u1");
+        s.record("u1", &[li], 86_400_000 + 4_000, "e4");
+        let h = s.history_now("u1");
         assert_eq!(count_since(&h, adv, 0), 1);
         assert_eq!(count_since(&h, li, 0), 2);
     }

@@ -26,7 +26,7 @@ pub mod ledger;
 
 pub use budget::{local_day, BudgetError, BudgetSpec, LifetimeSpread, LocalDay, TimeZone};
 pub use calendar::{Calendar, LiveEvent};
-pub use caps::{cap_key, count_since, FrequencyStore, MemoryFrequencyStore};
+pub use caps::{cap_key, count_since, FrequencyStore, MemoryFrequencyStore, RedisFrequencyStore};
 pub use controller::{Controller, PacingMode, PacingState, PidParams, PidTarget};
 pub use forecast::TrafficForecast;
 pub use guaranteed::{allocation_rate, draw, Delivery};

@@ -1,6 +1,6 @@
-//! Admin HTTP API over the model registry: list models, read a model's history, promote and roll
-//! back. Publishing is not here (bundles are uploaded with `podium model publish`), and neither
-//! is loading: serving follows the registry by polling its stages.
+//! Admin HTTP API over the model registry: list models, read a model's history, publish a bundle
+//! (a tar archive of its directory), promote and roll back. Loading is not here: serving follows
+//! the registry by polling its stages, so a change made through one server reaches the fleet.
 //!
 //! Every route needs `Authorization: Bearer <token>`; changes are recorded as by `admin-api`.
 
@@ -35,7 +35,7 @@ pub fn admin_router(registry: Registry, token: String) -> Router {
         token: token.into(),
     };
     Router::new()
-        .route("/v1/admin/models", get(list_models))
+        .route("/v1/admin/models", get(list_models).post(publish))
         .route("/v1/admin/models/{name}/history", get(history))
         .route("/v1/admin/models/{name}/promote", post(promote))
         .route("/v1/admin/models/{name}/rollback", post(rollback))
@@ -130,6 +130,53 @@ async fn list_models(State(state): State<AdminState>) -> Response {
 async fn history(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
     match state.registry.history(&name).await {
         Ok(h) => Json(json!({"name": name, "history": h})).into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+/// `POST /v1/admin/models` with a tar archive of a bundle directory (`tar -cf - -C bundle .`):
+/// validated like `podium model publish` (golden rows scored, checksums checked) and uploaded.
+async fn publish(State(state): State<AdminState>, body: Bytes) -> Response {
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a tar archive of the bundle directory (tar -cf - -C bundle .)",
+        );
+    }
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("temp dir: {e}")),
+    };
+    let target = dir.path().to_path_buf();
+    // Unpacking is blocking I/O; `unpack` refuses entries that would land outside `target`.
+    let unpacked = tokio::task::spawn_blocking(move || {
+        tar::Archive::new(std::io::Cursor::new(body)).unpack(&target)
+    })
+    .await;
+    match unpacked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a readable tar archive of a bundle: {e}"),
+            )
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    // An archive of the directory itself (`tar -cf - bundle`) holds one folder: use it.
+    let mut root = dir.path().to_path_buf();
+    if !root.join("model.toml").exists() {
+        let entries: Vec<_> = std::fs::read_dir(&root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let [only] = entries.as_slice() {
+            if only.join("model.toml").exists() {
+                root = only.clone();
+            }
+        }
+    }
+    match state.registry.publish(&root, ADMIN_BY).await {
+        Ok(p) => (StatusCode::CREATED, Json(p)).into_response(),
         Err(e) => registry_error(e),
     }
 }

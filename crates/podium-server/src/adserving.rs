@@ -475,20 +475,13 @@ pub async fn track(
     });
     let ingest = state.events().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "this server reads events from NATS JetStream; tracking pixels need --events http",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the event stream is not started yet; retry shortly",
         )
     })?;
     ingest
-        .sender
-        .send(serde_json::to_vec(&body).unwrap_or_default())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event aggregator has stopped",
-            )
-        })?;
+        .submit(vec![serde_json::to_vec(&body).unwrap_or_default()])
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

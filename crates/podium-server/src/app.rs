@@ -25,6 +25,45 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest Open Inference Protocol request body (batches of rows are larger than ad requests).
 pub const MAX_INFER_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Largest total size of a request's header fields (names and values); more gets 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most header fields in one request; more gets 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// Longest request target (path and query); longer gets 414.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Refuses requests whose target or headers are over the limits before any handler reads
+/// them: a decision server's requests are small, and a huge cookie or query string is either a
+/// bug or an attack.
+async fn limit_request_head(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let uri_len = request.uri().path().len() + request.uri().query().map_or(0, |q| q.len() + 1);
+    if uri_len > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("request target is {uri_len} bytes; the limit is {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "{} header fields of {bytes} bytes; the limits are {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// What handlers share. The engine is set once models are loaded and warm; until then decisions
 /// answer 503 and `/readyz` says so.
 #[derive(Clone)]
@@ -39,13 +78,13 @@ pub struct AppState {
     batchers: Arc<dashmap::DashMap<(String, String), podium_serving::MicroBatcher>>,
     lifecycle: Arc<OnceLock<podium_lifecycle::Lifecycle>>,
     events: Arc<OnceLock<crate::events::EventIngest>>,
-    stream_stats: Arc<OnceLock<Arc<podium_features::StreamStats>>>,
     public_urls: Arc<OnceLock<crate::adserving::PublicUrls>>,
     shader: Arc<podium_auction::BidShader>,
     live: Arc<crate::live::Live>,
     alerts: Arc<podium_monitor::AlertLog>,
     tracer: Arc<OnceLock<crate::otlp::DecisionTracer>>,
     decision_log: Arc<OnceLock<Arc<podium_log::ParquetLog<podium_features::offline::DecisionRow>>>>,
+    admin_url: Arc<OnceLock<String>>,
 }
 
 impl Default for AppState {
@@ -69,8 +108,8 @@ impl AppState {
             default_tmax,
             batchers: Arc::default(),
             lifecycle: Arc::default(),
+            admin_url: Arc::default(),
             events: Arc::default(),
-            stream_stats: Arc::default(),
             public_urls: Arc::default(),
             shader: Arc::new(crate::adserving::default_shader()),
             live: Arc::default(),
@@ -130,6 +169,16 @@ impl AppState {
     /// The drift alerts raised (calibration and guardrail alerts live with their monitors).
     pub fn alert_log(&self) -> &podium_monitor::AlertLog {
         &self.alerts
+    }
+
+    /// The admin listener's base URL, for the dashboard's links to admin pages.
+    pub fn set_admin_url(&self, url: String) {
+        let _ = self.admin_url.set(url);
+    }
+
+    /// The admin listener's base URL, once set.
+    pub fn admin_url(&self) -> Option<&str> {
+        self.admin_url.get().map(String::as_str)
     }
 
     /// Sets where tracking and notice URLs point (this server as players reach it).
@@ -210,16 +259,6 @@ impl AppState {
         self.events.get()
     }
 
-    /// Reports the counters of a stream consumer fed from elsewhere (NATS JetStream).
-    pub fn set_stream_stats(&self, stats: Arc<podium_features::StreamStats>) {
-        let _ = self.stream_stats.set(stats);
-    }
-
-    /// The counters of the stream consumer fed from elsewhere, if any.
-    pub fn stream_stats(&self) -> Option<&Arc<podium_features::StreamStats>> {
-        self.stream_stats.get()
-    }
-
     /// The registry watcher's status, when serving from a registry.
     pub fn lifecycle_status(&self) -> Option<podium_lifecycle::Status> {
         self.lifecycle.get().map(|l| l.status())
@@ -298,6 +337,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_request_head))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))

@@ -2,7 +2,7 @@
 //! (uPlot, vendored under `assets/`), so that it works with no internet. The page polls the
 //! `/v1/monitor/...` endpoints.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -26,14 +26,18 @@ const ASSETS: [(&str, &str, &str); 3] = [
     ),
 ];
 
-/// `GET /dashboard`.
-pub async fn page() -> Response {
+/// `GET /dashboard`. Links to admin pages point at the admin listener.
+pub async fn page(State(state): State<crate::AppState>) -> Response {
+    let page = match state.admin_url() {
+        Some(admin) => PAGE.replace("href=\"/v1/admin/", &format!("href=\"{admin}/v1/admin/")),
+        None => PAGE.to_string(),
+    };
     (
         [
             (CONTENT_TYPE, "text/html; charset=utf-8"),
             (CACHE_CONTROL, "no-cache"),
         ],
-        PAGE,
+        page,
     )
         .into_response()
 }

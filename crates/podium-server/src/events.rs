@@ -17,17 +17,54 @@ use tokio::sync::mpsc;
 /// Largest event batch accepted in one `POST /v1/events`.
 pub const MAX_EVENTS_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Where ingested events go: the in-process bus of the stream aggregator, and its counters.
+/// Where ingested events go, and the counters of the aggregator that reads them.
 #[derive(Clone)]
 pub struct EventIngest {
-    /// The bus's sending side.
-    pub sender: mpsc::Sender<Vec<u8>>,
+    /// The in-process bus, or the fleet's NATS JetStream stream.
+    pub sink: EventSink,
     /// The aggregator's counters.
     pub stats: Arc<StreamStats>,
 }
 
+/// Where a server puts the events it takes (posted, or from tracking pixels).
+#[derive(Clone)]
+pub enum EventSink {
+    /// The sending side of this process's aggregator bus.
+    InProcess(mpsc::Sender<Vec<u8>>),
+    /// JetStream, which every server of the fleet consumes (spooled to disk while away).
+    Nats(Arc<podium_features::Publisher>),
+}
+
+impl EventIngest {
+    /// Hands `events` on; returns once they are queued (in process) or acknowledged by
+    /// JetStream or synced to the spool (NATS).
+    pub async fn submit(&self, events: Vec<Vec<u8>>) -> Result<(), ApiError> {
+        match &self.sink {
+            EventSink::InProcess(sender) => {
+                for e in events {
+                    // Back-pressure: the bus is bounded, so a flood waits here rather than
+                    // growing memory.
+                    if sender.send(e).await.is_err() {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the event aggregator has stopped",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            EventSink::Nats(publisher) => publisher.publish(events).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("NATS is unreachable and the event spool cannot be written: {e}"),
+                )
+            }),
+        }
+    }
+}
+
 /// `POST /v1/events`: a JSON array of events, or one event per line (NDJSON). Each event is
-/// queued as sent; the aggregator validates it and counts rejections by reason (see
+/// queued as sent (in a fleet, published to NATS JetStream or spooled to disk); the aggregator validates it and counts rejections by reason (see
 /// `GET /v1/features/stats`). A body that is neither is refused whole with 400, naming the line.
 pub async fn ingest(
     State(state): State<AppState>,
@@ -36,21 +73,13 @@ pub async fn ingest(
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let ingest = state.events().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "this server reads events from NATS JetStream, not over HTTP",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the event stream is not started yet; retry shortly",
         )
     })?;
     let events = split(&body)?;
     let n = events.len();
-    for e in events {
-        // Back-pressure: the bus is bounded, so a flood waits here rather than growing memory.
-        if ingest.sender.send(e).await.is_err() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event aggregator has stopped",
-            ));
-        }
-    }
+    ingest.submit(events).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"queued": n}))).into_response())
 }
 
@@ -125,9 +154,16 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
     }
     if let Some(ingest) = state.events() {
         body["stream"] = stream_json(&ingest.stats);
-    }
-    if let Some(stats) = state.stream_stats() {
-        body["stream"] = stream_json(stats);
+        if let EventSink::Nats(p) = &ingest.sink {
+            let s = p.stats();
+            body["publisher"] = json!({
+                "published": get(&s.published),
+                "spooled": get(&s.spooled),
+                "drained": get(&s.drained),
+                "errors": get(&s.errors),
+                "spool_pending_bytes": p.spool_pending_bytes().await,
+            });
+        }
     }
     Ok(Json(body).into_response())
 }

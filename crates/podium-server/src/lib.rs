@@ -6,6 +6,7 @@ pub mod admission;
 pub mod adserving;
 pub mod api;
 mod app;
+mod audit;
 pub mod dashboard;
 pub mod events;
 pub mod forecast;
@@ -18,5 +19,9 @@ pub mod signal_demo;
 
 pub use admin::admin_router;
 pub use admission::{Admission, AdmissionConfig};
-pub use app::{router, serve, serve_with, AppState, MAX_BODY_BYTES, MAX_INFER_BODY_BYTES};
+pub use app::{
+    router, serve, serve_with, AppState, MAX_BODY_BYTES, MAX_HEADERS, MAX_HEADER_BYTES,
+    MAX_INFER_BODY_BYTES, MAX_URI_BYTES,
+};
+pub use audit::{admin_app, AuditLog, MAX_ADMIN_BODY_BYTES};
 pub use forecast::{forecast_router, ForecastConfig};

@@ -150,10 +150,7 @@ async fn refresh(state: &AppState) {
         model_figures(engine, now);
         pacing_figures(engine);
     }
-    let stream = state
-        .events()
-        .map(|e| e.stats.clone())
-        .or_else(|| state.stream_stats().cloned());
+    let stream = state.events().map(|e| e.stats.clone());
     if let Some(s) = stream {
         for (outcome, c) in [
             ("applied", &s.applied),

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// The admin listener's base URL.
+    pub admin: String,
     pub data: tempfile::TempDir,
 }
 
@@ -39,6 +41,8 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
+        let mut admin_line = String::new();
+        stdout.read_line(&mut admin_line).unwrap();
         // Keep draining so the server never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let base = line
@@ -46,7 +50,17 @@ impl Server {
             .strip_prefix("podium listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        let server = Server { child, base, data };
+        let admin = admin_line
+            .trim()
+            .strip_prefix("podium admin API on ")
+            .unwrap_or_else(|| panic!("unexpected second line {admin_line:?}"))
+            .to_string();
+        let server = Server {
+            child,
+            base,
+            admin,
+            data,
+        };
         let started = Instant::now();
         loop {
             if let Ok(r) = reqwest::get(server.url("/readyz")).await {
@@ -65,6 +79,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
     }
 
     /// Starts the server on `dir`, which outlives it (a restart sees the same data).
@@ -118,8 +137,27 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.post_to(self.url(path), body).await
+    }
+
+    /// POSTs JSON to the admin listener (no token).
+    pub async fn admin_post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.post_to(self.admin_url(path), body).await
+    }
+
+    /// GETs a text document from the admin listener.
+    pub async fn admin_get_text(&self, path: &str) -> String {
+        reqwest::get(self.admin_url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn post_to(&self, url: String, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let r = reqwest::Client::new()
-            .post(self.url(path))
+            .post(url)
             .header("content-type", "application/json")
             .body(body)
             .send()
