@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{feature, Server};
+use common::{feature, Redis, Server};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -674,45 +674,6 @@ async fn events_posted_are_aggregated_and_served_with_the_next_decision() {
     assert!(body["field"].as_str().unwrap().contains("line 2"), "{body}");
 }
 
-/// A private `redis-server` on a free port, killed on drop.
-struct Redis {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "this test needs `redis-server` on PATH (Debian: apt-get install redis-server)",
-            );
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, _dir: dir }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -727,7 +688,7 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
         .local_addr()
         .unwrap()
         .port();
-    let mut redis = Redis::start(port);
+    let redis = Redis::start(port);
     let url = format!("redis://127.0.0.1:{port}");
     let server = Server::start_with_args(|_| {}, &["--feature-store", &url]).await;
     let ready = server.get_json("/readyz").await;
@@ -743,8 +704,7 @@ async fn with_redis_down_decisions_go_on_with_defaults_and_recover_when_it_retur
     assert!(hydration["degraded"].is_null(), "{hydration}");
 
     // Redis dies: decisions are still answered in time, on defaults, and say so.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    drop(redis);
     for i in 0..5 {
         let req = with(example(), |r| r["request_id"] = json!(format!("down-{i}")));
         let (status, d) = server.post("/v1/decide", req).await;

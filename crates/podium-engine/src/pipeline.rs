@@ -838,6 +838,11 @@ impl Engine {
         true
     }
 
+    /// Where frequency caps are counted.
+    pub fn frequency_store(&self) -> Arc<dyn FrequencyStore> {
+        self.inner.freq.load_full().as_ref().clone()
+    }
+
     /// Counts frequency caps in `store` (a fleet's shared one) instead of this process.
     pub fn use_frequency_store(&self, store: Arc<dyn FrequencyStore>) {
         self.inner.freq.store(Arc::new(store));

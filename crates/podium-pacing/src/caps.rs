@@ -32,6 +32,16 @@ pub trait FrequencyStore: Send + Sync {
     /// The viewer's remembered impressions, (key, time), oldest first; an error when the store
     /// cannot be read (the caller then treats every capped line item as capped).
     async fn history(&self, user: &str) -> Result<Vec<(u64, i64)>, String>;
+
+    /// Where the counts live, for status pages: `memory` or `redis`.
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    /// Impressions recorded but not yet written to the store (a remote store writes behind).
+    fn pending_writes(&self) -> u64 {
+        0
+    }
 }
 
 /// The embedded frequency store: a concurrent map of viewer → recent impressions.
@@ -92,6 +102,9 @@ pub struct RedisFrequencyStore {
     deadline: std::time::Duration,
     writes: tokio::sync::mpsc::Sender<(String, Vec<u64>, i64, String)>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Impressions queued and impressions written, for [`FrequencyStore::pending_writes`].
+    queued: std::sync::atomic::AtomicU64,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     shown: String,
 }
 
@@ -115,13 +128,22 @@ impl RedisFrequencyStore {
         .map_err(|e| format!("connecting to {shown}: {e}"))?;
         let (writes, rx) = tokio::sync::mpsc::channel(100_000);
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        tokio::spawn(write_behind(conn.clone(), rx, horizon_ms, shown.clone()));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(write_behind(
+            conn.clone(),
+            rx,
+            horizon_ms,
+            shown.clone(),
+            written.clone(),
+        ));
         Ok(Self {
             conn,
             horizon_ms,
             deadline: std::time::Duration::from_millis(250),
             writes,
             dropped,
+            queued: std::sync::atomic::AtomicU64::new(0),
+            written,
             shown,
         })
     }
@@ -143,6 +165,7 @@ async fn write_behind(
     mut rx: tokio::sync::mpsc::Receiver<(String, Vec<u64>, i64, String)>,
     horizon_ms: i64,
     shown: String,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
@@ -187,6 +210,7 @@ async fn write_behind(
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
+        written.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Release);
         batch.clear();
     }
 }
@@ -198,10 +222,27 @@ impl FrequencyStore for RedisFrequencyStore {
             return;
         }
         let item = (user.to_string(), keys.to_vec(), ts_ms, event_id.to_string());
-        if self.writes.try_send(item).is_err() {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.writes.try_send(item) {
+            Ok(()) => {
+                self.queued
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn pending_writes(&self) -> u64 {
+        let written = self.written.load(std::sync::atomic::Ordering::Acquire);
+        self.queued
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(written)
     }
 
     async fn history(&self, user: &str) -> Result<Vec<(u64, i64)>, String> {

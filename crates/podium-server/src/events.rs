@@ -145,9 +145,11 @@ pub async fn stats(State(state): State<AppState>) -> Result<Response, ApiError> 
     let engine = state
         .engine()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "models are loading"))?;
+    let caps = engine.frequency_store();
     let mut body = json!({
         "hydration": hydration_json(engine.hydrator().stats()),
         "store": store_health(engine).await,
+        "frequency_caps": {"backend": caps.backend(), "pending_writes": caps.pending_writes()},
     });
     if let Some(signals) = signals_json(engine) {
         body["signals"] = signals;

@@ -1,0 +1,347 @@
+//! A fleet: three `podium serve` processes on loopback sharing one Redis (features, budget
+//! ledger, frequency caps) and one NATS JetStream (events), and the faults a fleet must survive.
+
+mod common;
+
+use common::{copy_dir, free_port, Nats, Redis, Server};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Every line item's daily budget in the test world: about three impressions at demo prices.
+const BUDGET: i64 = 120_000;
+/// Every line item's cap per viewer per day.
+const CAP: u64 = 2;
+
+/// A demo world made once (models trained), with tight budgets and caps on every line item.
+async fn tight_world() -> tempfile::TempDir {
+    let world = tempfile::tempdir().unwrap();
+    let mut first = Server::start_in(world.path(), &["--log-dir", "off"]).await;
+    first.stop_gracefully().await;
+    let path = world.path().join("marketplace.json");
+    let mut market: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for li in market["line_items"].as_array_mut().unwrap() {
+        li["daily_budget"] = BUDGET.into();
+        li["caps"] = serde_json::json!([{"scope": "line_item", "max": CAP, "window_s": 86400}]);
+        // Spend as fast as it wins, so budgets run out within the test.
+        li["pacing"] = serde_json::json!({"mode": "asap"});
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&market).unwrap()).unwrap();
+    for stale in [
+        "features.snapshot",
+        "features.tiles.json",
+        "admin-audit.jsonl",
+    ] {
+        let _ = std::fs::remove_file(world.path().join(stale));
+    }
+    world
+}
+
+/// A fleet server on a copy of `world`, with every backend distributed.
+async fn fleet_server(
+    world: &std::path::Path,
+    id: &str,
+    redis: &str,
+    nats: &str,
+    extra: &[&str],
+) -> Server {
+    let mut args = vec![
+        "--feature-store",
+        redis,
+        "--budget-ledger",
+        redis,
+        "--frequency-store",
+        redis,
+        "--events",
+        nats,
+        "--fleet-size",
+        "3",
+        "--server-id",
+        id,
+        "--log-dir",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_args(|d| copy_dir(world, d), &args).await
+}
+
+/// The URLs of a VAST document's `<Impression>` elements.
+fn impressions(doc: &str) -> Vec<String> {
+    doc.split("<Impression><![CDATA[")
+        .skip(1)
+        .filter_map(|rest| rest.split("]]>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    url.split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Stream counters of a server: (events applied, cap writes pending).
+async fn stream_state(server: &Server) -> (u64, u64) {
+    let s = server.get_json("/v1/features/stats").await;
+    (
+        s["stream"]["applied"].as_u64().unwrap_or(0),
+        s["frequency_caps"]["pending_writes"]
+            .as_u64()
+            .unwrap_or(u64::MAX),
+    )
+}
+
+/// Waits until every server has applied `events` events and written their caps.
+async fn settle(servers: &[&Server], events: u64) {
+    let started = Instant::now();
+    for s in servers {
+        loop {
+            let (applied, pending) = stream_state(s).await;
+            if applied >= events && pending == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{}: applied {applied} of {events} events, {pending} cap writes pending",
+                s.base
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The budget ledger in Redis: line item → (allocated, spent), micros.
+async fn ledger(url: &str) -> HashMap<String, (i64, i64)> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("podium:budget:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut out: HashMap<String, (i64, i64)> = HashMap::new();
+    for key in keys {
+        let v: i64 = redis::cmd("GET")
+            .arg(&key)
+            .query_async::<Option<i64>>(&mut conn)
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        // podium:budget:{<line item>:<period>}:allocated|spent
+        let inner = key.split(['{', '}']).nth(1).unwrap();
+        let li = inner.split(':').next().unwrap().to_string();
+        let e = out.entry(li).or_default();
+        if key.ends_with(":spent") {
+            e.1 += v;
+        } else {
+            e.0 += v;
+        }
+    }
+    out
+}
+
+/// What a fleet served, from the test's side.
+#[derive(Default)]
+struct Served {
+    /// Impressions per (viewer, line item).
+    per_viewer: HashMap<(String, String), u64>,
+    /// Impression cost per line item, micros, as the ledger should count it.
+    cost: HashMap<String, i64>,
+    /// Distinct events fired.
+    events: u64,
+}
+
+/// One ad request to `decider` for `viewer`; each impression is reported (twice, as a player
+/// retrying would) to `reporter`, another server.
+async fn serve_break(
+    decider: &Server,
+    reporter: &Server,
+    viewer: &str,
+    request: &str,
+    served: &mut Served,
+) -> usize {
+    let r = reqwest::get(decider.url(&format!(
+        "/v1/vast?user_id={viewer}&country=US&device=tv&genre=drama&max_ads=4&max_duration_s=120&request_id={request}"
+    )))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc = r.text().await.unwrap();
+    let urls = impressions(&doc);
+    for url in &urls {
+        let li = query_param(url, "li").unwrap().to_string();
+        let price: f64 = query_param(url, "p").unwrap().parse().unwrap();
+        *served
+            .per_viewer
+            .entry((viewer.to_string(), li.clone()))
+            .or_default() += 1;
+        *served.cost.entry(li).or_default() += ((price * 1e6).round() as i64) / 1000;
+        let moved = url.replacen(&decider.base, &reporter.base, 1);
+        assert_ne!(&moved, url, "tracking URLs point at the deciding server");
+        for _ in 0..2 {
+            let r = reqwest::get(&moved).await.unwrap();
+            assert_eq!(r.status(), 204, "{moved}");
+        }
+        served.events += 1;
+    }
+    urls.len()
+}
+
+/// Waits until the ledger's confirmed spend equals what was served, per line item.
+async fn spend_matches(redis: &str, served: &Served) -> HashMap<String, (i64, i64)> {
+    let started = Instant::now();
+    loop {
+        let l = ledger(redis).await;
+        let exact = served
+            .cost
+            .iter()
+            .all(|(li, c)| l.get(li).map_or(0, |e| e.1) == *c)
+            && l.iter()
+                .all(|(li, e)| e.1 == served.cost.get(li).copied().unwrap_or(0));
+        if exact {
+            return l;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let mismatched: Vec<_> = served
+                .cost
+                .iter()
+                .filter(|(li, c)| l.get(*li).map_or(0, |e| e.1) != **c)
+                .map(|(li, c)| (li.clone(), *c, l.get(li).copied()))
+                .collect();
+            panic!("ledger spend differs from what was served: {mismatched:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_keep_budgets_caps_and_spend_exact_across_the_fleet() {
+    let redis = Redis::start(free_port());
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_in(free_port(), nats_dir.path());
+    let world = tight_world().await;
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let id = format!("fleet-{i}");
+        servers.push(fleet_server(world.path(), &id, &redis.url(), &nats.url(), &[]).await);
+    }
+    for s in &servers {
+        let ready = s.get_json("/readyz").await;
+        assert_eq!(ready["features"]["backend"], "redis", "{ready}");
+        let stats = s.get_json("/v1/features/stats").await;
+        assert_eq!(stats["frequency_caps"]["backend"], "redis", "{stats}");
+    }
+
+    // Six viewers, each served in turn by a different server, impressions reported to yet
+    // another: no server sees a viewer's whole history, or a line item's whole spend.
+    let viewers: Vec<String> = (0..6).map(|k| format!("fleet-viewer-{k}")).collect();
+    let mut served = Served::default();
+    let mut ads = 0;
+    for round in 0..10 {
+        for (k, viewer) in viewers.iter().enumerate() {
+            let decider = &servers[(round + k) % 3];
+            let reporter = &servers[(round + k + 1) % 3];
+            ads += serve_break(
+                decider,
+                reporter,
+                viewer,
+                &format!("f{round}-{k}"),
+                &mut served,
+            )
+            .await;
+        }
+        // Every server has every impression (and its caps) before the viewers come back.
+        settle(&servers.iter().collect::<Vec<_>>(), served.events).await;
+    }
+    assert!(ads > 100, "the fleet filled few breaks: {ads} ads");
+
+    // Caps: no viewer saw a line item more than its cap, though three servers served them.
+    let mut binding = 0;
+    for ((viewer, li), n) in &served.per_viewer {
+        assert!(*n <= CAP, "{viewer} saw {li} {n} times; the cap is {CAP}");
+        binding += usize::from(*n == CAP);
+    }
+    assert!(binding > 0, "no cap was reached: the test proves nothing");
+
+    // Spend: the ledger counts each impression once, by the server that placed it, and no
+    // line item went over its budget however the three servers' leases raced.
+    let l = spend_matches(&redis.url(), &served).await;
+    let mut exhausted = 0;
+    for (li, (allocated, spent)) in &l {
+        assert!(*spent <= BUDGET, "{li} spent {spent} of {BUDGET}");
+        assert!(
+            *allocated <= BUDGET,
+            "{li} allocated {allocated} of {BUDGET}"
+        );
+        exhausted += usize::from(*spent > BUDGET - 60_000);
+    }
+    assert!(exhausted > 0, "no budget ran out: the test proves nothing");
+    // Each server counted every event once: repeats (the second report of each) were dropped.
+    for s in &servers {
+        let stats = s.get_json("/v1/features/stats").await;
+        assert_eq!(stats["stream"]["applied"], served.events, "{stats}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_events_are_spooled_to_disk_and_delivered_once_when_it_returns() {
+    let redis = Redis::start(free_port());
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats_port = free_port();
+    let nats = Nats::start_in(nats_port, nats_dir.path());
+    let world = tight_world().await;
+    let a = fleet_server(world.path(), "spool-a", &redis.url(), &nats.url(), &[]).await;
+    let b = fleet_server(world.path(), "spool-b", &redis.url(), &nats.url(), &[]).await;
+    let mut served = Served::default();
+    for k in 0..4 {
+        serve_break(
+            &a,
+            &b,
+            &format!("spool-viewer-{k}"),
+            &format!("s{k}"),
+            &mut served,
+        )
+        .await;
+    }
+    settle(&[&a, &b], served.events).await;
+    let before = served.events;
+
+    // NATS dies. Ads are still decided, and their impressions accepted: to the spool.
+    drop(nats);
+    for k in 0..4 {
+        serve_break(
+            &a,
+            &b,
+            &format!("spool-viewer-{k}"),
+            &format!("d{k}"),
+            &mut served,
+        )
+        .await;
+    }
+    let during = served.events - before;
+    assert!(during > 0);
+    let stats = b.get_json("/v1/features/stats").await;
+    let spooled = stats["publisher"]["spooled"].as_u64().unwrap();
+    assert!(spooled >= during, "{stats}");
+    assert!(
+        stats["publisher"]["spool_pending_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        std::fs::metadata(b.data.path().join("events-spool/events.spool"))
+            .unwrap()
+            .len()
+            > 0
+    );
+
+    // NATS returns (its stream on disk): the spool drains, every event is applied once by
+    // each server, and spend is exact.
+    let _nats = Nats::start_in(nats_port, nats_dir.path());
+    settle(&[&a, &b], served.events).await;
+    let stats = b.get_json("/v1/features/stats").await;
+    assert_eq!(stats["publisher"]["spool_pending_bytes"], 0, "{stats}");
+    for s in [&a, &b] {
+        let stats = s.get_json("/v1/features/stats").await;
+        assert_eq!(stats["stream"]["applied"], served.events, "{stats}");
+    }
+    spend_matches(&redis.url(), &served).await;
+}
