@@ -13,8 +13,9 @@ const BUDGET: i64 = 120_000;
 /// Every line item's cap per viewer per day.
 const CAP: u64 = 2;
 
-/// A demo world made once (models trained), with tight budgets and caps on every line item.
-async fn tight_world() -> tempfile::TempDir {
+/// A demo world made once (models trained), with tight budgets, and caps on every line item
+/// (`cap_all`) or only where the demo has them.
+async fn tight_world(cap_all: bool) -> tempfile::TempDir {
     let world = tempfile::tempdir().unwrap();
     let mut first = Server::start_in(world.path(), &["--log-dir", "off"]).await;
     first.stop_gracefully().await;
@@ -22,7 +23,9 @@ async fn tight_world() -> tempfile::TempDir {
     let mut market: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     for li in market["line_items"].as_array_mut().unwrap() {
         li["daily_budget"] = BUDGET.into();
-        li["caps"] = serde_json::json!([{"scope": "line_item", "max": CAP, "window_s": 86400}]);
+        if cap_all || li.get("caps").is_some() {
+            li["caps"] = serde_json::json!([{"scope": "line_item", "max": CAP, "window_s": 86400}]);
+        }
         // Spend as fast as it wins, so budgets run out within the test.
         li["pacing"] = serde_json::json!({"mode": "asap"});
     }
@@ -218,7 +221,7 @@ async fn three_servers_keep_budgets_caps_and_spend_exact_across_the_fleet() {
     let redis = Redis::start(free_port());
     let nats_dir = tempfile::tempdir().unwrap();
     let nats = Nats::start_in(free_port(), nats_dir.path());
-    let world = tight_world().await;
+    let world = tight_world(true).await;
     let mut servers = Vec::new();
     for i in 0..3 {
         let id = format!("fleet-{i}");
@@ -288,7 +291,7 @@ async fn with_nats_down_events_are_spooled_to_disk_and_delivered_once_when_it_re
     let nats_dir = tempfile::tempdir().unwrap();
     let nats_port = free_port();
     let nats = Nats::start_in(nats_port, nats_dir.path());
-    let world = tight_world().await;
+    let world = tight_world(true).await;
     let a = fleet_server(world.path(), "spool-a", &redis.url(), &nats.url(), &[]).await;
     let b = fleet_server(world.path(), "spool-b", &redis.url(), &nats.url(), &[]).await;
     let mut served = Served::default();
@@ -344,4 +347,139 @@ async fn with_nats_down_events_are_spooled_to_disk_and_delivered_once_when_it_re
         assert_eq!(stats["stream"]["applied"], served.events, "{stats}");
     }
     spend_matches(&redis.url(), &served).await;
+}
+
+/// The reasons a `/v1/decide` answer gives for being degraded.
+async fn degraded_reasons(server: &Server, request: &str) -> Vec<String> {
+    let body = serde_json::json!({
+        "request_id": request,
+        "user": {"id": "redis-probe", "country": "US", "device": "tv"},
+        "content": {"id": "title-42", "genre": "drama", "live": false},
+        "breaks": [{"id": "b1", "position": "midroll", "max_ads": 4, "max_duration_s": 90}]
+    });
+    let (status, d) = server.post("/v1/decide", body.to_string()).await;
+    assert_eq!(status, 200, "{d}");
+    d["degraded"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_killed_mid_load_decisions_go_on_degraded_nothing_overspends_and_it_recovers() {
+    // Redis persists its ledger (append-only file, synced), as a fleet's must.
+    let redis_dir = tempfile::tempdir().unwrap();
+    let redis_port = free_port();
+    let redis = Redis::start_in(redis_port, redis_dir.path(), true);
+    let url = redis.url();
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_in(free_port(), nats_dir.path());
+    let world = tight_world(false).await;
+    let a = fleet_server(world.path(), "redis-a", &url, &nats.url(), &[]).await;
+    let b = fleet_server(world.path(), "redis-b", &url, &nats.url(), &[]).await;
+    let mut served = Served::default();
+    for k in 0..6 {
+        serve_break(
+            &a,
+            &b,
+            &format!("rk-{k}"),
+            &format!("before-{k}"),
+            &mut served,
+        )
+        .await;
+    }
+    settle(&[&a, &b], served.events).await;
+
+    // Redis dies mid-load: every request is still answered, degraded and saying why; line
+    // items with caps sit out (their caps cannot be read), the others still fill breaks.
+    drop(redis);
+    let killed = Instant::now();
+    let mut filled = 0;
+    // Long enough for several pacing steps to find the ledger gone.
+    let mut k = 0;
+    while k < 6 || killed.elapsed() < Duration::from_secs(3) {
+        k += 1;
+        let decider = if k % 2 == 0 { &a } else { &b };
+        let reporter = if k % 2 == 0 { &b } else { &a };
+        let started = Instant::now();
+        let viewer = format!("rk-{}", k % 6);
+        filled += serve_break(
+            decider,
+            reporter,
+            &viewer,
+            &format!("down-{k}"),
+            &mut served,
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a request took {:?} with Redis down",
+            started.elapsed()
+        );
+    }
+    assert!(filled > 0, "no ad was served with Redis down");
+    let reasons = degraded_reasons(&a, "probe-down").await;
+    assert!(
+        reasons.iter().any(|r| r.starts_with("hydrate: store")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("frequency caps unreadable")),
+        "{reasons:?}"
+    );
+    let down_for = killed.elapsed();
+
+    // Redis returns with what it had: both servers recover by themselves, no restart.
+    let _redis = Redis::start_in(redis_port, redis_dir.path(), true);
+    let back = Instant::now();
+    for (i, s) in [&a, &b].into_iter().enumerate() {
+        loop {
+            let reasons = degraded_reasons(s, &format!("probe-up-{i}")).await;
+            if !reasons
+                .iter()
+                .any(|r| r.starts_with("hydrate") || r.starts_with("frequency caps"))
+            {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "{}: still degraded after Redis returned: {reasons:?}",
+                s.base
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let recovered_in = back.elapsed();
+    for k in 0..6 {
+        serve_break(
+            &b,
+            &a,
+            &format!("rk-{k}"),
+            &format!("after-{k}"),
+            &mut served,
+        )
+        .await;
+    }
+    settle(&[&a, &b], served.events).await;
+
+    // Spend: exact (what was confirmed during the outage reached the ledger after it) and
+    // within every budget.
+    let l = spend_matches(&url, &served).await;
+    for (li, (allocated, spent)) in &l {
+        assert!(*spent <= BUDGET, "{li} spent {spent} of {BUDGET}");
+        assert!(
+            *allocated <= BUDGET,
+            "{li} allocated {allocated} of {BUDGET}"
+        );
+    }
+    eprintln!(
+        "redis fault: down {down_for:?}, {filled} ads served meanwhile, recovered {recovered_in:?} after its return, {} impressions, spend exact",
+        served.events
+    );
 }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{feature, Redis, Server};
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn example() -> Value {
