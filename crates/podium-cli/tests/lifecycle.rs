@@ -480,3 +480,92 @@ auction = { reserve_multiplier = 3.0 }
     assert!((0.18..0.37).contains(&share(v11)), "ctr_v11 {v11}");
     assert!((0.36..0.55).contains(&share(floor)), "floor_x3 {floor}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_file_deleted_from_the_registry_mid_rollout_keeps_the_old_version_serving() {
+    let data = demo_data().await;
+    let bundles = tempfile::tempdir().unwrap();
+    let reg_dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", reg_dir.path().display());
+    let registry = Registry::open(&url).unwrap();
+    let ctr = data.path().join("models/ctr");
+    for (version, shift) in [("10", 0.0), ("11", 0.01)] {
+        let dir = variant(&ctr, bundles.path(), version, shift);
+        registry.publish(&dir, "test").await.unwrap();
+    }
+    registry
+        .promote("ctr", "10", Stage::Production, None, "test", "first")
+        .await
+        .unwrap();
+    let server = Server::start_in(
+        data.path(),
+        &["--registry", &url, "--registry-poll-ms", "20"],
+    )
+    .await;
+
+    // Version 11's weights vanish from the registry (an operator's mistake, a lifecycle rule on
+    // the bucket) just as it is promoted, while decisions flow.
+    let manifest = Manifest::read(&bundles.path().join("ctr-11/model.toml")).unwrap();
+    let weights = reg_dir
+        .path()
+        .join("models/ctr/versions/11")
+        .join(&manifest.weights);
+    let kept = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    let promoter = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            registry
+                .promote("ctr", "11", Stage::Production, None, "test", "rollout")
+                .await
+                .unwrap();
+        })
+    };
+    let answers = load(&server, 100, Duration::from_secs(2)).await;
+    promoter.await.unwrap();
+    for (status, d) in &answers {
+        assert_eq!(*status, 200, "{d}");
+        assert_eq!(version_of(d, "ctr").as_deref(), Some("10"), "{d}");
+    }
+    let v = wait_for(&server, "the failed load to be reported", |v| {
+        v["registry"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("11"))
+    })
+    .await;
+    let error = v["registry"]["last_error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains(&manifest.weights)
+            || error.contains("missing")
+            || error.contains("not found"),
+        "the error names what is missing: {error}"
+    );
+    let ready = reqwest::get(server.url("/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "the server stays ready on the version it has"
+    );
+    let (status, d) = server.post("/v1/decide", decide_body(9_999)).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(version_of(&d, "ctr").as_deref(), Some("10"), "{d}");
+
+    // The file is put back: the watcher's retry loads 11 without a restart or a new promotion.
+    std::fs::write(&weights, kept).unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, d) = server.post("/v1/decide", decide_body(10_000)).await;
+        assert_eq!(status, 200, "{d}");
+        if version_of(&d, "ctr").as_deref() == Some("11") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "version 11 never served after its file came back: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v = server.get_json("/v1/lifecycle").await;
+    assert!(v["registry"]["last_error"].is_null(), "{v}");
+}

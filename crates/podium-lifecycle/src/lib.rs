@@ -177,6 +177,7 @@ pub fn spawn(
                 applied: None,
                 canaries: HashMap::new(),
                 lifecycle: handle,
+                retry: None,
             };
             runtime.block_on(watcher.run());
         })?;
@@ -242,7 +243,15 @@ struct Watcher {
     applied: Option<BTreeMap<String, Stages>>,
     canaries: HashMap<String, CanaryWindow>,
     lifecycle: Lifecycle,
+    /// When the versions that failed to load are tried again, and the pause after that.
+    retry: Option<(Instant, Duration)>,
 }
+
+/// First pause before a version that failed to load is fetched again; it doubles up to
+/// [`RETRY_MAX`] while the failure lasts.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest pause between tries of a version that fails to load.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Watcher {
     async fn run(&mut self) {
@@ -269,7 +278,8 @@ impl Watcher {
                         s.reachable = true;
                         s.last_sync_ms = Some(now_ms());
                     });
-                    if self.applied.as_ref() != Some(&stages) {
+                    let retry_due = self.retry.is_some_and(|(at, _)| Instant::now() >= at);
+                    if self.applied.as_ref() != Some(&stages) || retry_due {
                         self.apply(stages).await;
                         // The old versions are freed as their last requests end; give the
                         // pages back once they have.
@@ -341,11 +351,18 @@ impl Watcher {
         self.lifecycle.update(|s| {
             s.serving = stages.clone();
             s.swaps += 1;
-            if !errors.is_empty() {
-                s.last_error = Some(errors.join("; "));
-            }
+            s.last_error = (!errors.is_empty()).then(|| errors.join("; "));
         });
-        // A version that failed to load is retried at the next change of stages, not every poll.
+        // A version that failed to load (a file missing or corrupt in the registry, a network
+        // error) is tried again with a growing pause, so a repaired registry heals by itself.
+        self.retry = if errors.is_empty() {
+            None
+        } else {
+            let pause = self
+                .retry
+                .map_or(RETRY_FIRST, |(_, p)| (p * 2).min(RETRY_MAX));
+            Some((Instant::now() + pause, pause))
+        };
         self.applied = Some(stages);
     }
 

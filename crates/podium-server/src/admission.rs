@@ -267,6 +267,29 @@ pub async fn admit_decide(
             response
         }
         Err(reason) => {
+            // Each endpoint's own "no ad": an empty VAST document, an OpenRTB no-bid, or a
+            // decision with empty breaks; all marked as shed.
+            let shed = HeaderValue::from_static("1");
+            match parts.uri.path() {
+                "/v1/vast" => {
+                    let mut response = (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/xml; charset=utf-8",
+                        )],
+                        podium_openrtb::empty_vast(None),
+                    )
+                        .into_response();
+                    response.headers_mut().insert("x-podium-shed", shed);
+                    return response;
+                }
+                "/openrtb2/auction" => {
+                    let mut response = StatusCode::NO_CONTENT.into_response();
+                    response.headers_mut().insert("x-podium-shed", shed);
+                    return response;
+                }
+                _ => {}
+            }
             let breaks: Vec<_> = peek
                 .breaks
                 .unwrap_or_default()

@@ -348,7 +348,15 @@ pub fn vast_request(q: &HashMap<String, String>) -> Result<AdRequest, ApiError> 
                 })
                 .collect::<Result<_, _>>()?,
         },
-        floor_cpm: number::<f64>(q, "floor_cpm")?.map(Micros::from_units),
+        floor_cpm: match number::<f64>(q, "floor_cpm")? {
+            Some(f) if !f.is_finite() || f < 0.0 => {
+                return Err(ApiError::field(
+                    "floor_cpm",
+                    format!("{f} is not a price: a finite CPM of 0 or more"),
+                ))
+            }
+            f => f.map(Micros::from_units),
+        },
         ..Default::default()
     };
     AdRequest {

@@ -322,6 +322,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(crate::metrics::render))
         .route("/v1/features/hydrate", post(crate::events::hydrate))
         .route("/healthz", get(healthz))
+        .route("/openapi.yaml", get(openapi))
         .route("/v1/lifecycle", get(lifecycle))
         .route("/v1/lifecycle/shadow", get(shadow_recent))
         .route("/readyz", get(readyz))
@@ -336,12 +337,31 @@ pub fn router(state: AppState) -> Router {
             get(oip::model_ready),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(limit_request_head))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
         .with_state(state)
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// The decision listener's OpenAPI 3 description (what schemathesis checks the server against).
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI_YAML,
+    )
+        .into_response()
 }
 
 async fn decide(

@@ -46,6 +46,9 @@ pub async fn page(State(state): State<crate::AppState>) -> Response {
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, kind, body)) => ([(CONTENT_TYPE, *kind)], *body).into_response(),
-        None => (StatusCode::NOT_FOUND, format!("no dashboard file {file:?}")).into_response(),
+        None => {
+            crate::api::ApiError::new(StatusCode::NOT_FOUND, format!("no dashboard file {file:?}"))
+                .into_response()
+        }
     }
 }

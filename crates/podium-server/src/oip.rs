@@ -7,6 +7,7 @@
 
 use crate::api::ApiError;
 use crate::app::AppState;
+use crate::app::MAX_INFER_BODY_BYTES;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -233,8 +234,22 @@ fn columns(model: &Model, req: &mut InferRequest) -> Result<(Vec<Vec<f32>>, usiz
             ));
         }
         let values = std::mem::take(&mut t.data.0);
-        let expected: i64 = t.shape.iter().product();
-        if expected as usize != values.len() {
+        // Checked: a shape of huge dimensions must be a 400, not an overflow.
+        let expected = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+            .filter(|&n| n <= MAX_TENSOR_VALUES)
+            .ok_or_else(|| {
+                ApiError::field(
+                    format!("inputs[{i}].shape"),
+                    format!(
+                        "shape {:?} holds more than {MAX_TENSOR_VALUES} values",
+                        t.shape
+                    ),
+                )
+            })?;
+        if expected != values.len() {
             return Err(ApiError::field(
                 field,
                 format!(
@@ -308,8 +323,15 @@ pub async fn infer(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_INFER_BODY_BYTES} bytes"),
+        ),
+        status => ApiError::new(status, e.body_text()),
+    })?;
     let (model, pool, _) = model_of(&state, &params)?;
     let json_len = match headers.get(HEADER_LENGTH) {
         Some(v) => {
@@ -340,7 +362,7 @@ pub async fn infer(
     let mut req: InferRequest = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         ApiError::field(
-            if path == "." {
+            if path == "." || path == "?" || path.is_empty() {
                 "body".to_string()
             } else {
                 path
