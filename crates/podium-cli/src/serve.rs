@@ -371,6 +371,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     drop(out);
 
     let loader_state = state.clone();
+    let settings_state = state.clone();
     let traces = state.clone();
     let data_dir = world.dir().to_path_buf();
     let config = EngineConfig {
@@ -437,6 +438,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "--budget-ledger must be `memory` or redis://host:port, got {other:?}"
             ),
         };
+    // Run-time settings (budgets, experiments) live beside the budget ledger: shared in a fleet.
+    let settings: Arc<dyn podium_pacing::settings::SettingsStore> =
+        if args.budget_ledger.starts_with("redis://") {
+            Arc::new(
+                podium_pacing::settings::RedisSettings::connect(&args.budget_ledger)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--budget-ledger: {e}"))?,
+            )
+        } else {
+            Arc::new(podium_pacing::settings::MemorySettings::default())
+        };
+    let startup_experiments = match &args.experiments {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --experiments {}", path.display()))?,
+        ),
+        None => None,
+    };
     anyhow::ensure!(
         (1..=10_000).contains(&args.fleet_size),
         "--fleet-size must be between 1 and 10000"
@@ -474,6 +493,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         state.set_decision_log(log.clone());
     }
     let flush_logs = (served_log, events_log.clone(), decision_log);
+    let (follow_settings, follow_experiments) = (settings.clone(), startup_experiments.clone());
     let loader = tokio::spawn(async move {
         let started = Instant::now();
         let (engine, definitions) =
@@ -534,6 +554,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
         engine.pacing_tick(podium_features::now_ms()).await;
+        tokio::spawn(podium_server::settings::follow(
+            engine.clone(),
+            follow_settings,
+            follow_experiments,
+        ));
         loader_state.set_engine(engine);
         anyhow::Ok(())
     });
@@ -545,6 +570,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| data_dir.join("admin-audit.jsonl"));
     let audit = podium_server::AuditLog::open(&audit_path, args.admin_token.clone())
         .with_context(|| format!("opening the admin audit trail {}", audit_path.display()))?;
+    let admin = admin.merge(podium_server::settings::settings_router(
+        podium_server::settings::SettingsAdmin {
+            app: settings_state,
+            store: settings,
+            token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            startup_experiments,
+        },
+    ));
     let admin_server = axum::serve(
         admin_listener,
         podium_server::admin_app(admin, audit).into_make_service_with_connect_info::<SocketAddr>(),

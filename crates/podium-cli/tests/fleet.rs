@@ -483,3 +483,165 @@ async fn with_redis_killed_mid_load_decisions_go_on_degraded_nothing_overspends_
         served.events
     );
 }
+
+/// A decide request for one viewer; the answer.
+async fn decide(server: &Server, request: &str, viewer: &str) -> Value {
+    let body = serde_json::json!({
+        "request_id": request,
+        "user": {"id": viewer, "country": "US", "device": "tv"},
+        "content": {"id": "title-42", "genre": "drama", "live": false},
+        "breaks": [{"id": "b1", "position": "midroll", "max_ads": 4, "max_duration_s": 90}]
+    });
+    let (status, d) = server.post("/v1/decide", body.to_string()).await;
+    assert_eq!(status, 200, "{d}");
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_and_experiments_set_on_one_server_reach_the_whole_fleet() {
+    let redis = Redis::start(free_port());
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_in(free_port(), nats_dir.path());
+    let world = tight_world(false).await;
+    let token = ["--admin-token", "fleet-admin"];
+    let a = fleet_server(
+        world.path(),
+        "settings-a",
+        &redis.url(),
+        &nats.url(),
+        &token,
+    )
+    .await;
+    let b = fleet_server(
+        world.path(),
+        "settings-b",
+        &redis.url(),
+        &nats.url(),
+        &token,
+    )
+    .await;
+    let client = reqwest::Client::new();
+
+    // The line item b puts first for a viewer; its budget is set to 0 through a's admin API.
+    let first = decide(&b, "s-0", "settings-viewer").await;
+    let li = first["breaks"][0]["ads"][0]["line_item_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = client
+        .put(a.admin_url(&format!("/v1/admin/budgets/{li}")))
+        .bearer_auth("fleet-admin")
+        .json(&serde_json::json!({"daily_budget": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = client
+        .put(a.admin_url("/v1/admin/budgets/no-such-line-item"))
+        .bearer_auth("fleet-admin")
+        .json(&serde_json::json!({"daily_budget": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client
+        .put(a.admin_url(&format!("/v1/admin/budgets/{li}")))
+        .bearer_auth("fleet-admin")
+        .json(&serde_json::json!({"daily_budget": -3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // b applies it within a poll: its budget list says so, and it stops serving the line item.
+    let started = Instant::now();
+    loop {
+        let budgets: Value = client
+            .get(b.admin_url("/v1/admin/budgets"))
+            .bearer_auth("fleet-admin")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let row = budgets["line_items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["line_item"] == li.as_str())
+            .unwrap()
+            .clone();
+        if row["set_at_run_time"] == true {
+            assert_eq!(row["daily_budget"], 0.0, "{row}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = decide(&b, "s-1", "settings-viewer").await;
+    let served: Vec<&str> = again["breaks"][0]["ads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["line_item_id"].as_str().unwrap())
+        .collect();
+    assert!(!served.contains(&li.as_str()), "{li} still served: {again}");
+
+    // An experiment set on a assigns b's viewers too; cleared, it stops.
+    let experiments = "[[layer]]\nname = \"pricing\"\n[[layer.arm]]\nname = \"floor_up\"\npercent = 100.0\nauction = { reserve_multiplier = 1.2 }\n";
+    let put = |body: &'static str| {
+        client
+            .put(a.admin_url("/v1/admin/experiments"))
+            .bearer_auth("fleet-admin")
+            .header("content-type", "application/toml")
+            .body(body)
+            .send()
+    };
+    assert_eq!(put("[[layer]]\nname = 3\n").await.unwrap().status(), 400);
+    let r = put("[[layer]]\nname = \"m\"\n[[layer.arm]]\nname = \"x\"\npercent = 10.0\nmodels = { ctr = \"99\" }\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not loaded"));
+    assert_eq!(put(experiments).await.unwrap().status(), 200);
+    let arms = |d: &Value| d["experiments"].to_string();
+    let started = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let d = decide(&b, &format!("x-{i}"), &format!("exp-viewer-{i}")).await;
+        if arms(&d).contains("pricing:floor_up") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .delete(a.admin_url("/v1/admin/experiments"))
+        .bearer_auth("fleet-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    loop {
+        i += 1;
+        let d = decide(&b, &format!("x-{i}"), &format!("exp-viewer-{i}")).await;
+        if !arms(&d).contains("pricing:floor_up") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{d}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every change is in a's audit trail; b has none (nothing was changed through it).
+    let trail = std::fs::read_to_string(a.data.path().join("admin-audit.jsonl")).unwrap();
+    assert_eq!(trail.lines().count(), 7, "{trail}");
+    assert!(
+        !b.data.path().join("admin-audit.jsonl").exists()
+            || std::fs::read_to_string(b.data.path().join("admin-audit.jsonl"))
+                .unwrap()
+                .is_empty()
+    );
+}

@@ -135,6 +135,13 @@ impl Experiments {
         Ok(parsed)
     }
 
+    /// Parses and checks experiments from TOML text (the admin API's body).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let parsed: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        parsed.check()?;
+        Ok(parsed)
+    }
+
     /// Checks shares and names.
     pub fn check(&self) -> Result<(), String> {
         let share = |p: f64, what: &str| {

@@ -130,6 +130,9 @@ impl Pacing {
 
     /// The day budget of line item `i` (its daily cap, or its lifetime budget's share).
     fn day_budget(market: &MarketSnapshot, i: usize, now_ms: i64) -> Micros {
+        if market.budget_overridden(i) {
+            return market.daily_budget(i);
+        }
         let li = &market.marketplace.line_items[i];
         let mut spec = li.budget.clone();
         if spec.daily.is_none() {

@@ -99,6 +99,9 @@ pub struct MarketSnapshot {
     requests_seen: AtomicU64,
     /// The high-water-mark plan, once the control loop has computed one.
     plan: ArcSwap<Option<podium_pacing::Plan<u32>>>,
+    /// Daily budgets set at run time (the admin API, shared by the fleet), by line item index;
+    /// they take the place of the marketplace's.
+    budget_overrides: ArcSwap<HashMap<u32, Micros>>,
     /// Hash of the marketplace's JSON: decisions log it, replays check it.
     pub fingerprint: u64,
 }
@@ -169,6 +172,7 @@ impl MarketSnapshot {
             supply_seen: AtomicU64::new(0),
             requests_seen: AtomicU64::new(0),
             plan: ArcSwap::from_pointee(None),
+            budget_overrides: ArcSwap::default(),
             marketplace,
             index,
             candidate_features,
@@ -225,6 +229,20 @@ impl MarketSnapshot {
             order.truncate(k);
         }
         order.iter().map(|&(_, _, i)| i).collect()
+    }
+
+    /// Line item `i`'s daily budget: the one set at run time if any, else the marketplace's.
+    pub fn daily_budget(&self, i: usize) -> Micros {
+        self.budget_overrides
+            .load()
+            .get(&(i as u32))
+            .copied()
+            .unwrap_or(self.marketplace.line_items[i].daily_budget)
+    }
+
+    /// Whether line item `i`'s daily budget was set at run time.
+    pub fn budget_overridden(&self, i: usize) -> bool {
+        self.budget_overrides.load().contains_key(&(i as u32))
     }
 
     /// Removes from `eligible` what must not serve this request although its targeting admits it:
@@ -407,7 +425,10 @@ impl OpenSet {
         for (w, word) in self.words.iter().enumerate() {
             let mut bits = 0u64;
             for (b, li) in line_items.iter().skip(w * 64).take(64).enumerate() {
-                if has_budget(spend.spent(day, &li.id), li.daily_budget) {
+                if has_budget(
+                    spend.spent(day, &li.id),
+                    self.market.daily_budget(w * 64 + b),
+                ) {
                     bits |= 1 << b;
                 }
             }
@@ -831,11 +852,36 @@ impl Engine {
             let li = &market.marketplace.line_items[i as usize];
             let (day, _) = Day::of_ms(ts_ms);
             let total = self.inner.spend.add(day, &li.id, cost);
-            if !has_budget(total, li.daily_budget) {
+            if !has_budget(total, market.daily_budget(i as usize)) {
                 self.open_set(&market).close(i);
             }
         }
         true
+    }
+
+    /// Sets daily budgets at run time (line item id → budget), replacing those set before; ids
+    /// the marketplace does not know are skipped (returned). Pacing, leases and the budget check
+    /// use them from the next request on.
+    pub fn set_budget_overrides(&self, budgets: &HashMap<String, Micros>) -> Vec<String> {
+        let market = self.market();
+        let mut by_index = HashMap::with_capacity(budgets.len());
+        let mut unknown = Vec::new();
+        for (id, budget) in budgets {
+            match market.position(&id.as_str().into()) {
+                Some(i) => {
+                    by_index.insert(i, *budget);
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        if **market.budget_overrides.load() != by_index {
+            market.budget_overrides.store(Arc::new(by_index));
+            // Budgets changed mid-day: which line items are open is worked out again.
+            self.inner
+                .open
+                .store(Arc::new(OpenSet::new(market.clone())));
+        }
+        unknown
     }
 
     /// Where frequency caps are counted.

@@ -23,6 +23,7 @@ pub mod guaranteed;
 pub mod hwm;
 pub mod lease;
 pub mod ledger;
+pub mod settings;
 
 pub use budget::{local_day, BudgetError, BudgetSpec, LifetimeSpread, LocalDay, TimeZone};
 pub use calendar::{Calendar, LiveEvent};

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod oip;
 pub mod otlp;
+pub mod settings;
 pub mod signal_demo;
 
 pub use admin::admin_router;
