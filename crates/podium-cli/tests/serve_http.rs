@@ -899,3 +899,78 @@ async fn a_live_server_logs_what_it_served_and_the_backfill_agrees() {
     assert_eq!(summary["unexplained"], 0, "{stdout}");
     assert!(summary["exact_rate"].as_f64().unwrap() >= 0.999, "{stdout}");
 }
+
+#[tokio::test]
+async fn oversized_targets_headers_and_bodies_are_refused_with_the_limit_named() {
+    let server = Server::start().await;
+    let client = reqwest::Client::new();
+    let json_error = |status: u16, body: &Value, expected: u16, says: &str| {
+        assert_eq!(status, expected, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{body}"
+        );
+    };
+    // A request target over 8 KiB.
+    let r = client
+        .get(server.url(&format!("/v1/vast?user_id={}", "u".repeat(9 * 1024))))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    json_error(status, &r.json().await.unwrap(), 414, "limit");
+    // Too many header fields, and too many header bytes.
+    let mut many = reqwest::header::HeaderMap::new();
+    for i in 0..80 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            "1".parse().unwrap(),
+        );
+    }
+    let r = client
+        .get(server.url("/healthz"))
+        .headers(many)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    json_error(status, &r.json().await.unwrap(), 431, "limits");
+    let r = client
+        .get(server.url("/healthz"))
+        .header("cookie", "c".repeat(20 * 1024))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    json_error(status, &r.json().await.unwrap(), 431, "bytes");
+    // Bodies over each endpoint's limit.
+    for (path, size) in [
+        ("/v1/decide", 65 * 1024),
+        ("/openrtb2/auction", 65 * 1024),
+        ("/v2/models/ctr/infer", 9 * 1024 * 1024),
+    ] {
+        let r = client
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(vec![b' '; size])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        json_error(status, &body, 413, "larger than");
+    }
+    // A shape whose value count overflows is a 400, not a crash.
+    let (status, body) = server
+        .post(
+            "/v2/models/ctr/infer",
+            r#"{"inputs":[{"name":"x","shape":[4294967296,4294967296],"datatype":"FP32","data":[]}]}"#,
+        )
+        .await;
+    json_error(status, &body, 400, "more than");
+    // Still serving.
+    assert_eq!(
+        reqwest::get(server.url("/healthz")).await.unwrap().status(),
+        200
+    );
+}

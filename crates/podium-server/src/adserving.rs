@@ -159,7 +159,7 @@ pub async fn openrtb_auction(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let body = body.map_err(|e| ApiError::body(e, crate::MAX_BODY_BYTES))?;
     let plan = parse_bid_request(&body).map_err(|e| ApiError::field(e.field, e.message))?;
     let Some(bid) = plan.bid() else {
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -51,6 +51,20 @@ struct ErrorBody<'a> {
     field: Option<&'a str>,
 }
 
+impl ApiError {
+    /// The answer to a body that could not be read: 413 naming `limit` when it was too large,
+    /// else the rejection's own status and text.
+    pub fn body(e: axum::extract::rejection::BytesRejection, limit: usize) -> Self {
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {limit} bytes"),
+            ),
+            status => ApiError::new(status, e.body_text()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {

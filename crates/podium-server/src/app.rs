@@ -369,13 +369,7 @@ async fn decide(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DecideResponse>, ApiError> {
     let received = Instant::now();
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        ),
-        status => ApiError::new(status, e.body_text()),
-    })?;
+    let body = body.map_err(|e| ApiError::body(e, MAX_BODY_BYTES))?;
     let request = parse_decide(&body)?;
     let engine = state.engine.get().ok_or_else(|| {
         ApiError::new(

@@ -70,7 +70,7 @@ pub async fn ingest(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let body = body.map_err(|e| ApiError::body(e, MAX_EVENTS_BODY_BYTES))?;
     let ingest = state.events().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -176,7 +176,7 @@ pub async fn hydrate(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let body = body.map_err(|e| ApiError::body(e, crate::MAX_BODY_BYTES))?;
     let req = crate::api::parse_decide(&body)?;
     let engine = state
         .engine()

@@ -325,13 +325,7 @@ pub async fn infer(
     headers: axum::http::HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {MAX_INFER_BODY_BYTES} bytes"),
-        ),
-        status => ApiError::new(status, e.body_text()),
-    })?;
+    let body = body.map_err(|e| ApiError::body(e, MAX_INFER_BODY_BYTES))?;
     let (model, pool, _) = model_of(&state, &params)?;
     let json_len = match headers.get(HEADER_LENGTH) {
         Some(v) => {
