@@ -461,7 +461,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--fleet-size must be between 1 and 10000"
     );
     let fleet_size = args.fleet_size;
-    let fleet = FleetIdentity::of(&args, &data_dir)?;
+    let fleet = StreamLocal::of(&args, &data_dir)?;
     let frequency_store: Option<Arc<dyn podium_pacing::FrequencyStore>> =
         match args.frequency_store.as_str() {
             "memory" => None,
@@ -484,7 +484,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         store: Some(store),
     };
     let lateness = Duration::from_secs(args.event_lateness_s);
-    let tiles = data_dir.join("features.tiles.json");
     let (sink, events_log, served_log, decision_log, shipper) = logs;
     if let Some(s) = &shipper {
         s.spawn(Duration::from_secs(10));
@@ -510,7 +509,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             lateness,
             events,
             events_log,
-            tiles,
             &fleet,
         );
         engine.warm_up(20).await;
@@ -794,13 +792,15 @@ impl EventSource {
     }
 }
 
-/// Who this server is in a fleet, and where it spools events NATS did not take.
-struct FleetIdentity {
+/// This server's own part of the event stream: its name in the fleet (its durable consumer),
+/// where it spools events NATS did not take, and where it keeps its aggregator's tiles.
+struct StreamLocal {
     server_id: String,
     spool_dir: PathBuf,
+    tiles: PathBuf,
 }
 
-impl FleetIdentity {
+impl StreamLocal {
     fn of(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Self> {
         let server_id = match &args.server_id {
             Some(id) => id.clone(),
@@ -825,6 +825,7 @@ impl FleetIdentity {
         Ok(Self {
             server_id,
             spool_dir: data_dir.join("events-spool"),
+            tiles: data_dir.join("features.tiles.json"),
         })
     }
 }
@@ -837,9 +838,9 @@ fn start_stream(
     lateness: Duration,
     source: EventSource,
     log: Option<Arc<ParquetLog<Event>>>,
-    tiles: PathBuf,
-    fleet: &FleetIdentity,
+    fleet: &StreamLocal,
 ) {
+    let tiles = fleet.tiles.clone();
     // Accepted impressions (once per event id) count toward the viewer's frequency caps.
     let caps = |a: Aggregator| {
         let engine = engine.clone();

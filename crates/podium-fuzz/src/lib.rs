@@ -8,8 +8,11 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::OnceLock;
 
+/// A harness: feeds one input to one decoder.
+pub type Harness = fn(&[u8]);
+
 /// The harnesses by target name, as `fuzz/fuzz_targets/` names them.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Harness); 5] = [
     ("decide_request", decide_request),
     ("openrtb_request", openrtb_request),
     ("events", events),

@@ -144,7 +144,7 @@ async fn set_budget(
             )
         })?;
         let budget = match body.daily_budget {
-            Some(b) if !b.is_finite() || b < 0.0 || b > 1e12 => {
+            Some(b) if !(0.0..=1e12).contains(&b) => {
                 return Err(ApiError::field(
                     "daily_budget",
                     format!("{b} is not a budget: a finite amount from 0 to 1e12"),
