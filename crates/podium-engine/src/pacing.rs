@@ -277,7 +277,6 @@ impl Pacing {
             f.observe(now_ms, seen);
             f.fraction_elapsed(&Self::day_of(market, 0, now_ms), now_ms)
         };
-        let mut spent = Vec::with_capacity(p.keys.len());
         let mut up = true;
         for (i, key) in p.keys.iter().enumerate() {
             let limit = Self::day_budget(market, i, now_ms);
@@ -289,14 +288,19 @@ impl Pacing {
             {
                 up = false;
             }
-            spent.push(match self.ledger.spent(key).await {
-                Ok(s) => s,
-                Err(_) => {
-                    up = false;
-                    self.book.status(key).map_or(Micros::ZERO, |s| s.spent)
-                }
-            });
         }
+        // The fleet's spend of every line item in one read; this server's own when the ledger
+        // does not answer.
+        let spent = match self.ledger.spent_many(&p.keys).await {
+            Ok(s) => s,
+            Err(_) => {
+                up = false;
+                p.keys
+                    .iter()
+                    .map(|key| self.book.status(key).map_or(Micros::ZERO, |s| s.spent))
+                    .collect()
+            }
+        };
         self.ledger_up.store(up, Ordering::Relaxed);
         let states: Vec<PacingState> = {
             let mut controllers = self.controllers.lock().unwrap_or_else(|e| e.into_inner());

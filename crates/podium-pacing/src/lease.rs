@@ -252,6 +252,15 @@ impl LeaseBook {
             )
         };
         self.flush(ledger, key, unreported, to_release).await?;
+        // A lease still above its low-water mark needs nothing: no round trip (the control loop
+        // visits every line item each second).
+        let enough = self
+            .accounts
+            .get(key)
+            .is_some_and(|a| a.target > 0 && self.want(&a).is_none());
+        if enough {
+            return Ok(Micros::ZERO);
+        }
         let allocated = ledger.allocated(key).await?;
         let remaining = (limit - allocated).0.max(0);
         let c = &self.config;
@@ -317,13 +326,17 @@ impl LeaseBook {
                 a.to_release += to_release;
             }
         };
-        if let Err(e) = ledger.record_spent(key, Micros(unreported)).await {
-            put_back(unreported, to_release);
-            return Err(e);
+        if unreported != 0 {
+            if let Err(e) = ledger.record_spent(key, Micros(unreported)).await {
+                put_back(unreported, to_release);
+                return Err(e);
+            }
         }
-        if let Err(e) = ledger.release(key, Micros(to_release)).await {
-            put_back(0, to_release);
-            return Err(e);
+        if to_release != 0 {
+            if let Err(e) = ledger.release(key, Micros(to_release)).await {
+                put_back(0, to_release);
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -50,6 +50,16 @@ pub trait BudgetLedger: Send + Sync {
     /// Confirmed spend of `key` across the fleet.
     async fn spent(&self, key: &str) -> Result<Micros, LedgerError>;
 
+    /// Confirmed spend of each of `keys`, in order: the control loop reads every line item's
+    /// each second, so a remote ledger answers them in one round trip.
+    async fn spent_many(&self, keys: &[String]) -> Result<Vec<Micros>, LedgerError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.spent(k).await?);
+        }
+        Ok(out)
+    }
+
     /// What is allocated of `key`: spent plus leases outstanding.
     async fn allocated(&self, key: &str) -> Result<Micros, LedgerError>;
 }
@@ -314,6 +324,23 @@ impl BudgetLedger for RedisLedger {
 
     async fn spent(&self, key: &str) -> Result<Micros, LedgerError> {
         self.get("spent", key, Self::spent_key(key)).await
+    }
+
+    async fn spent_many(&self, keys: &[String]) -> Result<Vec<Micros>, LedgerError> {
+        let mut out = Vec::with_capacity(keys.len());
+        // MGET in chunks: one round trip per 1,000 keys rather than one per key.
+        for chunk in keys.chunks(1000) {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("MGET");
+            for k in chunk {
+                cmd.arg(Self::spent_key(k));
+            }
+            let call = async move { cmd.query_async::<Vec<Option<i64>>>(&mut conn).await };
+            let what = format!("{} keys", chunk.len());
+            let values = self.finish("spent", &what, call).await?;
+            out.extend(values.into_iter().map(|v| Micros(v.unwrap_or(0))));
+        }
+        Ok(out)
     }
 
     async fn allocated(&self, key: &str) -> Result<Micros, LedgerError> {

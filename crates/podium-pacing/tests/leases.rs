@@ -335,12 +335,18 @@ async fn spend_until_refused(
     key: &str,
     limit: Micros,
 ) -> (i64, bool) {
-    let refilled = book.refill(ledger, key, limit, 0).await.is_ok();
+    // Spend what the lease holds, then refill (which must report that spend to the ledger, so
+    // it talks to it), then spend what the refill brought.
     let mut spent = 0;
-    while book.reserve(key, Micros(100), 0) {
-        book.confirm(key, Micros(100));
-        spent += 100;
-    }
+    let mut spend = || {
+        while book.reserve(key, Micros(100), 0) {
+            book.confirm(key, Micros(100));
+            spent += 100;
+        }
+    };
+    spend();
+    let refilled = book.refill(ledger, key, limit, 0).await.is_ok();
+    spend();
     (spent, refilled)
 }
 
