@@ -748,7 +748,33 @@ fn files_of(path: &Path) -> Result<Vec<PathBuf>, OfflineError> {
     Ok(files)
 }
 
+/// Reads one Parquet file into `out`. A file damaged so that the Parquet or Arrow decoder
+/// panics (some corruptions of the embedded Arrow schema do, found by fuzzing) is an error
+/// naming the file, like any other malformed file, not the end of the process.
 fn read_file<R: LogRecord>(
+    path: &Path,
+    out: &mut Vec<R>,
+    skip: &[&str],
+) -> Result<(), OfflineError> {
+    let kept = out.len();
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_file_unguarded(path, out, skip)
+    }));
+    read.unwrap_or_else(|panic| {
+        out.truncate(kept);
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("the decoder failed");
+        Err(OfflineError::Parquet {
+            path: path.to_owned(),
+            message: format!("malformed file: {why}"),
+        })
+    })
+}
+
+fn read_file_unguarded<R: LogRecord>(
     path: &Path,
     out: &mut Vec<R>,
     skip: &[&str],
