@@ -100,6 +100,12 @@ pub fn model_bundle(data: &[u8]) {
 /// The decision log reader (`podium replay`, `podium forecast`): the input as a Parquet file
 /// in a log directory.
 pub fn parquet_log(data: &[u8]) {
+    // The reader contains panics of the Parquet/Arrow decoders on damaged files (they become an
+    // error naming the file); libFuzzer's panic hook would abort on them before they are
+    // caught. A printing hook instead: a panic that escapes still fails the input, since
+    // libfuzzer-sys aborts on any panic leaving the target.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("{info}"))));
     let Ok(dir) = tempfile::tempdir() else { return };
     if std::fs::write(dir.path().join("part-0.parquet"), data).is_ok() {
         let _ = podium_log::read_decision_log(dir.path());
