@@ -88,15 +88,9 @@ async fn admin_routes_live_only_on_the_admin_listener_need_the_token_and_are_aud
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("tar"), "{body}");
-    let models: Value = client
-        .get(server.admin_url("/v1/admin/models"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = server
+        .admin_get_json("/v1/admin/models", "s3cret-token")
+        .await;
     assert_eq!(models["models"][0]["name"], "ctr", "{models}");
     let r = client
         .post(server.admin_url("/v1/admin/models/ctr/promote"))
@@ -108,15 +102,9 @@ async fn admin_routes_live_only_on_the_admin_listener_need_the_token_and_are_aud
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     // The trail: every change and every refused attempt, who and from where, never the token.
-    let audit: Value = client
-        .get(server.admin_url("/v1/admin/audit"))
-        .bearer_auth("s3cret-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = server
+        .admin_get_json("/v1/admin/audit", "s3cret-token")
+        .await;
     let records = audit["records"].as_array().unwrap();
     let statuses: Vec<(String, u64)> = records
         .iter()

@@ -189,6 +189,21 @@ async fn serve_break(
     urls.len()
 }
 
+/// Serves `n` viewers (`<prefix>-<k>`) once each through `decider`, reporting to `reporter`.
+async fn serve_viewers(
+    decider: &Server,
+    reporter: &Server,
+    prefix: &str,
+    n: usize,
+    tag: &str,
+    served: &mut Served,
+) {
+    for k in 0..n {
+        let (viewer, request) = (format!("{prefix}-{k}"), format!("{tag}-{k}"));
+        serve_break(decider, reporter, &viewer, &request, served).await;
+    }
+}
+
 /// Waits until the ledger's confirmed spend equals what was served, per line item.
 async fn spend_matches(redis: &str, served: &Served) -> HashMap<String, (i64, i64)> {
     let started = Instant::now();
@@ -295,31 +310,13 @@ async fn with_nats_down_events_are_spooled_to_disk_and_delivered_once_when_it_re
     let a = fleet_server(world.path(), "spool-a", &redis.url(), &nats.url(), &[]).await;
     let b = fleet_server(world.path(), "spool-b", &redis.url(), &nats.url(), &[]).await;
     let mut served = Served::default();
-    for k in 0..4 {
-        serve_break(
-            &a,
-            &b,
-            &format!("spool-viewer-{k}"),
-            &format!("s{k}"),
-            &mut served,
-        )
-        .await;
-    }
+    serve_viewers(&a, &b, "spool-viewer", 4, "s", &mut served).await;
     settle(&[&a, &b], served.events).await;
     let before = served.events;
 
     // NATS dies. Ads are still decided, and their impressions accepted: to the spool.
     drop(nats);
-    for k in 0..4 {
-        serve_break(
-            &a,
-            &b,
-            &format!("spool-viewer-{k}"),
-            &format!("d{k}"),
-            &mut served,
-        )
-        .await;
-    }
+    serve_viewers(&a, &b, "spool-viewer", 4, "d", &mut served).await;
     let during = served.events - before;
     assert!(during > 0);
     let stats = b.get_json("/v1/features/stats").await;
@@ -382,16 +379,7 @@ async fn with_redis_killed_mid_load_decisions_go_on_degraded_nothing_overspends_
     let a = fleet_server(world.path(), "redis-a", &url, &nats.url(), &[]).await;
     let b = fleet_server(world.path(), "redis-b", &url, &nats.url(), &[]).await;
     let mut served = Served::default();
-    for k in 0..6 {
-        serve_break(
-            &a,
-            &b,
-            &format!("rk-{k}"),
-            &format!("before-{k}"),
-            &mut served,
-        )
-        .await;
-    }
+    serve_viewers(&a, &b, "rk", 6, "before", &mut served).await;
     settle(&[&a, &b], served.events).await;
 
     // Redis dies mid-load: every request is still answered, degraded and saying why; line
@@ -456,16 +444,7 @@ async fn with_redis_killed_mid_load_decisions_go_on_degraded_nothing_overspends_
         }
     }
     let recovered_in = back.elapsed();
-    for k in 0..6 {
-        serve_break(
-            &b,
-            &a,
-            &format!("rk-{k}"),
-            &format!("after-{k}"),
-            &mut served,
-        )
-        .await;
-    }
+    serve_viewers(&b, &a, "rk", 6, "after", &mut served).await;
     settle(&[&a, &b], served.events).await;
 
     // Spend: exact (what was confirmed during the outage reached the ledger after it) and
@@ -556,15 +535,7 @@ async fn budgets_and_experiments_set_on_one_server_reach_the_whole_fleet() {
     // b applies it within a poll: its budget list says so, and it stops serving the line item.
     let started = Instant::now();
     loop {
-        let budgets: Value = client
-            .get(b.admin_url("/v1/admin/budgets"))
-            .bearer_auth("fleet-admin")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let budgets = b.admin_get_json("/v1/admin/budgets", "fleet-admin").await;
         let row = budgets["line_items"]
             .as_array()
             .unwrap()

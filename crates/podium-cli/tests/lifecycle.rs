@@ -69,6 +69,44 @@ fn variant(src: &Path, out: &Path, version: &str, shift: f64) -> PathBuf {
     writer.write().unwrap()
 }
 
+/// A registry on disk with `ctr` variants of the demo's model, `(version, intercept shift)`, the
+/// first promoted to production.
+struct CtrRegistry {
+    bundles: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    url: String,
+    registry: Registry,
+}
+
+async fn ctr_registry(data: &Path, versions: &[(&str, f64)]) -> CtrRegistry {
+    let bundles = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let registry = Registry::open(&url).unwrap();
+    let ctr = data.join("models/ctr");
+    for (version, shift) in versions {
+        let bundle = variant(&ctr, bundles.path(), version, *shift);
+        registry.publish(&bundle, "test").await.unwrap();
+    }
+    registry
+        .promote(
+            "ctr",
+            versions[0].0,
+            Stage::Production,
+            None,
+            "test",
+            "first",
+        )
+        .await
+        .unwrap();
+    CtrRegistry {
+        bundles,
+        dir,
+        url,
+        registry,
+    }
+}
+
 fn decide_body(i: usize) -> String {
     json!({"request_id": format!("r-{i}"),
            "user": {"id": format!("u-{}", i % 5000), "country": "US", "device": "tv"},
@@ -141,19 +179,12 @@ fn serving(v: &Value, model: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_rolls_back() {
     let data = demo_data().await;
-    let bundles = tempfile::tempdir().unwrap();
-    let reg_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", reg_dir.path().display());
-    let registry = Registry::open(&url).unwrap();
-    let ctr = data.path().join("models/ctr");
-    for (version, shift) in [("10", 0.0), ("11", 0.01), ("12", 4.0)] {
-        let dir = variant(&ctr, bundles.path(), version, shift);
-        registry.publish(&dir, "test").await.unwrap();
-    }
-    registry
-        .promote("ctr", "10", Stage::Production, None, "test", "first")
-        .await
-        .unwrap();
+    let CtrRegistry {
+        bundles,
+        dir: reg_dir,
+        url,
+        registry,
+    } = ctr_registry(data.path(), &[("10", 0.0), ("11", 0.01), ("12", 4.0)]).await;
 
     let server = Server::start_in(
         data.path(),
@@ -374,19 +405,12 @@ async fn memory_returns_after_fifty_swaps_of_a_large_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn experiment_arms_serve_their_versions_and_prices_to_sticky_shares() {
     let data = demo_data().await;
-    let bundles = tempfile::tempdir().unwrap();
-    let reg_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", reg_dir.path().display());
-    let registry = Registry::open(&url).unwrap();
-    let ctr = data.path().join("models/ctr");
-    for (version, shift) in [("10", 0.0), ("11", 0.5)] {
-        let dir = variant(&ctr, bundles.path(), version, shift);
-        registry.publish(&dir, "test").await.unwrap();
-    }
-    registry
-        .promote("ctr", "10", Stage::Production, None, "test", "first")
-        .await
-        .unwrap();
+    let CtrRegistry {
+        bundles,
+        dir: reg_dir,
+        url,
+        registry,
+    } = ctr_registry(data.path(), &[("10", 0.0), ("11", 0.5)]).await;
     let experiments = data.path().join("experiments.toml");
     std::fs::write(
         &experiments,
@@ -484,19 +508,12 @@ auction = { reserve_multiplier = 3.0 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_file_deleted_from_the_registry_mid_rollout_keeps_the_old_version_serving() {
     let data = demo_data().await;
-    let bundles = tempfile::tempdir().unwrap();
-    let reg_dir = tempfile::tempdir().unwrap();
-    let url = format!("file://{}", reg_dir.path().display());
-    let registry = Registry::open(&url).unwrap();
-    let ctr = data.path().join("models/ctr");
-    for (version, shift) in [("10", 0.0), ("11", 0.01)] {
-        let dir = variant(&ctr, bundles.path(), version, shift);
-        registry.publish(&dir, "test").await.unwrap();
-    }
-    registry
-        .promote("ctr", "10", Stage::Production, None, "test", "first")
-        .await
-        .unwrap();
+    let CtrRegistry {
+        bundles,
+        dir: reg_dir,
+        url,
+        registry,
+    } = ctr_registry(data.path(), &[("10", 0.0), ("11", 0.01)]).await;
     let server = Server::start_in(
         data.path(),
         &["--registry", &url, "--registry-poll-ms", "20"],

@@ -34,8 +34,10 @@ pub struct CalibrationConfig {
     pub min_outcomes: f64,
     /// Alert when Σ predicted ÷ Σ observed is above this or below its inverse.
     pub max_ratio: f64,
-    /// Most placed ads waiting for outcomes; beyond it new ads are not followed (counted in
-    /// [`Calibration::skipped`]), so memory stays bounded at any request rate.
+    /// Most placed ads waiting for outcomes; beyond it the oldest waiting ad is forgotten
+    /// (counted in [`Calibration::skipped`]), so memory stays bounded at any request rate (about
+    /// 400 bytes an ad: 500,000 is ~200 MB) and a burst shortens the window instead of leaving
+    /// the newest ads unfollowed.
     pub max_pending: usize,
 }
 
@@ -46,7 +48,7 @@ impl Default for CalibrationConfig {
             keep_hours: 48,
             min_outcomes: 50.0,
             max_ratio: 1.2,
-            max_pending: 2_000_000,
+            max_pending: 500_000,
         }
     }
 }
@@ -218,9 +220,13 @@ impl Calibration {
                 s.pending.remove(&*k);
             }
         }
-        if s.pending.len() >= self.cfg.max_pending {
-            s.skipped += 1;
-            return;
+        while s.pending.len() >= self.cfg.max_pending.max(1) {
+            let Some((_, oldest)) = s.order.pop_front() else {
+                break;
+            };
+            if s.pending.remove(&*oldest).is_some() {
+                s.skipped += 1;
+            }
         }
         let key: Arc<str> = Arc::from(key);
         let segment = match s.segments.get(segment) {
@@ -354,7 +360,7 @@ impl Calibration {
         self.lock().pending.len()
     }
 
-    /// Placed ads not followed because `max_pending` were waiting already.
+    /// Placed ads forgotten before their window ended because `max_pending` were waiting.
     pub fn skipped(&self) -> u64 {
         self.lock().skipped
     }
@@ -521,8 +527,10 @@ mod tests {
             c.predicted(format!("k{i}"), i, "tv", p);
         }
         assert_eq!((c.pending(), c.skipped()), (3, 2));
-        // The ads followed still join their outcomes.
+        // The oldest were forgotten; the newest still join their outcomes.
         c.impression("k0", 10);
+        assert!(c.report(10, 1).is_empty());
+        c.impression("k4", 10);
         assert_eq!(all(&c.report(10, 1)).impressions, 1.0);
     }
 }

@@ -145,6 +145,19 @@ impl Server {
         self.post_to(self.admin_url(path), body).await
     }
 
+    /// GETs a JSON document from the admin listener with the bearer `token`.
+    pub async fn admin_get_json(&self, path: &str, token: &str) -> Value {
+        reqwest::Client::new()
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// GETs a text document from the admin listener.
     pub async fn admin_get_text(&self, path: &str) -> String {
         reqwest::get(self.admin_url(path))
