@@ -49,7 +49,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "memory")]
     frequency_store: String,
     /// This server's name in the fleet: its NATS consumer (`podium-features-<id>`) is durable
-    /// under it, so a restart resumes where it stopped [default: <hostname>-<listen port>].
+    /// under it, so a restart resumes where it stopped; letters, digits, `-` and `_`
+    /// [default: <hostname>-<listen port>].
     #[arg(long, env = "PODIUM_SERVER_ID")]
     server_id: Option<String>,
     /// Which world to serve. Unset: the standard workload if --data-dir holds a workload.json
@@ -461,7 +462,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "--fleet-size must be between 1 and 10000"
     );
     let fleet_size = args.fleet_size;
-    let fleet = StreamLocal::of(&args, &data_dir)?;
+    let fleet = StreamLocal::of(&args, &data_dir, addr.port())?;
     let frequency_store: Option<Arc<dyn podium_pacing::FrequencyStore>> =
         match args.frequency_store.as_str() {
             "memory" => None,
@@ -801,7 +802,7 @@ struct StreamLocal {
 }
 
 impl StreamLocal {
-    fn of(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Self> {
+    fn of(args: &ServeArgs, data_dir: &Path, port: u16) -> anyhow::Result<Self> {
         let server_id = match &args.server_id {
             Some(id) => id.clone(),
             None => {
@@ -811,7 +812,18 @@ impl StreamLocal {
                     .map(|h| h.trim().to_string())
                     .filter(|h| !h.is_empty())
                     .unwrap_or_else(|| "podium".into());
-                format!("{host}-{}", args.listen.port())
+                // Host names have dots (`ip-10-0-0-1.ec2.internal`), consumer names may not.
+                let host: String = host
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                format!("{host}-{port}")
             }
         };
         // NATS consumer names allow no whitespace, dots, `*` or `>`.

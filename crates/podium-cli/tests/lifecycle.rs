@@ -180,7 +180,7 @@ fn serving(v: &Value, model: &str) -> Value {
 async fn versions_swap_under_load_without_a_failed_request_and_a_bad_canary_rolls_back() {
     let data = demo_data().await;
     let CtrRegistry {
-        bundles,
+        bundles: _bundles,
         dir: reg_dir,
         url,
         registry,
@@ -406,10 +406,10 @@ async fn memory_returns_after_fifty_swaps_of_a_large_model() {
 async fn experiment_arms_serve_their_versions_and_prices_to_sticky_shares() {
     let data = demo_data().await;
     let CtrRegistry {
-        bundles,
-        dir: reg_dir,
+        bundles: _bundles,
+        dir: _reg_dir,
         url,
-        registry,
+        registry: _,
     } = ctr_registry(data.path(), &[("10", 0.0), ("11", 0.5)]).await;
     let experiments = data.path().join("experiments.toml");
     std::fs::write(
