@@ -112,20 +112,8 @@ impl RedisFrequencyStore {
     /// Connects to `redis://host:port[/db]`; impressions older than `horizon_ms` are forgotten.
     /// Starts the write-behind task on the current tokio runtime.
     pub async fn connect(url: &str, horizon_ms: i64) -> Result<Self, String> {
-        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-        let shown = crate::ledger::redact(url);
-        let client = redis::Client::open(url).map_err(|e| format!("{shown}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_millis(250)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(250)))
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| format!("connecting to {shown}: no answer within 1 s"))?
-        .map_err(|e| format!("connecting to {shown}: {e}"))?;
+        let timeout = std::time::Duration::from_millis(250);
+        let (conn, shown) = crate::ledger::connect_manager(url, timeout, timeout).await?;
         let (writes, rx) = tokio::sync::mpsc::channel(100_000);
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -189,25 +189,9 @@ impl RedisLedger {
 
     /// Connects with explicit timeouts and expiry.
     pub async fn connect_with(url: &str, options: RedisLedgerOptions) -> Result<Self, LedgerError> {
-        let shown = redact(url);
-        let failed =
-            |e: redis::RedisError| LedgerError::Unavailable(format!("connecting to {shown}: {e}"));
-        let client = redis::Client::open(url).map_err(failed)?;
-        // No retries inside the manager: a caller waits at most one attempt, and the next
-        // refill (a tick later) is the retry.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(0);
-        let limit = 2 * (options.connect_timeout + options.response_timeout);
-        let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config))
+        let (conn, shown) = connect_manager(url, options.connect_timeout, options.response_timeout)
             .await
-            .map_err(|_| {
-                LedgerError::Unavailable(format!(
-                    "connecting to {shown}: no answer within {limit:?}"
-                ))
-            })?
-            .map_err(failed)?;
+            .map_err(LedgerError::Unavailable)?;
         Ok(Self {
             conn,
             shown,
@@ -349,7 +333,29 @@ impl BudgetLedger for RedisLedger {
 }
 
 /// The URL without its password, for error messages.
-pub(crate) fn redact(url: &str) -> String {
+/// A Redis connection manager for this crate's stores, with the URL as shown in messages
+/// (password hidden). No retries inside the manager: a caller waits at most one attempt, and its
+/// own next call (a tick or a batch later) is the retry. Fails fast when Redis does not answer.
+pub(crate) async fn connect_manager(
+    url: &str,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<(ConnectionManager, String), String> {
+    let shown = redact(url);
+    let client = redis::Client::open(url).map_err(|e| format!("connecting to {shown}: {e}"))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(0);
+    let limit = 2 * (connect_timeout + response_timeout);
+    let conn = tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| format!("connecting to {shown}: no answer within {limit:?}"))?
+        .map_err(|e| format!("connecting to {shown}: {e}"))?;
+    Ok((conn, shown))
+}
+
+fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***{}", &url[..scheme], &url[at..])

@@ -2,7 +2,7 @@
 //! experiments file. One server takes the change; every server reads the settings every second
 //! and applies them, so the fleet converges within a poll.
 
-use crate::ledger::redact;
+use crate::ledger::connect_manager;
 use async_trait::async_trait;
 use podium_core::Micros;
 use std::collections::BTreeMap;
@@ -70,20 +70,8 @@ const DEADLINE: Duration = Duration::from_millis(500);
 impl RedisSettings {
     /// Connects to `redis://host:port[/db]`.
     pub async fn connect(url: &str) -> Result<Self, String> {
-        use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-        let shown = redact(url);
-        let client = redis::Client::open(url).map_err(|e| format!("{shown}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250)))
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_number_of_retries(0);
-        let conn = tokio::time::timeout(
-            Duration::from_secs(1),
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| format!("connecting to {shown}: no answer within 1 s"))?
-        .map_err(|e| format!("connecting to {shown}: {e}"))?;
+        let timeout = Duration::from_millis(250);
+        let (conn, shown) = connect_manager(url, timeout, timeout).await?;
         Ok(Self { conn, shown })
     }
 
